@@ -1,0 +1,286 @@
+"""The Assistant: a separate process that learns which instances are still informative.
+
+Boss -> Assistant: a bounded queue of ``("losses", ids, losses)`` messages; when it is full the
+Boss drops the *oldest* message and counts the drop, so the Boss never blocks. The Assistant
+labels each loss ``1[loss > running mean loss]``, trains its light model on the instance's
+features (which the Boss wrote into shared memory), and on request (or when idle after enough
+new evidence) scores all N instances and publishes them (``shared_state.SharedState``).
+
+The process is started with the *spawn* method: Numba's OpenMP layer and torch's threads do not
+survive ``fork`` safely. It lowers its own priority and thread count so it never starves the Boss.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import time
+import warnings
+from typing import Any
+
+import numpy as np
+
+from . import shared_state as ss
+
+_POLL_SECONDS = 0.2
+_SCORE_CHUNK = 65536
+
+
+# ------------------------------------------------------------------------------------------------
+# Child side
+# ------------------------------------------------------------------------------------------------
+def _limit_threads(threads: int) -> None:
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ[var] = str(threads)  # this process only (it was spawned fresh)
+    try:
+        os.nice(10)  # the Boss comes first on a shared machine
+    except OSError:
+        pass
+
+
+def _score_all(model, state: ss.SharedState) -> np.ndarray:
+    n = state.num_instances
+    scores = np.ones(n, np.float32)  # never-seen instances stay "informative"
+    for start in range(0, n, _SCORE_CHUNK):
+        stop = min(n, start + _SCORE_CHUNK)
+        have = state.have[start:stop].astype(bool)
+        if have.any():
+            block = scores[start:stop]
+            block[have] = model.predict_proba(state.features[start:stop][have])
+    return scores
+
+
+def run_assistant(shm_name: str, num_instances: int, feature_dim: int, settings: dict,
+                  model_state: dict | None, inbox, outbox) -> None:
+    """Entry point of the Assistant process (module-level so *spawn* can import it)."""
+    _limit_threads(int(settings["threads"]))
+    from autoassist.assistant_models import make_assistant_model
+    from autoassist.kernels import ema_stream
+
+    state = ss.SharedState(num_instances, feature_dim, name=shm_name)
+    model = make_assistant_model(settings["kind"], feature_dim, settings["lr"], settings["seed"])
+    mean = float(state.fheader[ss.LOSS_MEAN])
+    accuracy = float(state.fheader[ss.ACCURACY])
+    if model_state is not None:
+        model.load_state_dict(model_state["model"])
+        mean, accuracy = model_state["loss_mean"], model_state["accuracy"]
+    alpha = float(settings["label_ema"])
+    acc_alpha = 0.01
+    fresh = 0  # instances trained on since the last publication
+    parent = mp.parent_process()
+    train_seconds = float(state.fheader[ss.TRAIN_SECONDS])
+    try:
+        while True:
+            try:
+                msg = inbox.get(timeout=_POLL_SECONDS)
+            except queue.Empty:
+                if parent is not None and not parent.is_alive():
+                    return
+                idle_publish = settings.get("idle_publish", True)
+                if idle_publish and fresh >= max(1, num_instances // 4):  # refresh continuously
+                    state.publish(_score_all(model, state))
+                    fresh = 0
+                continue
+            kind = msg[0]
+            if kind == "losses":
+                t0 = time.perf_counter()
+                ids, losses = msg[1], msg[2]
+                labels, mean = ema_stream(losses, mean, alpha)
+                have = state.have[ids].astype(bool)
+                if have.any():
+                    X = state.features[ids[have]]
+                    y = labels[have]
+                    pred = model.predict_proba(X) > 0.5
+                    hit = float(np.mean(pred == y.astype(bool)))
+                    accuracy = hit if np.isnan(accuracy) else (1 - acc_alpha) * accuracy + acc_alpha * hit
+                    model.partial_fit(X, y)
+                    fresh += int(have.sum())
+                    state.header[ss.TRAINED] += int(have.sum())
+                train_seconds += time.perf_counter() - t0
+            elif kind == "score":
+                t0 = time.perf_counter()
+                state.publish(_score_all(model, state), epoch=int(msg[1]))
+                fresh = 0
+                train_seconds += time.perf_counter() - t0
+            elif kind == "state":
+                outbox.put(("state", msg[1], {
+                    "model": model.state_dict(), "loss_mean": mean, "accuracy": accuracy,
+                }))
+            elif kind == "crash":  # used by tests to simulate a dying Assistant
+                os._exit(17)
+            elif kind == "stop":
+                return
+            state.fheader[ss.ACCURACY] = accuracy
+            state.fheader[ss.LOSS_MEAN] = mean
+            state.fheader[ss.TRAIN_SECONDS] = train_seconds
+            state.fheader[ss.CPU_SECONDS] = time.process_time()
+            state.header[ss.PROCESSED] += 1
+    finally:
+        state.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# Boss side
+# ------------------------------------------------------------------------------------------------
+class AssistantProcess:
+    """The Boss's handle on the Assistant process: start, send, restart, stop, state."""
+
+    def __init__(self, state: ss.SharedState, settings: dict, queue_size: int, max_restarts: int):
+        self.state = state
+        self.settings = dict(settings)
+        self.queue_size = int(queue_size)
+        self.max_restarts = int(max_restarts)
+        self.restarts = 0
+        self.drops = 0
+        self.sent = 0
+        self._ctx = mp.get_context("spawn")
+        self._proc = None
+        self._inbox = None
+        self._outbox = None
+        self._last_model_state: dict | None = None
+        self._token = 0
+        self.cpu_seconds_before_restart = 0.0
+        self.failed = False
+
+    # -- life cycle -----------------------------------------------------------------------------
+    def start(self, model_state: dict | None = None, *, replace_state: bool = False) -> None:
+        """Start the process; ``replace_state`` sets the learner state even to None (resume)."""
+        if model_state is not None or replace_state:
+            self._last_model_state = model_state
+        self._inbox = self._ctx.Queue(maxsize=self.queue_size)
+        self._outbox = self._ctx.Queue()
+        self._proc = self._ctx.Process(
+            target=run_assistant,
+            args=(self.state.name, self.state.num_instances, self.state.feature_dim,
+                  self.settings, self._last_model_state, self._inbox, self._outbox),
+            name="autoassist-assistant",
+            daemon=True,
+        )
+        self._proc.start()
+        self.sent = 0
+        self.state.header[ss.PROCESSED] = 0
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.is_alive()
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    def check(self) -> bool:
+        """Restart a dead Assistant (bounded); returns whether an Assistant is running."""
+        if self.alive:
+            return True
+        if self._proc is None or self.failed:
+            return False
+        code = self._proc.exitcode
+        self.cpu_seconds_before_restart += float(self.state.fheader[ss.CPU_SECONDS])
+        if self.restarts >= self.max_restarts:
+            self.failed = True
+            warnings.warn(
+                f"autoassist: the Assistant process died (exit code {code}) and was restarted "
+                f"{self.restarts} times already; training continues on the last published scores "
+                "without an Assistant. Raise max_restarts to retry more.",
+                RuntimeWarning, stacklevel=3,
+            )
+            return False
+        self.restarts += 1
+        warnings.warn(
+            f"autoassist: the Assistant process died (exit code {code}); training continues on "
+            f"the last scores and the Assistant is restarted ({self.restarts}/{self.max_restarts}). "
+            "If your script lacks an `if __name__ == '__main__':` guard, add one: the Assistant is "
+            "started with multiprocessing's spawn method, which re-imports the main module.",
+            RuntimeWarning, stacklevel=3,
+        )
+        self._discard_queues()
+        self.start()
+        return True
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self._proc is None:
+            return
+        if self._proc.is_alive():
+            try:
+                self._inbox.put(("stop",), timeout=1.0)
+            except (queue.Full, ValueError, OSError):
+                pass
+            self._proc.join(timeout)
+            if self._proc.is_alive():
+                self._proc.terminate()
+                self._proc.join(timeout)
+        self._discard_queues()
+        self._proc = None
+
+    def _discard_queues(self) -> None:
+        for q in (self._inbox, self._outbox):
+            if q is not None:
+                q.cancel_join_thread()  # never hang on exit flushing messages nobody reads
+                q.close()
+
+    # -- messages -------------------------------------------------------------------------------
+    def send(self, message: tuple, block: bool = False) -> None:
+        """Queue a message; when the queue is full, drop the oldest one (never block the Boss)."""
+        if not self.check():
+            return
+        if block:
+            self._inbox.put(message)
+            self.sent += 1
+            return
+        try:
+            self._inbox.put_nowait(message)
+        except queue.Full:
+            try:
+                self._inbox.get_nowait()
+                self.drops += 1
+                self.sent -= 1
+            except queue.Empty:
+                pass
+            try:
+                self._inbox.put_nowait(message)
+            except queue.Full:
+                self.drops += 1
+                return
+        self.sent += 1
+
+    def wait_processed(self, timeout: float) -> bool:
+        """Wait until the Assistant has handled every message sent (sync mode, checkpoints)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive:
+                return False
+            if int(self.state.header[ss.PROCESSED]) >= self.sent:
+                return True
+            time.sleep(0.002)
+        return False
+
+    def model_state(self, timeout: float = 30.0) -> dict | None:
+        """The Assistant's learner state, asked of the live process (else the last one known)."""
+        if self.check() and not self.failed:
+            self._token += 1
+            token = self._token
+            self.send(("state", token), block=True)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and self.alive:
+                try:
+                    reply = self._outbox.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                if reply[0] == "state" and reply[1] == token:
+                    self._last_model_state = reply[2]
+                    break
+        return self._last_model_state
+
+    def telemetry(self) -> dict[str, Any]:
+        f = self.state.fheader
+        return {
+            "assistant_accuracy": float(f[ss.ACCURACY]),
+            "assistant_loss_mean": float(f[ss.LOSS_MEAN]),
+            "assistant_cpu_seconds": self.cpu_seconds_before_restart + float(f[ss.CPU_SECONDS]),
+            "assistant_train_seconds": float(f[ss.TRAIN_SECONDS]),
+            "assistant_trained_instances": int(self.state.header[ss.TRAINED]),
+            "assistant_restarts": self.restarts,
+            "queue_drops": self.drops,
+            "score_version": int(self.state.header[ss.VERSION]),
+        }

@@ -1,0 +1,149 @@
+"""The Assistant's learners: very light models that predict "is this instance still informative?".
+
+All share one small interface — ``partial_fit(X, y)``, ``predict_proba(X)`` (probability of label
+1), ``state_dict()``/``load_state_dict()`` — so the Assistant process does not care which one runs.
+The logistic model is NumPy only, so the Assistant process starts without importing torch.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * z))  # overflow-free logistic
+
+
+class LogisticAssistant:
+    """Online logistic regression with AdaGrad steps (robust to the scale of the features)."""
+
+    kind = "logistic"
+
+    def __init__(self, dim: int, lr: float = 0.05, l2: float = 1e-4, seed: int = 0):
+        self.dim, self.lr, self.l2 = int(dim), float(lr), float(l2)
+        self.w = np.zeros(self.dim, np.float64)
+        self.b = 0.0
+        self.g2 = np.full(self.dim + 1, 1e-8, np.float64)
+
+    def partial_fit(self, X: np.ndarray, y: np.ndarray) -> None:
+        if len(X) == 0:
+            return
+        X = np.asarray(X, np.float64)
+        err = _sigmoid(X @ self.w + self.b) - y  # gradient of the mean log-loss
+        gw = X.T @ err / len(X) + self.l2 * self.w
+        gb = float(err.mean())
+        self.g2[:-1] += gw * gw
+        self.g2[-1] += gb * gb
+        self.w -= self.lr * gw / np.sqrt(self.g2[:-1])
+        self.b -= self.lr * gb / np.sqrt(self.g2[-1])
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        return _sigmoid(np.asarray(X, np.float64) @ self.w + self.b).astype(np.float32)
+
+    def state_dict(self) -> dict:
+        return {"kind": self.kind, "w": self.w.copy(), "b": self.b, "g2": self.g2.copy()}
+
+    def load_state_dict(self, state: dict) -> None:
+        _check_kind(state, self.kind)
+        if state["w"].shape != self.w.shape:
+            raise ValueError(
+                f"Assistant state has {state['w'].shape[0]} features, this Assistant "
+                f"{self.dim}: use the same feature_dim/label_buckets as the run that saved it"
+            )
+        self.w, self.b, self.g2 = state["w"].copy(), float(state["b"]), state["g2"].copy()
+
+
+class SGDAssistant:
+    """scikit-learn's ``SGDClassifier(loss="log_loss")`` trained with ``partial_fit``."""
+
+    kind = "sgd"
+
+    def __init__(self, dim: int, lr: float = 0.05, l2: float = 1e-4, seed: int = 0):
+        from sklearn.linear_model import SGDClassifier
+
+        self.dim = int(dim)
+        self.model = SGDClassifier(
+            loss="log_loss", alpha=l2, learning_rate="constant", eta0=lr, random_state=seed
+        )
+        self._fitted = False
+
+    def partial_fit(self, X: np.ndarray, y: np.ndarray) -> None:
+        if len(X):
+            self.model.partial_fit(X, y.astype(np.int64), classes=np.array([0, 1]))
+            self._fitted = True
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        if not self._fitted:
+            return np.full(len(X), 0.5, np.float32)
+        return self.model.predict_proba(X)[:, 1].astype(np.float32)
+
+    def state_dict(self) -> dict:
+        return {"kind": self.kind, "pickle": pickle.dumps((self.model, self._fitted))}
+
+    def load_state_dict(self, state: dict) -> None:
+        _check_kind(state, self.kind)
+        self.model, self._fitted = pickle.loads(state["pickle"])  # noqa: S301 - our own state
+
+
+class MLPAssistant:
+    """A tiny torch net (d -> hidden -> 1) trained online with Adam; torch loads only if chosen."""
+
+    kind = "mlp"
+
+    def __init__(self, dim: int, lr: float = 0.05, l2: float = 1e-4, seed: int = 0, hidden=32):
+        import torch
+
+        gen = torch.Generator().manual_seed(seed)
+        self.torch = torch
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(dim, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1)
+        )
+        with torch.no_grad():
+            for p in self.net.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=min(lr, 0.01), weight_decay=l2)
+
+    def partial_fit(self, X: np.ndarray, y: np.ndarray) -> None:
+        if len(X) == 0:
+            return
+        t = self.torch
+        logits = self.net(t.from_numpy(np.asarray(X, np.float32))).squeeze(1)
+        loss = t.nn.functional.binary_cross_entropy_with_logits(
+            logits, t.from_numpy(y.astype(np.float32))
+        )
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        t = self.torch
+        with t.no_grad():
+            out = t.sigmoid(self.net(t.from_numpy(np.asarray(X, np.float32))).squeeze(1))
+        return out.numpy().astype(np.float32)
+
+    def state_dict(self) -> dict:
+        return {"kind": self.kind, "net": self.net.state_dict(), "opt": self.opt.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        _check_kind(state, self.kind)
+        self.net.load_state_dict(state["net"])
+        self.opt.load_state_dict(state["opt"])
+
+
+MODELS = {cls.kind: cls for cls in (LogisticAssistant, SGDAssistant, MLPAssistant)}
+
+
+def make_assistant_model(kind: str, dim: int, lr: float, seed: int):
+    if kind not in MODELS:
+        raise ValueError(f"unknown Assistant kind {kind!r}; choose one of {sorted(MODELS)}")
+    return MODELS[kind](dim, lr=lr, seed=seed)
+
+
+def _check_kind(state: dict, kind: str) -> None:
+    if state.get("kind") != kind:
+        raise ValueError(
+            f"Assistant state is for kind {state.get('kind')!r}, this Assistant is {kind!r}: "
+            f"pass assistant={state.get('kind')!r} to resume it"
+        )

@@ -1,0 +1,142 @@
+"""Shrink settings: one validated dataclass, loadable from TOML or JSON (``autoassist tune`` writes one)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ASSISTANT_KINDS = ("logistic", "sgd", "mlp")
+
+
+@dataclass
+class ShrinkConfig:
+    """How the shrinking loader chooses instances.
+
+    floor: keep probability floor ``b`` in ``P_i = b + (1 - b) * p_i``.
+    adaptive_floor: use ``b = max(floor, 1 - assistant accuracy)`` (the paper's translation rule).
+    warmup_epochs: leading epochs that keep every instance (the Assistant learns meanwhile).
+    anneal_epochs: trailing epochs that keep every instance (needs ``epochs``).
+    epochs: the training budget in epochs, only needed for ``anneal_epochs``.
+    reweight: weight kept instances by ``mean(P) / P_i`` so the expected gradient is unbiased.
+    assistant: "logistic" (online logistic regression), "sgd" (scikit-learn SGDClassifier),
+        or "mlp" (a tiny torch net).
+    label_ema: smoothing of the running mean loss that defines "informative" (loss above it).
+    feature_dim: size of the fixed random projection of the input used as Assistant features.
+    label_buckets: one-hot buckets for the instance's class label in the features (0 = none).
+    assistant_lr: learning rate of the Assistant's online updates.
+    assistant_threads: CPU threads the Assistant process may use (keeps the Boss's cores free).
+    kernel_threads: Numba threads for the selection kernel in the Boss process (None = Numba's).
+    queue_size: bound of the Boss -> Assistant queue; when full the oldest message is dropped.
+    send_every: batches of losses grouped into one message (fewer, larger messages are cheaper).
+    sync: wait for the Assistant at every epoch boundary: reproducible, slower. For tests/debug.
+    seed: seed of the selection stream, the projection and the Assistant.
+    max_restarts: how often a dead Assistant process is restarted before running without it.
+    """
+
+    floor: float = 0.3
+    adaptive_floor: bool = False
+    warmup_epochs: int = 1
+    anneal_epochs: int = 0
+    epochs: int | None = None
+    reweight: bool = False
+    assistant: str = "logistic"
+    label_ema: float = 0.01
+    feature_dim: int = 32
+    label_buckets: int = 16
+    assistant_lr: float = 0.05
+    assistant_threads: int = 1
+    kernel_threads: int | None = None
+    queue_size: int = 64
+    send_every: int = 4
+    sync: bool = False
+    seed: int = 0
+    max_restarts: int = 3
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        def bad(name: str, why: str) -> ValueError:
+            return ValueError(f"ShrinkConfig.{name}={getattr(self, name)!r}: {why}")
+
+        if not (0.0 <= self.floor <= 1.0) or math.isnan(self.floor):
+            raise bad("floor", "must lie in [0, 1] (0.3 is the paper's image setting)")
+        for name in ("warmup_epochs", "anneal_epochs", "max_restarts"):
+            if int(getattr(self, name)) != getattr(self, name) or getattr(self, name) < 0:
+                raise bad(name, "must be a non-negative integer")
+        if self.anneal_epochs and self.epochs is None:
+            raise bad("anneal_epochs", "needs the training budget: pass epochs=<total epochs>")
+        if self.epochs is not None and self.epochs <= 0:
+            raise bad("epochs", "must be a positive integer or None")
+        if self.assistant not in ASSISTANT_KINDS:
+            raise bad("assistant", f"must be one of {ASSISTANT_KINDS}")
+        if not (0.0 < self.label_ema <= 1.0):
+            raise bad("label_ema", "must lie in (0, 1]")
+        if self.feature_dim < 1:
+            raise bad("feature_dim", "must be >= 1")
+        if self.label_buckets < 0:
+            raise bad("label_buckets", "must be >= 0")
+        if self.assistant_lr <= 0:
+            raise bad("assistant_lr", "must be > 0")
+        if self.assistant_threads < 1:
+            raise bad("assistant_threads", "must be >= 1")
+        if self.kernel_threads is not None and self.kernel_threads < 1:
+            raise bad("kernel_threads", "must be >= 1 or None")
+        if self.queue_size < 1 or self.send_every < 1:
+            raise bad("queue_size" if self.queue_size < 1 else "send_every", "must be >= 1")
+        if not (0 <= int(self.seed) < 2**63):
+            raise bad("seed", "must lie in [0, 2**63)")
+
+    # -- persistence ----------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ShrinkConfig:
+        data = dict(data.get("autoassist", data))  # accept a file with an [autoassist] table
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown shrink setting(s) {unknown}; known settings are {sorted(known)}"
+            )
+        return cls(**data)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> ShrinkConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"shrink config {path} does not exist")
+        text = path.read_text()
+        if path.suffix == ".json":
+            data = json.loads(text)
+        elif path.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        else:
+            raise ValueError(f"shrink config {path}: use a .toml or .json file")
+        return cls.from_dict(data)
+
+    def to_file(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        data = {k: v for k, v in self.to_dict().items() if v is not None and k != "extra"}
+        if path.suffix == ".json":
+            path.write_text(json.dumps({"autoassist": data}, indent=2) + "\n")
+        elif path.suffix == ".toml":
+            lines = ["[autoassist]"]
+            for key, value in data.items():
+                lines.append(f"{key} = {json.dumps(value)}")
+            path.write_text("\n".join(lines) + "\n")
+        else:
+            raise ValueError(f"shrink config {path}: use a .toml or .json file")
+        return path
+
+    def replace(self, **changes: Any) -> ShrinkConfig:
+        return dataclasses.replace(self, **changes)

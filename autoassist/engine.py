@@ -1,0 +1,318 @@
+"""The shrinking engine: per-epoch selection plans, loss reports, telemetry and state.
+
+Framework-agnostic: the DataLoader wrapper, the torchdata node and the fairseq plugin all drive
+one ``ShrinkEngine``. It owns the shared score/feature tables and the Assistant process, and
+turns the newest published scores into an ``EpochPlan`` (which instances this epoch keeps) with
+the counter-based selection kernel.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from autoassist import shared_state as ss
+from autoassist.assistant import AssistantProcess
+from autoassist.config import ShrinkConfig
+from autoassist.features import CallableFeatures, RandomProjectionFeatures
+
+
+@dataclass
+class EpochPlan:
+    """What one epoch trains on. ``mask is None`` means every instance is kept."""
+
+    epoch: int
+    reason: str  # "warmup", "anneal", "shrink" or "keep-all" (floor 1)
+    mask: np.ndarray | None
+    scores: np.ndarray | None
+    score_version: int
+    floor: float
+    mean_keep: float
+    kept: int
+
+    def weights(self, ids: np.ndarray) -> np.ndarray:
+        """``mean(P) / P_i``: unbiased reweighting of kept instances (1 when keeping all)."""
+        if self.mask is None:
+            return np.ones(len(ids), np.float32)
+        p = self.floor + (1.0 - self.floor) * np.clip(self.scores[ids], 0.0, 1.0)
+        return (self.mean_keep / np.maximum(p, 1e-12)).astype(np.float32)
+
+
+def _dist_rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class ShrinkEngine:
+    """Selection, reporting and Assistant management for a data set of N instances."""
+
+    def __init__(self, num_instances: int, config: ShrinkConfig, *, features=None, inputs=None,
+                 tensorboard: str | None = None):
+        self.n = int(num_instances)
+        self.config = config
+        self.rank, self.world = _dist_rank_world()
+        self._fixed_features: np.ndarray | None = None
+        if features is None:
+            self.extractor = RandomProjectionFeatures(
+                config.feature_dim, config.label_buckets, config.seed, inputs=inputs
+            )
+            dim = self.extractor.dim
+        elif callable(features) and not isinstance(features, (torch.Tensor, np.ndarray)):
+            self.extractor = CallableFeatures(features, config.feature_dim)
+            dim = config.feature_dim
+        else:
+            table = np.asarray(torch.as_tensor(features).detach().cpu(), dtype=np.float32)
+            if table.ndim != 2 or table.shape[0] != self.n:
+                raise ValueError(
+                    f"features has shape {table.shape}; expected [num_instances={self.n}, dim]"
+                )
+            if not np.isfinite(table).all():
+                raise ValueError("features contain NaN or inf; clean them before wrapping")
+            self.extractor = None
+            self._fixed_features = table
+            dim = table.shape[1]
+        self.dim = dim
+        self.state = ss.SharedState(self.n, dim)
+        if self._fixed_features is not None:
+            self.state.features[:] = self._fixed_features
+            self.state.have[:] = 1
+        self.assistant: AssistantProcess | None = None
+        if self.rank == 0:  # rank 0's Assistant scores for everyone (its snapshot is broadcast)
+            self.assistant = AssistantProcess(
+                self.state,
+                {"kind": config.assistant, "lr": config.assistant_lr, "seed": config.seed,
+                 "label_ema": config.label_ema, "threads": config.assistant_threads,
+                 "idle_publish": not config.sync},
+                queue_size=config.queue_size, max_restarts=config.max_restarts,
+            )
+            self.assistant.start()
+        self.current: EpochPlan | None = None
+        self._pending_ids: list[np.ndarray] = []
+        self._pending_losses: list[np.ndarray] = []
+        self._pending_batches = 0
+        self.telemetry: list[dict[str, Any]] = []
+        self._epoch_started = time.perf_counter()
+        self._reported = 0
+        self._writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(tensorboard)
+
+    # -- plans -----------------------------------------------------------------------------------
+    def _keep_all_reason(self, epoch: int) -> str | None:
+        c = self.config
+        if epoch < c.warmup_epochs:
+            return "warmup"
+        if c.epochs is not None and c.anneal_epochs and epoch >= c.epochs - c.anneal_epochs:
+            return "anneal"
+        if c.floor >= 1.0:
+            return "keep-all"
+        return None
+
+    def _floor(self) -> float:
+        floor = self.config.floor
+        if self.config.adaptive_floor:
+            acc = float(self.state.fheader[ss.ACCURACY])
+            if math.isfinite(acc):
+                floor = max(floor, 1.0 - acc)
+        return float(floor)
+
+    def plan(self, epoch: int) -> EpochPlan:
+        if self.current is not None and self.current.epoch == epoch:
+            return self.current
+        self._epoch_started = time.perf_counter()
+        reason = self._keep_all_reason(epoch)
+        if reason is not None:
+            self.current = EpochPlan(epoch, reason, None, None, -1, 1.0, 1.0, self.n)
+            return self.current
+        if self.assistant is not None:
+            self.assistant.check()
+        scores, version = self.state.snapshot()
+        floor = self._floor()
+        if self.world > 1:
+            scores, floor = self._broadcast(scores, floor)
+        self.current = self._make_plan(epoch, scores, version, floor)
+        return self.current
+
+    def _make_plan(self, epoch, scores, version, floor) -> EpochPlan:
+        from autoassist.kernels import keep_probabilities, shrink_select
+
+        kept, _ = shrink_select(scores, floor, self.config.seed, epoch,
+                                num_threads=self.config.kernel_threads)
+        mask = np.zeros(self.n, bool)
+        mask[kept] = True
+        mean_keep = float(keep_probabilities(scores, floor).mean(dtype=np.float64))
+        return EpochPlan(epoch, "shrink", mask, scores, version, floor, mean_keep, len(kept))
+
+    def _broadcast(self, scores: np.ndarray, floor: float) -> tuple[np.ndarray, float]:
+        """Every rank selects from rank 0's snapshot, so all ranks keep the same set."""
+        dist = torch.distributed
+        device = "cpu"
+        if dist.get_backend() == "nccl":  # NCCL moves CUDA tensors only (untested here: no GPU)
+            device = torch.device("cuda", torch.cuda.current_device())
+        packed = torch.empty(self.n + 1, dtype=torch.float32)
+        if self.rank == 0:
+            packed[: self.n] = torch.from_numpy(scores)
+            packed[self.n] = floor
+        packed = packed.to(device)
+        dist.broadcast(packed, src=0)
+        packed = packed.cpu()
+        return packed[: self.n].numpy().copy(), float(packed[self.n])
+
+    # -- reports ---------------------------------------------------------------------------------
+    def report(self, per_sample: torch.Tensor, ids: np.ndarray, batch: Any = None) -> torch.Tensor:
+        if not isinstance(per_sample, torch.Tensor):
+            raise TypeError(f"report() takes a tensor of per-instance losses, got {type(per_sample)}")
+        if per_sample.ndim != 1:
+            raise ValueError(
+                f"report() takes one loss per instance (a 1-D tensor); got shape "
+                f"{tuple(per_sample.shape)}. Compute the loss with reduction='none' and reduce "
+                "extra dimensions per instance (e.g. .mean(dim=1))"
+            )
+        if len(per_sample) != len(ids):
+            raise ValueError(
+                f"report() got {len(per_sample)} losses for a batch of {len(ids)} instances; "
+                "pass one loss per instance of the batch just yielded (or ids=... to match)"
+            )
+        losses = per_sample.detach().to(torch.float32).cpu().numpy().copy()
+        finite = np.isfinite(losses)
+        if not finite.all():
+            bad = ids[~finite][:5].tolist()
+            raise FloatingPointError(
+                f"{int((~finite).sum())} non-finite per-instance losses (instance ids {bad}...); "
+                "the Boss diverged or the loss is wrong: lower the learning rate or check inputs"
+            )
+        self._reported += len(ids)
+        if self.assistant is not None and not self.assistant.failed:
+            if self.extractor is not None and batch is not None:
+                missing = self.state.have[ids] == 0
+                if missing.any():
+                    rows = np.flatnonzero(missing)
+                    self.state.features[ids[rows]] = self.extractor(batch, torch.from_numpy(rows))
+                    self.state.have[ids[rows]] = 1
+            self._pending_ids.append(ids.copy())
+            self._pending_losses.append(losses)
+            self._pending_batches += 1
+            if self._pending_batches >= self.config.send_every:
+                self.flush()
+        plan = self.current
+        if self.config.reweight and plan is not None and plan.mask is not None:
+            w = torch.from_numpy(plan.weights(ids)).to(per_sample.device, per_sample.dtype)
+            return (per_sample * w).mean()
+        return per_sample.mean()
+
+    def flush(self) -> None:
+        if not self._pending_ids or self.assistant is None:
+            return
+        msg = ("losses", np.concatenate(self._pending_ids), np.concatenate(self._pending_losses))
+        self._pending_ids, self._pending_losses, self._pending_batches = [], [], 0
+        self.assistant.send(msg, block=self.config.sync)
+
+    def end_epoch(self, epoch: int, batches: int) -> dict[str, Any]:
+        """Ask for fresh scores (async: the Boss does not wait, unless ``sync``); log telemetry."""
+        seconds = time.perf_counter() - self._epoch_started
+        if self.assistant is not None:
+            self.flush()
+            self.assistant.send(("score", epoch), block=self.config.sync)
+            if self.config.sync and not self.assistant.wait_processed(timeout=300):
+                warnings.warn("autoassist: the Assistant did not catch up within 300 s (sync mode)",
+                              RuntimeWarning, stacklevel=3)
+        plan = self.current
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            "reason": plan.reason if plan else "none",
+            "kept": plan.kept if plan else self.n,
+            "num_instances": self.n,
+            "kept_fraction": (plan.kept if plan else self.n) / self.n,
+            "floor": plan.floor if plan else 1.0,
+            "batches": batches,
+            "reported_instances": self._reported,
+            "epoch_seconds": seconds,
+        }
+        self._reported = 0
+        if self.assistant is not None:
+            record.update(self.assistant.telemetry())
+        self.telemetry.append(record)
+        if self._writer is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    self._writer.add_scalar(f"autoassist/{key}", value, epoch)
+            self._writer.flush()
+        return record
+
+    # -- state -----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        model_state = None
+        if self.assistant is not None:
+            if self.config.sync:
+                self.assistant.wait_processed(timeout=300)
+            model_state = self.assistant.model_state()
+        have = np.flatnonzero(self.state.have)
+        plan = self.current
+        return {
+            "config": self.config.to_dict(),
+            "dim": self.dim,
+            "plan": None if plan is None else {
+                "epoch": plan.epoch, "reason": plan.reason, "scores": plan.scores,
+                "score_version": plan.score_version, "floor": plan.floor,
+            },
+            "published": self.state.snapshot(),
+            "assistant": model_state,
+            "feature_ids": have,
+            "features": self.state.features[have].copy(),
+            "pending": (list(self._pending_ids), list(self._pending_losses),
+                        self._pending_batches),
+            "telemetry": list(self.telemetry),
+            "drops": self.assistant.drops if self.assistant else 0,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["dim"] != self.dim:
+            raise ValueError(
+                f"saved Assistant features have {state['dim']} dimensions, this loader "
+                f"{self.dim}: use the same feature_dim/label_buckets/features as the saved run"
+            )
+        if self.assistant is not None:
+            self.assistant.stop()
+        self.state.have[:] = 0
+        self.state.have[state["feature_ids"]] = 1
+        self.state.features[state["feature_ids"]] = state["features"]
+        scores, version = state["published"]
+        self.state.load_scores(scores, version)
+        p = state["plan"]
+        if p is None:
+            self.current = None
+        elif p["scores"] is None:
+            self.current = EpochPlan(p["epoch"], p["reason"], None, None, -1, 1.0, 1.0, self.n)
+        else:
+            self.current = self._make_plan(p["epoch"], p["scores"], p["score_version"], p["floor"])
+        ids, losses, batches = state["pending"]
+        self._pending_ids, self._pending_losses = list(ids), list(losses)
+        self._pending_batches = batches
+        self.telemetry = list(state["telemetry"])
+        if self.assistant is not None:
+            model = state["assistant"]
+            if model is not None:
+                self.state.fheader[ss.LOSS_MEAN] = model["loss_mean"]
+                self.state.fheader[ss.ACCURACY] = model["accuracy"]
+            self.assistant.drops = state["drops"]
+            self.assistant.start(model_state=model, replace_state=True)
+
+    def close(self) -> None:
+        if self.assistant is not None:
+            self.assistant.stop()
+            self.assistant = None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if getattr(self, "state", None) is not None:
+            self.state.close()
+            self.state = None

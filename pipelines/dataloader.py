@@ -1,0 +1,401 @@
+"""``autoassist.wrap(loader)``: the shrinking DataLoader.
+
+The wrapper rebuilds the user's DataLoader around its own batch sampler and leaves dataset,
+collate_fn, workers and pinning untouched. Each epoch:
+
+1. the selection (``autoassist.selection``) takes a snapshot of the Assistant's scores and keeps
+   instance i with probability ``b + (1 - b) * p_i`` (a counter-based Numba kernel, so the same
+   seed gives the same choice on every rank and at any thread count);
+2. the batch sampler walks the user's sampler order, drops the shrunk instances and batches the
+   rest exactly as the user's BatchSampler would (``batch_size``, ``drop_last``);
+3. every batch's instance ids go into a FIFO as the sampler emits them. DataLoader delivers batches
+   in sampler order (also with workers), so the batch the user holds is the FIFO's head, and
+   ``report(per_sample)`` pairs its losses with those ids for the Assistant.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import warnings
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    DistributedSampler,
+    IterableDataset,
+    Sampler,
+)
+
+from autoassist.config import ShrinkConfig
+from autoassist.engine import ShrinkEngine
+
+_CHUNK = 4096
+STATE_VERSION = 1
+
+
+def _resolve_config(config, options: dict[str, Any]) -> ShrinkConfig:
+    if config is None:
+        base = ShrinkConfig()
+    elif isinstance(config, ShrinkConfig):
+        base = config
+    elif isinstance(config, (str, Path)):
+        base = ShrinkConfig.from_file(config)
+    elif isinstance(config, dict):
+        base = ShrinkConfig.from_dict(config)
+    else:
+        raise TypeError(f"config must be a ShrinkConfig, dict or file path, got {type(config)}")
+    return base.replace(**options) if options else base
+
+
+class _ShrinkBatchSampler(Sampler[list[int]]):
+    """Filters the user's sampler order by this epoch's keep mask and batches what is kept."""
+
+    def __init__(self, owner: ShrinkingLoader):
+        self.owner = owner
+
+    def __len__(self) -> int:
+        return self.owner._expected_batches()
+
+    def __iter__(self) -> Iterator[list[int]]:
+        owner = self.owner
+        fifo, skip = owner._fifo, owner._skip_batches
+        owner._skip_batches = 0
+        for ids in owner._epoch_batches():
+            if skip:
+                skip -= 1
+                continue
+            fifo.append(ids)
+            yield ids.tolist()
+
+
+class ShrinkingLoader:
+    """A DataLoader that trains on the instances the Assistant still finds informative.
+
+    Use exactly like the loader it wraps, plus ``set_epoch``, ``report``, ``state_dict``,
+    ``load_state_dict`` and ``close`` (also a context manager). See ``autoassist.wrap``.
+    """
+
+    def __init__(self, loader: DataLoader, config=None, *, features=None, inputs=None,
+                 tensorboard: str | None = None, **options):
+        if not isinstance(loader, DataLoader):
+            raise TypeError(
+                f"autoassist.wrap expects a torch.utils.data.DataLoader, got {type(loader)}; "
+                "for torchdata nodes use autoassist.pipelines.torchdata"
+            )
+        if isinstance(loader.dataset, IterableDataset):
+            raise TypeError(
+                "autoassist.wrap needs a map-style dataset (with __len__ and __getitem__) so "
+                "instances have ids; this loader's dataset is an IterableDataset"
+            )
+        if loader.batch_size is None and loader.batch_sampler is None:
+            raise ValueError(
+                "autoassist.wrap needs batched loading; this DataLoader has batch_size=None "
+                "(automatic batching off). Pass batch_size=... to the DataLoader"
+            )
+        if getattr(loader, "in_order", True) is False:
+            raise ValueError(
+                "DataLoader(in_order=False) may deliver batches out of sampler order, so "
+                "losses could not be matched to instances; use in_order=True (the default)"
+            )
+        self.config = _resolve_config(config, options)
+        self.user_loader = loader
+        self.num_instances = len(loader.dataset)
+        if self.num_instances == 0:
+            raise ValueError("the DataLoader's dataset is empty")
+
+        default_batching = type(loader.batch_sampler) is BatchSampler
+        if default_batching:
+            self._sampler = copy.copy(loader.batch_sampler.sampler)
+            self._batch_size = loader.batch_sampler.batch_size
+            self._drop_last = loader.batch_sampler.drop_last
+            self._user_batch_sampler = None
+        else:  # a custom batch sampler: filter inside its batches, keep its grouping
+            self._sampler = None
+            self._batch_size = None
+            self._drop_last = False
+            self._user_batch_sampler = loader.batch_sampler
+        self._owns_generator = (
+            self._sampler is not None
+            and hasattr(self._sampler, "generator")
+            and self._sampler.generator is None
+        )
+
+        self.engine = ShrinkEngine(self.num_instances, self.config, features=features,
+                                   inputs=inputs, tensorboard=tensorboard)
+        self._fifo: deque[np.ndarray] = deque()
+        self._skip_batches = 0
+        self._epoch = 0
+        self._epoch_set = False
+        self._batches_done = 0
+        self._epoch_complete = False
+        self._generator_state: torch.Tensor | None = None
+        self._last_ids: np.ndarray | None = None
+        self._last_batch: Any = None
+        self._closed = False
+
+        kwargs = dict(
+            batch_sampler=_ShrinkBatchSampler(self),
+            num_workers=loader.num_workers,
+            collate_fn=loader.collate_fn,
+            pin_memory=loader.pin_memory,
+            timeout=loader.timeout,
+            worker_init_fn=loader.worker_init_fn,
+            multiprocessing_context=loader.multiprocessing_context,
+            generator=loader.generator,
+            persistent_workers=loader.persistent_workers,
+            pin_memory_device=getattr(loader, "pin_memory_device", ""),
+        )
+        if loader.num_workers > 0:
+            kwargs["prefetch_factor"] = loader.prefetch_factor
+        self._loader = DataLoader(loader.dataset, **kwargs)
+
+    # -- epochs ----------------------------------------------------------------------------------
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch`` at the next ``iter()`` (as DistributedSampler.set_epoch)."""
+        if int(epoch) != epoch or epoch < 0:
+            raise ValueError(f"set_epoch takes a non-negative integer, got {epoch!r}")
+        epoch = int(epoch)
+        if epoch != self._epoch or self._epoch_complete:
+            self._epoch = epoch
+            self._batches_done = 0
+            self._epoch_complete = False
+            self._generator_state = None
+        self._epoch_set = True
+
+    def _begin_iteration(self) -> None:
+        if self._epoch_complete and not self._epoch_set:
+            self.set_epoch(self._epoch + 1)  # the user did not call set_epoch: advance by one
+        self._epoch_set = False
+        self._epoch_complete = False
+        if self._batches_done == 0:
+            self._generator_state = None
+        self._skip_batches = self._batches_done
+        self._fifo = deque()
+        self.engine.plan(self._epoch)
+
+    def _prepare_sampler(self) -> None:
+        sampler = self._sampler
+        if sampler is None:
+            if hasattr(self._user_batch_sampler, "set_epoch"):
+                self._user_batch_sampler.set_epoch(self._epoch)
+            return
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(self._epoch)
+        if self._owns_generator:
+            # Our copy of the sampler gets a generator seeded by (seed, epoch): reproducible
+            # orders and exact mid-epoch resume, without touching torch's global RNG.
+            seed = (self.config.seed * 1_000_003 + self._epoch * 7_919 + 12_345) % (2**63)
+            sampler.generator = torch.Generator().manual_seed(seed)
+        gen = getattr(sampler, "generator", None)
+        if isinstance(gen, torch.Generator):
+            if self._generator_state is None:
+                self._generator_state = gen.get_state()
+            else:
+                gen.set_state(self._generator_state)  # resume: replay this epoch's order
+
+    def _epoch_batches(self) -> Iterator[np.ndarray]:
+        self._prepare_sampler()
+        mask = self.engine.current.mask
+        n = self.num_instances
+        if self._sampler is None:
+            for batch in self._user_batch_sampler:
+                ids = self._check_ids(np.asarray(batch, dtype=np.int64).reshape(-1), n)
+                if mask is not None:
+                    ids = ids[mask[ids]]
+                if len(ids):
+                    yield ids
+            return
+        if isinstance(self._sampler, DistributedSampler):
+            order = self._distributed_order(mask)
+            chunks: Iterator[np.ndarray] = iter([order])
+        else:
+            it = iter(self._sampler)
+            chunks = iter(lambda: np.fromiter(itertools.islice(it, _CHUNK), np.int64), None)
+        carry = np.empty(0, np.int64)
+        bs = self._batch_size
+        for chunk in chunks:
+            if len(chunk) == 0:
+                break
+            chunk = self._check_ids(chunk, n)
+            if mask is not None and not isinstance(self._sampler, DistributedSampler):
+                chunk = chunk[mask[chunk]]
+            carry = np.concatenate([carry, chunk]) if len(carry) else chunk
+            full = len(carry) // bs * bs
+            for start in range(0, full, bs):
+                yield carry[start : start + bs]
+            carry = carry[full:]
+        if len(carry) and not self._drop_last:
+            yield carry
+
+    def _distributed_order(self, mask: np.ndarray | None) -> np.ndarray:
+        """Equal-length, disjoint shards of the *kept* set (DistributedSampler's rule on it)."""
+        s = self._sampler
+        n = self.num_instances
+        if s.shuffle:
+            g = torch.Generator().manual_seed(s.seed + self._epoch)
+            order = torch.randperm(n, generator=g).numpy()
+        else:
+            order = np.arange(n, dtype=np.int64)
+        if mask is not None:
+            order = order[mask[order]]
+        world, rank = s.num_replicas, s.rank
+        if s.drop_last:
+            order = order[: len(order) // world * world]
+        else:
+            pad = (-len(order)) % world
+            if pad:
+                order = np.concatenate([order, np.resize(order, pad)])
+        return order[rank::world].astype(np.int64)
+
+    @staticmethod
+    def _check_ids(ids: np.ndarray, n: int) -> np.ndarray:
+        if len(ids) and (ids.min() < 0 or ids.max() >= n):
+            bad = ids[(ids < 0) | (ids >= n)][0]
+            raise IndexError(
+                f"the sampler yielded index {bad} but the dataset has {n} instances; "
+                "fix the sampler (or the dataset's __len__)"
+            )
+        return ids
+
+    def _expected_batches(self) -> int:
+        plan = self.engine.plan(self._epoch)
+        if self._sampler is None:
+            return len(self._user_batch_sampler)
+        kept = plan.kept
+        if isinstance(self._sampler, DistributedSampler):
+            world = self._sampler.num_replicas
+            kept = kept // world if self._sampler.drop_last else -(-kept // world)
+        elif plan.mask is None:
+            kept = len(self._sampler)
+        if self._drop_last:
+            return kept // self._batch_size
+        return -(-kept // self._batch_size)
+
+    def __len__(self) -> int:
+        """Batches in the current epoch (fewer than the wrapped loader's when shrinking)."""
+        return self._expected_batches()
+
+    # -- iteration --------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[Any]:
+        if self._closed:
+            raise RuntimeError("this autoassist loader was closed; wrap the DataLoader again")
+        self._begin_iteration()
+        for batch in self._loader:
+            self._last_ids = self._fifo.popleft()
+            self._last_batch = batch
+            self._batches_done += 1
+            yield batch
+        self._last_batch = None
+        self._epoch_complete = True
+        self.engine.end_epoch(self._epoch, batches=self._batches_done)
+
+    # -- the Boss's reports -----------------------------------------------------------------------
+    def report(self, per_sample: torch.Tensor, ids=None) -> torch.Tensor:
+        """Send per-instance losses to the Assistant; return the (re)weighted mean loss.
+
+        ``per_sample`` is a 1-D tensor with one loss per instance of the batch most recently
+        yielded (or of ``ids``). Only detached copies go to the Assistant.
+        """
+        if ids is None:
+            if self._last_ids is None:
+                raise RuntimeError(
+                    "report() was called before any batch was yielded, or twice for one batch; "
+                    "call it once per batch after `for batch in loader`, or pass ids=..."
+                )
+            ids, batch = self._last_ids, self._last_batch
+            self._last_ids = None
+        else:
+            ids = np.asarray(torch.as_tensor(ids).cpu(), dtype=np.int64).reshape(-1)
+            self._check_ids(ids, self.num_instances)
+            batch = None
+        return self.engine.report(per_sample, ids, batch)
+
+    # -- telemetry ---------------------------------------------------------------------------------
+    @property
+    def telemetry(self) -> list[dict[str, Any]]:
+        """One dict per finished epoch: kept fraction, Assistant accuracy, drops, times."""
+        return self.engine.telemetry
+
+    # -- state -------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "num_instances": self.num_instances,
+            "epoch": self._epoch,
+            "batches_done": self._batches_done,
+            "epoch_complete": self._epoch_complete,
+            "generator_state": self._generator_state,
+            "engine": self.engine.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(
+                f"loader state version {state.get('version')!r} is not {STATE_VERSION}; it was "
+                "saved by an incompatible autoassist"
+            )
+        if state["num_instances"] != self.num_instances:
+            raise ValueError(
+                f"this state comes from a dataset of {state['num_instances']} instances but the "
+                f"wrapped dataset has {self.num_instances}: load it into a loader over the same "
+                "dataset"
+            )
+        self.engine.load_state_dict(state["engine"])
+        self._epoch = state["epoch"]
+        self._batches_done = state["batches_done"]
+        self._epoch_complete = state["epoch_complete"]
+        self._generator_state = state["generator_state"]
+        self._epoch_set = not self._epoch_complete
+        self._last_ids = None
+        self._last_batch = None
+
+    # -- life cycle --------------------------------------------------------------------------------
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.engine.close()
+
+    def __enter__(self) -> ShrinkingLoader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: nothing left to clean
+            pass
+
+    def __getattr__(self, name: str) -> Any:
+        # dataset, batch_size, num_workers ... read through to the wrapped loader
+        if name.startswith("_") or name in ("engine", "config", "user_loader"):
+            raise AttributeError(name)
+        return getattr(self.user_loader, name)
+
+
+def wrap(loader: DataLoader, config=None, **options) -> ShrinkingLoader:
+    """Wrap any map-style ``torch.utils.data.DataLoader`` in the shrinking loader.
+
+    ``config``: a ``ShrinkConfig``, a dict, or a .toml/.json file (``autoassist tune`` writes
+    one); keyword ``options`` override single settings (``floor=0.3, reweight=True``, ...).
+    ``features``: a ``Tensor[N, d]`` of per-instance features, or ``fn(batch) -> Tensor[B, d]``
+    with ``feature_dim=d`` (default: a random projection of the input plus the class label).
+    ``inputs``: ``fn(batch) -> (x, y)`` when the batch's structure is not (x, y, ...) or a dict.
+    ``tensorboard``: a log directory for per-epoch telemetry.
+    """
+    if isinstance(loader, ShrinkingLoader):
+        warnings.warn("loader is already wrapped; returning it unchanged", stacklevel=2)
+        return loader
+    return ShrinkingLoader(loader, config, **options)

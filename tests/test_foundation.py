@@ -1,0 +1,113 @@
+"""Package layout, data loading on the real Fashion-MNIST files, and the CLI."""
+
+import gzip
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from autoassist.datasets import (
+    DataNotFoundError,
+    FashionMNIST,
+    load_fashion_mnist_arrays,
+    read_idx,
+)
+
+
+def test_import_names():
+    import autoassist
+    import autoassist.kernels
+    import autoassist.pipelines
+    import autoassist.pipelines.dataloader
+
+    assert autoassist.wrap is autoassist.pipelines.dataloader.wrap
+    assert callable(autoassist.kernels.shrink_select)
+    assert autoassist.ShrinkConfig().floor == 0.3
+
+
+def test_import_has_no_torch_side_effects():
+    code = (
+        "import torch; n = torch.get_num_threads(); s = torch.initial_seed();"
+        "import autoassist, autoassist.kernels, autoassist.pipelines.dataloader;"
+        "assert torch.get_num_threads() == n; assert torch.initial_seed() == s; print('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ok"
+
+
+def test_fashion_mnist_train_real_files(fmnist_dir):
+    arrays = load_fashion_mnist_arrays("train", fmnist_dir)
+    assert arrays.images.shape == (60000, 28, 28) and arrays.images.dtype == np.uint8
+    assert arrays.labels.shape == (60000,) and arrays.labels.dtype == np.int64
+    assert arrays.labels.min() == 0 and arrays.labels.max() == 9
+    assert np.bincount(arrays.labels).tolist() == [6000] * 10  # balanced by construction
+    # the first training label stored in the file is 9 (ankle boot)
+    with gzip.open(fmnist_dir / "train-labels-idx1-ubyte.gz", "rb") as f:
+        assert f.read(9)[8] == arrays.labels[0] == 9
+
+
+def test_fashion_mnist_dataset(fmnist_dir):
+    test = FashionMNIST("test", root=fmnist_dir)
+    assert len(test) == 10000
+    x, y = test[0]
+    assert x.shape == (1, 28, 28) and x.dtype == torch.float32
+    assert y.dtype == torch.int64 and int(y) == 9
+    images, labels = test.tensors()
+    # normalised with the training statistics: the test mean is close to 0
+    assert abs(float(images.mean())) < 0.05
+    assert FashionMNIST("train", root=fmnist_dir, limit=100).images.shape == (100, 1, 28, 28)
+
+
+def test_env_var_overrides_location(fmnist_dir, monkeypatch):
+    monkeypatch.setenv("AUTOASSIST_FASHION_MNIST", str(fmnist_dir))
+    assert len(FashionMNIST("test")) == 10000
+
+
+def test_missing_data_error_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOASSIST_FASHION_MNIST", str(tmp_path))
+    with pytest.raises(DataNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        FashionMNIST("train")
+    with pytest.raises(ValueError, match="split"):
+        load_fashion_mnist_arrays("valid", tmp_path)
+
+
+def test_corrupt_idx_is_rejected(tmp_path):
+    bad = tmp_path / "x-idx1-ubyte"
+    bad.write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x05ab")
+    with pytest.raises(ValueError, match="truncated"):
+        read_idx(bad)
+    bad.write_bytes(b"PK\x03\x04")
+    with pytest.raises(ValueError, match="not an IDX"):
+        read_idx(bad)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["demo", "--help"]])
+def test_cli_help(args):
+    out = subprocess.run([sys.executable, "-m", "autoassist.cli", *args], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "usage: autoassist" in out.stdout
+    if args[0] == "demo":
+        assert "--epochs" in out.stdout and "Fashion-MNIST" in out.stdout
+
+
+def test_console_script_installed():
+    import shutil
+
+    exe = shutil.which("autoassist") or str(
+        __import__("pathlib").Path(sys.executable).with_name("autoassist"))
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == __import__("autoassist").__version__
+
+
+def test_cli_demo_missing_data_is_one_clear_line(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "autoassist.cli", "demo", "--data-dir", str(tmp_path),
+         "--epochs", "1", "--out", str(tmp_path / "o")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 2
+    assert "autoassist: error:" in out.stderr and "dataset-fashion-mnist" in out.stderr
+    assert "Traceback" not in out.stderr
