@@ -29,7 +29,10 @@ _EXPORTS = {
     "DataNotFoundError": "autoassist.datasets",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
+__all__ = [
+    "DataNotFoundError", "EpochPlan", "FashionMNIST", "ShrinkConfig", "ShrinkEngine",
+    "ShrinkingLoader", "__version__", "wrap",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from autoassist.config import ShrinkConfig

@@ -25,6 +25,8 @@ from . import shared_state as ss
 
 _POLL_SECONDS = 0.2
 _SCORE_CHUNK = 65536
+_ACCURACY_RATE = 0.001
+_MINIBATCH = 32  # the Assistant's own SGD batch: many cheap steps per message
 
 
 # ------------------------------------------------------------------------------------------------
@@ -66,7 +68,6 @@ def run_assistant(shm_name: str, num_instances: int, feature_dim: int, settings:
         model.load_state_dict(model_state["model"])
         mean, accuracy = model_state["loss_mean"], model_state["accuracy"]
     alpha = float(settings["label_ema"])
-    acc_alpha = 0.01
     fresh = 0  # instances trained on since the last publication
     parent = mp.parent_process()
     train_seconds = float(state.fheader[ss.TRAIN_SECONDS])
@@ -93,8 +94,14 @@ def run_assistant(shm_name: str, num_instances: int, feature_dim: int, settings:
                     y = labels[have]
                     pred = model.predict_proba(X) > 0.5
                     hit = float(np.mean(pred == y.astype(bool)))
-                    accuracy = hit if np.isnan(accuracy) else (1 - acc_alpha) * accuracy + acc_alpha * hit
-                    model.partial_fit(X, y)
+                    if np.isnan(accuracy):
+                        accuracy = hit
+                    else:  # per-instance EMA: a window of ~1000 recent instances
+                        rate = 1.0 - (1.0 - _ACCURACY_RATE) ** len(X)
+                        accuracy = (1 - rate) * accuracy + rate * hit
+                    for start in range(0, len(X), _MINIBATCH):  # several small steps
+                        model.partial_fit(X[start : start + _MINIBATCH],
+                                          y[start : start + _MINIBATCH])
                     fresh += int(have.sum())
                     state.header[ss.TRAINED] += int(have.sum())
                 train_seconds += time.perf_counter() - t0
@@ -189,7 +196,8 @@ class AssistantProcess:
         self.restarts += 1
         warnings.warn(
             f"autoassist: the Assistant process died (exit code {code}); training continues on "
-            f"the last scores and the Assistant is restarted ({self.restarts}/{self.max_restarts}). "
+            f"the last scores and the Assistant is restarted "
+            f"({self.restarts}/{self.max_restarts}). "
             "If your script lacks an `if __name__ == '__main__':` guard, add one: the Assistant is "
             "started with multiprocessing's spawn method, which re-imports the main module.",
             RuntimeWarning, stacklevel=3,

@@ -1,4 +1,4 @@
-"""Shrink settings: one validated dataclass, loadable from TOML or JSON (``autoassist tune`` writes one)."""
+"""Shrink settings: one validated dataclass, loadable from TOML or JSON (written by tune)."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ class ShrinkConfig:
     label_ema: float = 0.01
     feature_dim: int = 32
     label_buckets: int = 16
-    assistant_lr: float = 0.05
+    assistant_lr: float = 0.1
     assistant_threads: int = 1
     kernel_threads: int | None = None
     queue_size: int = 64

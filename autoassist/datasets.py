@@ -41,7 +41,9 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     with opener(path, "rb") as f:
         raw = f.read()
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise ValueError(f"{path} is not an IDX file (bad magic number); re-install the data package")
+        raise ValueError(
+            f"{path} is not an IDX file (bad magic number); re-install the data package"
+        )
     type_code, ndim = raw[2], raw[3]
     if type_code not in _IDX_DTYPES:
         raise ValueError(f"{path}: unknown IDX element type 0x{type_code:02x}")
@@ -58,7 +60,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
 
 def fashion_mnist_dir(root: str | os.PathLike | None = None) -> Path:
-    """Where Fashion-MNIST lives: ``root`` if given, else $AUTOASSIST_FASHION_MNIST, else Debian's."""
+    """Fashion-MNIST's folder: ``root``, else $AUTOASSIST_FASHION_MNIST, else Debian's."""
     return Path(root or os.environ.get(FASHION_MNIST_ENV) or FASHION_MNIST_DEFAULT_DIR)
 
 

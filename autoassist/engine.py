@@ -100,6 +100,7 @@ class ShrinkEngine:
         self.telemetry: list[dict[str, Any]] = []
         self._epoch_started = time.perf_counter()
         self._reported = 0
+        self._warned_features = False
         self._writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -170,7 +171,9 @@ class ShrinkEngine:
     # -- reports ---------------------------------------------------------------------------------
     def report(self, per_sample: torch.Tensor, ids: np.ndarray, batch: Any = None) -> torch.Tensor:
         if not isinstance(per_sample, torch.Tensor):
-            raise TypeError(f"report() takes a tensor of per-instance losses, got {type(per_sample)}")
+            raise TypeError(
+                f"report() takes a tensor of per-instance losses, got {type(per_sample)}"
+            )
         if per_sample.ndim != 1:
             raise ValueError(
                 f"report() takes one loss per instance (a 1-D tensor); got shape "
@@ -192,9 +195,11 @@ class ShrinkEngine:
             )
         self._reported += len(ids)
         if self.assistant is not None and not self.assistant.failed:
-            if self.extractor is not None and batch is not None:
+            if self.extractor is not None:
                 missing = self.state.have[ids] == 0
-                if missing.any():
+                if missing.any() and batch is None:
+                    self._warn_no_features()
+                elif missing.any():
                     rows = np.flatnonzero(missing)
                     self.state.features[ids[rows]] = self.extractor(batch, torch.from_numpy(rows))
                     self.state.have[ids[rows]] = 1
@@ -208,6 +213,16 @@ class ShrinkEngine:
             w = torch.from_numpy(plan.weights(ids)).to(per_sample.device, per_sample.dtype)
             return (per_sample * w).mean()
         return per_sample.mean()
+
+    def _warn_no_features(self) -> None:
+        if not self._warned_features:
+            self._warned_features = True
+            warnings.warn(
+                "autoassist: report() got losses without their batch, so the Assistant has no "
+                "features for those instances and cannot learn from them; pass batch=... to "
+                "report() or give per-instance features=... when wrapping",
+                RuntimeWarning, stacklevel=4,
+            )
 
     def flush(self) -> None:
         if not self._pending_ids or self.assistant is None:

@@ -75,7 +75,9 @@ class SharedState:
             if int(self.header[VERSION]) - before < 2:
                 return copy, before
             time.sleep(0.001)
-        raise RuntimeError("could not take a consistent score snapshot (Assistant publishing too fast)")
+        raise RuntimeError(
+            "could not take a consistent score snapshot (the Assistant publishes too fast)"
+        )
 
     def load_scores(self, scores: np.ndarray, version: int) -> None:
         """Restore a snapshot (resume): both buffers get it, so any reader sees it."""

@@ -37,6 +37,10 @@ from autoassist.config import ShrinkConfig
 from autoassist.engine import ShrinkEngine
 
 _CHUNK = 4096
+_ITERABLE_NEEDS_KEY = (
+    "this loader's dataset is an IterableDataset: its items have no ids, so pass "
+    "key=lambda item: <instance id> and num_instances=N to autoassist.wrap"
+)
 STATE_VERSION = 1
 
 
@@ -52,6 +56,15 @@ def _resolve_config(config, options: dict[str, Any]) -> ShrinkConfig:
     else:
         raise TypeError(f"config must be a ShrinkConfig, dict or file path, got {type(config)}")
     return base.replace(**options) if options else base
+
+
+def _chunked(it: Iterator[int]) -> Iterator[np.ndarray]:
+    """The sampler's indices in NumPy chunks: vectorised filtering, and infinite samplers work."""
+    while True:
+        chunk = np.fromiter(itertools.islice(it, _CHUNK), np.int64)
+        if len(chunk) == 0:
+            return
+        yield chunk
 
 
 class _ShrinkBatchSampler(Sampler[list[int]]):
@@ -75,7 +88,70 @@ class _ShrinkBatchSampler(Sampler[list[int]]):
             yield ids.tolist()
 
 
-class ShrinkingLoader:
+class _EngineLoader:
+    """What every autoassist loader shares: an engine, ``report``, telemetry and closing."""
+
+    engine: ShrinkEngine
+    num_instances: int
+    _last_ids: np.ndarray | None
+    _last_batch: Any
+    _closed: bool = False
+
+    def report(self, per_sample: torch.Tensor, ids=None, batch: Any = None) -> torch.Tensor:
+        """Send per-instance losses to the Assistant; return the (re)weighted mean loss.
+
+        ``per_sample`` is a 1-D tensor with one loss per instance of the batch most recently
+        yielded (or of ``ids``, whose collated ``batch`` lets the default features be computed).
+        Only detached copies go to the Assistant.
+        """
+        if ids is None:
+            if self._last_ids is None:
+                raise RuntimeError(
+                    "report() was called before any batch was yielded, or twice for one batch; "
+                    "call it once per batch after `for batch in loader`, or pass ids=..."
+                )
+            loss = self.engine.report(per_sample, self._last_ids, self._last_batch)
+            self._last_ids = None  # only once it was accepted: a rejected report can be redone
+            return loss
+        ids = np.asarray(torch.as_tensor(ids).cpu(), dtype=np.int64).reshape(-1)
+        _check_ids(ids, self.num_instances)
+        return self.engine.report(per_sample, ids, batch)
+
+    @property
+    def telemetry(self) -> list[dict[str, Any]]:
+        """One dict per finished epoch: kept fraction, Assistant accuracy, drops, times."""
+        return self.engine.telemetry
+
+    def close(self) -> None:
+        """Stop the Assistant process and free shared memory (idempotent)."""
+        if not self._closed:
+            self._closed = True
+            self.engine.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: nothing left to clean
+            pass
+
+
+def _check_ids(ids: np.ndarray, n: int) -> np.ndarray:
+    if len(ids) and (ids.min() < 0 or ids.max() >= n):
+        bad = ids[(ids < 0) | (ids >= n)][0]
+        raise IndexError(
+            f"instance id {bad} is out of range: the dataset has {n} instances; "
+            "fix the sampler, the dataset's __len__, or the ids passed to report()"
+        )
+    return ids
+
+
+class ShrinkingLoader(_EngineLoader):
     """A DataLoader that trains on the instances the Assistant still finds informative.
 
     Use exactly like the loader it wraps, plus ``set_epoch``, ``report``, ``state_dict``,
@@ -90,10 +166,7 @@ class ShrinkingLoader:
                 "for torchdata nodes use autoassist.pipelines.torchdata"
             )
         if isinstance(loader.dataset, IterableDataset):
-            raise TypeError(
-                "autoassist.wrap needs a map-style dataset (with __len__ and __getitem__) so "
-                "instances have ids; this loader's dataset is an IterableDataset"
-            )
+            raise TypeError(_ITERABLE_NEEDS_KEY)
         if loader.batch_size is None and loader.batch_sampler is None:
             raise ValueError(
                 "autoassist.wrap needs batched loading; this DataLoader has batch_size=None "
@@ -210,7 +283,7 @@ class ShrinkingLoader:
         n = self.num_instances
         if self._sampler is None:
             for batch in self._user_batch_sampler:
-                ids = self._check_ids(np.asarray(batch, dtype=np.int64).reshape(-1), n)
+                ids = _check_ids(np.asarray(batch, dtype=np.int64).reshape(-1), n)
                 if mask is not None:
                     ids = ids[mask[ids]]
                 if len(ids):
@@ -220,14 +293,13 @@ class ShrinkingLoader:
             order = self._distributed_order(mask)
             chunks: Iterator[np.ndarray] = iter([order])
         else:
-            it = iter(self._sampler)
-            chunks = iter(lambda: np.fromiter(itertools.islice(it, _CHUNK), np.int64), None)
+            chunks = _chunked(iter(self._sampler))
         carry = np.empty(0, np.int64)
         bs = self._batch_size
         for chunk in chunks:
             if len(chunk) == 0:
                 break
-            chunk = self._check_ids(chunk, n)
+            chunk = _check_ids(chunk, n)
             if mask is not None and not isinstance(self._sampler, DistributedSampler):
                 chunk = chunk[mask[chunk]]
             carry = np.concatenate([carry, chunk]) if len(carry) else chunk
@@ -257,16 +329,6 @@ class ShrinkingLoader:
             if pad:
                 order = np.concatenate([order, np.resize(order, pad)])
         return order[rank::world].astype(np.int64)
-
-    @staticmethod
-    def _check_ids(ids: np.ndarray, n: int) -> np.ndarray:
-        if len(ids) and (ids.min() < 0 or ids.max() >= n):
-            bad = ids[(ids < 0) | (ids >= n)][0]
-            raise IndexError(
-                f"the sampler yielded index {bad} but the dataset has {n} instances; "
-                "fix the sampler (or the dataset's __len__)"
-            )
-        return ids
 
     def _expected_batches(self) -> int:
         plan = self.engine.plan(self._epoch)
@@ -299,33 +361,6 @@ class ShrinkingLoader:
         self._last_batch = None
         self._epoch_complete = True
         self.engine.end_epoch(self._epoch, batches=self._batches_done)
-
-    # -- the Boss's reports -----------------------------------------------------------------------
-    def report(self, per_sample: torch.Tensor, ids=None) -> torch.Tensor:
-        """Send per-instance losses to the Assistant; return the (re)weighted mean loss.
-
-        ``per_sample`` is a 1-D tensor with one loss per instance of the batch most recently
-        yielded (or of ``ids``). Only detached copies go to the Assistant.
-        """
-        if ids is None:
-            if self._last_ids is None:
-                raise RuntimeError(
-                    "report() was called before any batch was yielded, or twice for one batch; "
-                    "call it once per batch after `for batch in loader`, or pass ids=..."
-                )
-            ids, batch = self._last_ids, self._last_batch
-            self._last_ids = None
-        else:
-            ids = np.asarray(torch.as_tensor(ids).cpu(), dtype=np.int64).reshape(-1)
-            self._check_ids(ids, self.num_instances)
-            batch = None
-        return self.engine.report(per_sample, ids, batch)
-
-    # -- telemetry ---------------------------------------------------------------------------------
-    @property
-    def telemetry(self) -> list[dict[str, Any]]:
-        """One dict per finished epoch: kept fraction, Assistant accuracy, drops, times."""
-        return self.engine.telemetry
 
     # -- state -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -360,24 +395,6 @@ class ShrinkingLoader:
         self._last_ids = None
         self._last_batch = None
 
-    # -- life cycle --------------------------------------------------------------------------------
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self.engine.close()
-
-    def __enter__(self) -> ShrinkingLoader:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown: nothing left to clean
-            pass
-
     def __getattr__(self, name: str) -> Any:
         # dataset, batch_size, num_workers ... read through to the wrapped loader
         if name.startswith("_") or name in ("engine", "config", "user_loader"):
@@ -385,8 +402,12 @@ class ShrinkingLoader:
         return getattr(self.user_loader, name)
 
 
-def wrap(loader: DataLoader, config=None, **options) -> ShrinkingLoader:
-    """Wrap any map-style ``torch.utils.data.DataLoader`` in the shrinking loader.
+def wrap(loader: DataLoader, config=None, *, key=None, num_instances: int | None = None,
+         **options) -> ShrinkingLoader:
+    """Wrap any ``torch.utils.data.DataLoader`` in the shrinking loader.
+
+    Map-style datasets need nothing more. Iterable-style datasets need ``key=fn(item) -> id``
+    and ``num_instances=N`` (ids in ``[0, N)``): the stream is filtered by the kept ids.
 
     ``config``: a ``ShrinkConfig``, a dict, or a .toml/.json file (``autoassist tune`` writes
     one); keyword ``options`` override single settings (``floor=0.3, reweight=True``, ...).
@@ -398,4 +419,16 @@ def wrap(loader: DataLoader, config=None, **options) -> ShrinkingLoader:
     if isinstance(loader, ShrinkingLoader):
         warnings.warn("loader is already wrapped; returning it unchanged", stacklevel=2)
         return loader
+    if key is not None or isinstance(getattr(loader, "dataset", None), IterableDataset):
+        if key is None:
+            raise TypeError(_ITERABLE_NEEDS_KEY)
+        from autoassist.pipelines.keyed import KeyedShrinkingLoader
+
+        return KeyedShrinkingLoader(loader, config, key=key, num_instances=num_instances,
+                                    **options)
+    if num_instances is not None and num_instances != len(loader.dataset):
+        raise ValueError(
+            f"num_instances={num_instances} but the map-style dataset has "
+            f"{len(loader.dataset)} instances; leave num_instances out for map-style datasets"
+        )
     return ShrinkingLoader(loader, config, **options)

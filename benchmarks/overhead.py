@@ -1,0 +1,96 @@
+"""Boss throughput with the Assistant running (keep-all mode) vs the plain DataLoader.
+
+    python -m benchmarks.overhead [--quick] [--threads 2]
+
+Both loaders feed the same small CNN on Fashion-MNIST; runs alternate (plain, wrapped, plain,
+...) so machine noise hits both alike. With ``floor=1`` nothing is shrunk, so any difference is the
+engine's cost: the id FIFO, ``report`` (detach, copy, feature projection on first sighting,
+queueing), and the Assistant process competing for the CPU. Last stdout line: JSON with
+``throughput_ratio`` = wrapped / plain instances per second (goal >= 0.97).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
+
+import autoassist
+from autoassist.datasets import FashionMNIST
+from autoassist.models import small_cnn
+from benchmarks._common import git_commit, machine_info, thread_info, write_result
+
+
+def _epoch(model, opt, loader, shrinking: bool) -> tuple[int, float]:
+    count = 0
+    t0 = time.perf_counter()
+    for x, y in loader:
+        per_sample = F.cross_entropy(model(x), y, reduction="none")
+        loss = loader.report(per_sample) if shrinking else per_sample.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        count += len(y)
+    return count, time.perf_counter() - t0
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="10k instances, 2 rounds (<5 min)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads of the Boss")
+    ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--instances", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=128)
+    args = ap.parse_args(argv)
+    rounds = args.rounds or (2 if args.quick else 4)
+    n = args.instances or (10000 if args.quick else 30000)
+    torch.set_num_threads(args.threads)
+    data = Subset(FashionMNIST("train"), range(n))
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = small_cnn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    plain = DataLoader(data, batch_size=args.batch_size, shuffle=True)
+    wrapped = autoassist.wrap(DataLoader(data, batch_size=args.batch_size, shuffle=True),
+                              floor=1.0, warmup_epochs=0)
+    # untimed warm-up of both (JIT, allocator, first-sighting features)
+    _epoch(model, opt, plain, False)
+    wrapped.set_epoch(0)
+    _epoch(model, opt, wrapped, True)
+    plain_rates, wrapped_rates = [], []
+    for r in range(rounds):
+        c, s = _epoch(model, opt, plain, False)
+        plain_rates.append(c / s)
+        wrapped.set_epoch(r + 1)
+        c, s = _epoch(model, opt, wrapped, True)
+        wrapped_rates.append(c / s)
+        print(f"round {r + 1}/{rounds}: plain {plain_rates[-1]:.0f}/s, "
+              f"autoassist keep-all {wrapped_rates[-1]:.0f}/s", flush=True)
+    tele = wrapped.telemetry[-1]
+    wrapped.close()
+    ratio = statistics.median(wrapped_rates) / statistics.median(plain_rates)
+    result = {
+        "benchmark": "overhead",
+        "throughput_ratio": ratio,
+        "goal": ">= 0.97",
+        "plain_instances_per_s": plain_rates,
+        "autoassist_instances_per_s": wrapped_rates,
+        "instances_per_epoch": n,
+        "batch_size": args.batch_size,
+        "assistant_cpu_seconds": tele["assistant_cpu_seconds"],
+        "queue_drops": tele["queue_drops"],
+        "quick": args.quick,
+        "threads": thread_info(),
+        "commit": git_commit(),
+        "machine": machine_info(),
+    }
+    write_result("overhead", result)
+    return result
+
+
+if __name__ == "__main__":
+    main()

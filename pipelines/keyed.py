@@ -1,0 +1,134 @@
+"""Iterable-style datasets: ``autoassist.wrap(loader, key=fn, num_instances=N)``.
+
+A stream has no sampler to steer, so the stream itself is filtered: ``key(item)`` gives each
+item's instance id in ``[0, N)``, and items whose id is not kept this epoch are skipped before
+collation (in the workers, when there are workers). The ids travel beside each item through a
+collate wrapper, so the user's collate_fn still sees exactly the items it would have seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from autoassist.engine import ShrinkEngine
+from autoassist.pipelines.dataloader import _check_ids, _EngineLoader, _resolve_config
+
+
+class _KeyedStream(IterableDataset):
+    """The user's stream, minus this epoch's shrunk items, each item paired with its id."""
+
+    def __init__(self, dataset: IterableDataset, key: Callable[[Any], int], n: int):
+        self.dataset, self.key, self.n = dataset, key, n
+        self.mask: np.ndarray | None = None  # set per epoch, before workers copy the dataset
+
+    def __iter__(self) -> Iterator[tuple[int, Any]]:
+        mask, key, n = self.mask, self.key, self.n
+        for item in self.dataset:
+            idx = int(key(item))
+            if not 0 <= idx < n:
+                raise IndexError(
+                    f"key(item) returned {idx}, outside [0, num_instances={n}): make key map "
+                    "every item to a distinct id below num_instances, or raise num_instances"
+                )
+            if mask is None or mask[idx]:
+                yield idx, item
+
+
+class _KeyedCollate:
+    def __init__(self, collate_fn: Callable[[list], Any]):
+        self.collate_fn = collate_fn
+
+    def __call__(self, pairs: list[tuple[int, Any]]):
+        ids = torch.tensor([p[0] for p in pairs], dtype=torch.int64)
+        return ids, self.collate_fn([p[1] for p in pairs])
+
+
+class KeyedShrinkingLoader(_EngineLoader):
+    """The shrinking loader for iterable-style datasets (see module docstring)."""
+
+    def __init__(self, loader: DataLoader, config=None, *, key: Callable[[Any], int],
+                 num_instances: int, features=None, inputs=None, tensorboard=None, **options):
+        if not isinstance(loader.dataset, IterableDataset):
+            raise TypeError("key= is for iterable-style datasets; map-style ones need no key")
+        if loader.batch_size is None:
+            raise ValueError("autoassist needs batched loading: pass batch_size=... to DataLoader")
+        if loader.num_workers > 0 and loader.persistent_workers:
+            raise ValueError(
+                "persistent_workers=True keeps the workers' copy of the stream, so they would "
+                "never see a new epoch's selection; use persistent_workers=False with key="
+            )
+        if num_instances is None or int(num_instances) <= 0:
+            raise ValueError("key= needs num_instances=N, the number of distinct instance ids")
+        self.config = _resolve_config(config, options)
+        self.user_loader = loader
+        self.num_instances = int(num_instances)
+        self.engine = ShrinkEngine(self.num_instances, self.config, features=features,
+                                   inputs=inputs, tensorboard=tensorboard)
+        self._stream = _KeyedStream(loader.dataset, key, self.num_instances)
+        kwargs = dict(
+            batch_size=loader.batch_size, drop_last=loader.drop_last,
+            num_workers=loader.num_workers, collate_fn=_KeyedCollate(loader.collate_fn),
+            pin_memory=loader.pin_memory, timeout=loader.timeout,
+            worker_init_fn=loader.worker_init_fn,
+            multiprocessing_context=loader.multiprocessing_context,
+            generator=loader.generator,
+        )
+        if loader.num_workers > 0:
+            kwargs["prefetch_factor"] = loader.prefetch_factor
+        self._loader = DataLoader(self._stream, **kwargs)
+        self._epoch, self._epoch_set, self._epoch_complete = 0, False, False
+        self._batches_done = 0
+        self._last_ids = None
+        self._last_batch = None
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        if int(epoch) != epoch or epoch < 0:
+            raise ValueError(f"set_epoch takes a non-negative integer, got {epoch!r}")
+        if epoch != self._epoch or self._epoch_complete:
+            self._epoch, self._batches_done, self._epoch_complete = int(epoch), 0, False
+        self._epoch_set = True
+
+    def __iter__(self) -> Iterator[Any]:
+        if self._closed:
+            raise RuntimeError("this autoassist loader was closed; wrap the DataLoader again")
+        if self._epoch_complete and not self._epoch_set:
+            self.set_epoch(self._epoch + 1)
+        self._epoch_set, self._epoch_complete = False, False
+        self._stream.mask = self.engine.plan(self._epoch).mask
+        skip = self._batches_done  # resume: the stream is replayed, done batches are skipped
+        for ids, batch in self._loader:
+            if skip:
+                skip -= 1
+                continue
+            self._last_ids = _check_ids(ids.numpy(), self.num_instances)
+            self._last_batch = batch
+            self._batches_done += 1
+            yield batch
+        self._last_batch = None
+        self._epoch_complete = True
+        self.engine.end_epoch(self._epoch, batches=self._batches_done)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"num_instances": self.num_instances, "epoch": self._epoch,
+                "batches_done": self._batches_done, "epoch_complete": self._epoch_complete,
+                "engine": self.engine.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["num_instances"] != self.num_instances:
+            raise ValueError(
+                f"this state comes from {state['num_instances']} instances, this loader has "
+                f"num_instances={self.num_instances}: load it into a loader over the same data"
+            )
+        self.engine.load_state_dict(state["engine"])
+        self._epoch, self._batches_done = state["epoch"], state["batches_done"]
+        self._epoch_complete = state["epoch_complete"]
+        self._epoch_set = not self._epoch_complete

@@ -1,0 +1,144 @@
+"""Config files, Assistant learners, user features, iterable streams and the torchdata node."""
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset, get_worker_info
+
+import autoassist
+from autoassist.config import ShrinkConfig
+
+N = 3000
+
+
+def _synthetic(seed=0):
+    """Instances whose "loss" is a fixed function of their features: a learnable target."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(N, 8, generator=gen)
+    loss = torch.nn.functional.softplus(3 * x[:, 0] - 2 * x[:, 1])
+    return x, loss
+
+
+def test_config_roundtrip_toml_and_json(tmp_path):
+    cfg = ShrinkConfig(floor=0.4, reweight=True, assistant="sgd", epochs=10, anneal_epochs=2)
+    for suffix in (".toml", ".json"):
+        path = cfg.to_file(tmp_path / f"shrink{suffix}")
+        assert ShrinkConfig.from_file(path) == cfg
+    (tmp_path / "bad.toml").write_text("[autoassist]\nfloor = 0.3\nflor = 2\n")
+    with pytest.raises(ValueError, match="unknown shrink setting.*flor"):
+        ShrinkConfig.from_file(tmp_path / "bad.toml")
+    with pytest.raises(ValueError, match="toml or .json"):
+        cfg.to_file(tmp_path / "x.yaml")
+    with pytest.raises(ValueError, match="assistant"):
+        ShrinkConfig(assistant="forest")
+
+
+@pytest.mark.parametrize("kind", ["logistic", "sgd", "mlp"])
+def test_every_assistant_kind_learns_which_instances_are_hard(kind):
+    x, loss = _synthetic()
+    data = TensorDataset(torch.arange(N))
+    loader = autoassist.wrap(DataLoader(data, batch_size=100, shuffle=True), features=x,
+                             assistant=kind, sync=True, floor=0.1, warmup_epochs=2)
+    with loader:
+        for epoch in range(3):
+            loader.set_epoch(epoch)
+            for (idx,) in loader:
+                loader.report(loss[idx])
+        scores = loader.engine.current.scores
+        tele = loader.telemetry
+    hard = (loss > loss.median()).numpy()
+    assert scores[hard].mean() > scores[~hard].mean() + 0.2, kind
+    assert tele[-1]["assistant_accuracy"] > 0.75
+
+
+def test_callable_features_and_bad_shapes():
+    x, loss = _synthetic()
+    data = TensorDataset(x, torch.arange(N))
+    loader = autoassist.wrap(DataLoader(data, batch_size=50), features=lambda b: b[0][:, :4],
+                             feature_dim=4)
+    with loader:
+        xb, idx = next(iter(loader))
+        loader.report(loss[idx])
+        assert loader.engine.state.have[idx.numpy()].all()
+    bad = autoassist.wrap(DataLoader(data, batch_size=50), features=lambda b: b[0], feature_dim=4)
+    with bad, pytest.raises(ValueError, match=r"expected \[batch, 4\]"):
+        xb, idx = next(iter(bad))
+        bad.report(loss[idx])
+    with pytest.raises(ValueError, match="num_instances"):
+        autoassist.wrap(DataLoader(data, batch_size=50), features=torch.zeros(5, 3))
+
+
+class _Stream(IterableDataset):
+    def __init__(self, x):
+        self.x = x
+
+    def __iter__(self):
+        info = get_worker_info()
+        start, step = (0, 1) if info is None else (info.id, info.num_workers)
+        for i in range(start, len(self.x), step):
+            yield {"id": i, "x": self.x[i]}
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_iterable_dataset_filtered_by_key(num_workers):
+    x, loss = _synthetic()
+    base = DataLoader(_Stream(x), batch_size=64, num_workers=num_workers)
+    with pytest.raises(TypeError, match="key="):
+        autoassist.wrap(base)
+    loader = autoassist.wrap(base, key=lambda item: item["id"], num_instances=N,
+                             features=x, sync=True, floor=0.2, warmup_epochs=1)
+    with loader:
+        seen = []
+        for epoch in range(2):
+            loader.set_epoch(epoch)
+            ids = []
+            for batch in loader:
+                assert set(batch) == {"id", "x"}  # the user's collate output, untouched
+                ids.append(batch["id"].numpy())
+                assert np.array_equal(loader._last_ids, batch["id"].numpy())
+                loader.report(loss[batch["id"]])
+            seen.append(np.sort(np.concatenate(ids)))
+        plan = loader.engine.current
+    assert np.array_equal(seen[0], np.arange(N))
+    assert np.array_equal(seen[1], np.flatnonzero(plan.mask))
+    assert len(seen[1]) < N
+
+
+def test_torchdata_node_epochs_and_resume():
+    from torchdata import nodes
+
+    from autoassist.pipelines.nodes import ShrinkSampler
+
+    x, loss = _synthetic()
+
+    def build():
+        sampler = ShrinkSampler(N, features=x, sync=True, floor=0.2, warmup_epochs=1, seed=4)
+        loader = nodes.Loader(nodes.Batcher(sampler, batch_size=100, drop_last=False))
+        return sampler, loader
+
+    def epoch_ids(sampler, loader, stop_after=None):
+        out = []
+        for ids in loader:
+            out.append(np.asarray(ids))
+            sampler.report(loss[ids], ids)
+            if stop_after is not None and len(out) == stop_after:
+                return out, loader.state_dict()
+        return out, None
+
+    sampler, loader = build()
+    e0, _ = epoch_ids(sampler, loader)
+    e1, _ = epoch_ids(sampler, loader)
+    assert sorted(np.concatenate(e0).tolist()) == list(range(N))
+    kept = np.flatnonzero(sampler.engine.current.mask)
+    assert sorted(np.concatenate(e1).tolist()) == kept.tolist()
+    sampler.close()
+
+    sampler2, loader2 = build()
+    epoch_ids(sampler2, loader2)
+    head, state = epoch_ids(sampler2, loader2, stop_after=5)
+    sampler2.close()
+    sampler3, loader3 = build()
+    loader3.load_state_dict(state)
+    tail, _ = epoch_ids(sampler3, loader3)
+    sampler3.close()
+    assert np.array_equal(np.concatenate(head + tail), np.concatenate(e1))

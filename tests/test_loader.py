@@ -1,0 +1,243 @@
+"""The shrinking DataLoader on real Fashion-MNIST: batches, selection, resume, failures."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset, TensorDataset, WeightedRandomSampler
+
+import autoassist
+from autoassist.models import small_cnn
+
+
+@pytest.fixture(scope="module")
+def small_train(fmnist_train):
+    return Subset(fmnist_train, range(2000))
+
+
+def _batches(loader, epochs=1):
+    out = []
+    for epoch in range(epochs):
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        for x, y in loader:
+            out.append((x.clone(), y.clone()))
+            if hasattr(loader, "report"):
+                loader.report(torch.ones(len(y)))
+    return out
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_keep_all_batches_identical_to_original(small_train, num_workers):
+    def make():
+        gen = torch.Generator().manual_seed(7)
+        return DataLoader(small_train, batch_size=64, shuffle=True, generator=gen,
+                          num_workers=num_workers, drop_last=False)
+
+    plain = []
+    base = make()
+    for _ in range(2):
+        plain += [(x.clone(), y.clone()) for x, y in base]
+    with autoassist.wrap(make(), floor=1.0) as loader:
+        wrapped = _batches(loader, epochs=2)
+    assert len(plain) == len(wrapped) == 2 * 32
+    for (x0, y0), (x1, y1) in zip(plain, wrapped, strict=True):
+        assert torch.equal(x0, x1) and torch.equal(y0, y1)
+
+
+def test_warmup_epoch_sees_every_instance_once(small_train):
+    base = DataLoader(small_train, batch_size=100, shuffle=True)
+    with autoassist.wrap(base, warmup_epochs=1) as loader:
+        seen = []
+        for _x, y in loader:
+            seen.append(loader._last_ids.copy())
+            loader.report(torch.rand(len(y)))
+        seen = np.concatenate(seen)
+    assert sorted(seen.tolist()) == list(range(2000))
+
+
+def _train_epochs(loader, model, epochs, lr=0.05):
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        for x, y in loader:
+            loss = loader.report(F.cross_entropy(model(x), y, reduction="none"))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+
+def test_assistant_learns_and_selection_accounts_for_every_instance(fmnist_train):
+    data = Subset(fmnist_train, range(6000))
+    torch.manual_seed(0)
+    model = small_cnn(width=8)
+    gen = torch.Generator().manual_seed(0)
+    base = DataLoader(data, batch_size=100, shuffle=True, generator=gen)
+    with autoassist.wrap(base, floor=0.2, sync=True, seed=3) as loader:
+        _train_epochs(loader, model, epochs=2)
+        # epoch 2 is a shrinking epoch: check what it yields against its plan
+        loader.set_epoch(2)
+        ids = []
+        for _x, y in loader:
+            ids.append(loader._last_ids.copy())
+            loader.report(torch.ones(len(y)))
+        ids = np.concatenate(ids)
+        plan = loader.engine.current
+        assert plan.reason == "shrink"
+        kept = np.flatnonzero(plan.mask)
+        assert sorted(ids.tolist()) == kept.tolist()  # each kept instance exactly once
+        shrunk = np.setdiff1d(np.arange(6000), ids)
+        assert len(kept) + len(shrunk) == 6000
+        assert 0.2 * 6000 < len(kept) < 0.95 * 6000
+        tele = loader.telemetry
+        assert [t["epoch"] for t in tele] == [0, 1, 2]
+        assert tele[2]["kept"] == len(kept)
+        assert tele[1]["assistant_accuracy"] > 0.6  # better than guessing the label rule
+        # the Assistant's scores rank truly hard instances (high current loss) higher
+        with torch.no_grad():
+            x = torch.stack([data[i][0] for i in range(6000)])
+            y = torch.stack([data[i][1] for i in range(6000)])
+            losses = F.cross_entropy(model.eval()(x), y, reduction="none").numpy()
+        scores = plan.scores
+        hard = losses > np.median(losses)
+        assert scores[hard].mean() > scores[~hard].mean() + 0.05
+
+
+def test_resume_mid_epoch_is_bit_identical(small_train):
+    def make():
+        return DataLoader(small_train, batch_size=50, shuffle=True)  # no generator: ours is seeded
+
+    def run(loader, epochs_batches, start_epoch=0, skip_set_epoch=False):
+        got = []
+        for epoch in range(start_epoch, 3):
+            if not (skip_set_epoch and epoch == start_epoch):
+                loader.set_epoch(epoch)
+            for x, y in loader:
+                got.append((loader._last_ids.copy(), x.clone()))
+                loader.report(x.flatten(1).mean(1) ** 2 + y.float())  # deterministic "losses"
+                if epochs_batches is not None and len(got) == epochs_batches:
+                    return got, loader.state_dict()
+        return got, None
+
+    opts = dict(floor=0.3, sync=True, seed=11, warmup_epochs=1)
+    with autoassist.wrap(make(), **opts) as a:
+        full, _ = run(a, None)
+    with autoassist.wrap(make(), **opts) as b:
+        first, state = run(b, 40 + 17)  # epoch 0 has 40 batches: stop inside epoch 1
+    with autoassist.wrap(make(), **opts) as c:
+        c.load_state_dict(state)
+        rest, _ = run(c, None, start_epoch=1, skip_set_epoch=True)
+    resumed = first + rest
+    assert len(resumed) == len(full)
+    for (i0, x0), (i1, x1) in zip(full, resumed, strict=True):
+        assert np.array_equal(i0, i1) and torch.equal(x0, x1)
+    assert len(full) < 3 * 40  # shrinking happened
+
+
+def test_assistant_death_warns_and_restarts(small_train):
+    base = DataLoader(small_train, batch_size=100, shuffle=True)
+    with autoassist.wrap(base, floor=0.3, sync=True) as loader:
+        _batches(loader, epochs=1)
+        proc = loader.engine.assistant
+        old_pid = proc.pid
+        proc.send(("crash",), block=True)
+        proc._proc.join(10)
+        assert not proc.alive
+        with pytest.warns(RuntimeWarning, match="Assistant process died"):
+            loader.set_epoch(1)
+            batches = list(loader)
+        assert proc.alive and proc.pid != old_pid and proc.restarts == 1
+        assert len(batches) > 0
+
+
+def test_bad_inputs_have_clear_errors(small_train):
+    base = DataLoader(small_train, batch_size=10)
+    with autoassist.wrap(base) as loader:
+        with pytest.raises(RuntimeError, match="before any batch"):
+            loader.report(torch.ones(10))
+        it = iter(loader)
+        _x, y = next(it)
+        with pytest.raises(ValueError, match="got 9 losses for a batch of 10"):
+            loader.report(torch.ones(9))
+        with pytest.raises(ValueError, match="1-D"):
+            loader.report(torch.ones(10, 2))
+        with pytest.raises(FloatingPointError, match="non-finite"):
+            loader.report(torch.tensor([float("nan")] + [1.0] * 9))
+        with pytest.raises(IndexError, match="dataset has 2000 instances"):
+            loader.report(torch.ones(2), ids=[0, 2000])
+        loader.report(torch.ones(10))
+        with pytest.raises(RuntimeError, match="twice"):
+            loader.report(torch.ones(10))
+        state = loader.state_dict()
+    other = DataLoader(Subset(small_train, range(1000)), batch_size=10)
+    with autoassist.wrap(other) as loader2:
+        with pytest.raises(ValueError, match="2000 instances but the wrapped dataset has 1000"):
+            loader2.load_state_dict(state)
+    with pytest.raises(ValueError, match="floor"):
+        autoassist.wrap(base, floor=1.5)
+    with pytest.raises(ValueError, match="anneal_epochs"):
+        autoassist.wrap(base, anneal_epochs=2)
+    with pytest.raises(TypeError, match="DataLoader"):
+        autoassist.wrap([1, 2, 3])
+
+
+def test_weighted_sampler_and_custom_batch_sampler():
+    data = TensorDataset(torch.randn(300, 5), torch.randint(0, 3, (300,)))
+    weights = torch.ones(300)
+    weights[:100] = 0.0  # never drawn
+    sampler = WeightedRandomSampler(weights, num_samples=300, replacement=True)
+    with autoassist.wrap(DataLoader(data, batch_size=30, sampler=sampler), floor=1.0) as loader:
+        ids = []
+        for _x, y in loader:
+            ids.append(loader._last_ids)
+            loader.report(torch.ones(len(y)))
+        ids = np.concatenate(ids)
+    assert len(ids) == 300 and ids.min() >= 100
+
+    class EvenOdd(torch.utils.data.Sampler):
+        def __iter__(self):
+            yield list(range(0, 300, 2))
+            yield list(range(1, 300, 2))
+
+        def __len__(self):
+            return 2
+
+    loader = autoassist.wrap(DataLoader(data, batch_sampler=EvenOdd()), floor=1.0)
+    got = []
+    for _x, _y in loader:
+        got.append(loader._last_ids.copy())
+        loader.report(torch.ones(150))
+    loader.close()
+    assert [g[:3].tolist() for g in got] == [[0, 2, 4], [1, 3, 5]]
+
+
+def test_reweighting_is_unbiased_on_average():
+    data = TensorDataset(torch.randn(4000, 5), torch.randint(0, 3, (4000,)))
+    base = DataLoader(data, batch_size=4000)
+    with autoassist.wrap(base, reweight=True, floor=0.3, warmup_epochs=0, sync=True) as loader:
+        # publish uneven scores by hand, then check E[weighted mean] = full-data mean
+        scores = np.linspace(0, 1, 4000, dtype=np.float32)
+        values = torch.linspace(1, 2, 4000)
+        estimates, plain = [], []
+        for epoch in range(30):
+            loader.engine.state.publish(scores)  # sync: the Assistant published before this
+            loader.set_epoch(epoch)
+            for _x, _y in loader:
+                ids = loader._last_ids
+                plain.append(float(values[ids].mean()))
+                estimates.append(float(loader.report(values[ids])))
+    assert abs(np.mean(estimates) - float(values.mean())) < 0.01
+    assert np.mean(plain) > float(values.mean()) + 0.03  # without weights: biased to high scores
+
+
+def test_close_is_idempotent_and_stops_the_assistant(small_train):
+    loader = autoassist.wrap(DataLoader(small_train, batch_size=10))
+    proc = loader.engine.assistant
+    assert proc.alive
+    loader.close()
+    loader.close()
+    assert not proc.alive
+    with pytest.raises(RuntimeError, match="closed"), warnings.catch_warnings():
+        iter(loader).__next__()
