@@ -144,14 +144,12 @@ class ShrinkEngine:
         return self.current
 
     def _make_plan(self, epoch, scores, version, floor) -> EpochPlan:
-        from autoassist.kernels import keep_probabilities, shrink_select
+        from autoassist.kernels import keep_mask, keep_probabilities
 
-        kept, _ = shrink_select(scores, floor, self.config.seed, epoch,
-                                num_threads=self.config.kernel_threads)
-        mask = np.zeros(self.n, bool)
-        mask[kept] = True
+        mask, kept = keep_mask(scores, floor, self.config.seed, epoch,
+                               num_threads=self.config.kernel_threads)
         mean_keep = float(keep_probabilities(scores, floor).mean(dtype=np.float64))
-        return EpochPlan(epoch, "shrink", mask, scores, version, floor, mean_keep, len(kept))
+        return EpochPlan(epoch, "shrink", mask, scores, version, floor, mean_keep, kept)
 
     def _broadcast(self, scores: np.ndarray, floor: float) -> tuple[np.ndarray, float]:
         """Every rank selects from rank 0's snapshot, so all ranks keep the same set."""

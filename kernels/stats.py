@@ -1,0 +1,62 @@
+"""Running statistics of Boss losses, updated from batches as they arrive.
+
+``ema_stream`` is the Assistant's label rule: an instance is informative (label 1) when its loss
+exceeds the running mean of recent losses *before* it is folded in. ``scatter_ema`` keeps one
+moving average per instance from scattered batches (repeated ids are applied in order); the
+loss-history baselines (InfoBatch-, Selective-Backprop-style) build on it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True)
+def _ema_stream(losses, mean, alpha, labels):
+    for i in range(losses.shape[0]):
+        x = losses[i]
+        if mean != mean:  # first loss ever: it defines the mean
+            mean = x
+        labels[i] = x > mean
+        mean += alpha * (x - mean)
+    return mean
+
+
+def ema_stream(losses: np.ndarray, mean: float, alpha: float) -> tuple[np.ndarray, float]:
+    """Labels ``1[loss_t > m_{t-1}]``, and the mean ``m_t = m_{t-1} + alpha (loss_t - m_{t-1})``.
+
+    ``mean`` may be NaN (nothing seen yet). Returns ``(labels uint8[n], new mean)``.
+    """
+    losses = np.ascontiguousarray(losses, dtype=np.float64).reshape(-1)
+    if not 0.0 < alpha <= 1.0:
+        raise ValueError(f"alpha={alpha} must lie in (0, 1]")
+    labels = np.empty(len(losses), np.uint8)
+    return labels, float(_ema_stream(losses, float(mean), float(alpha), labels))
+
+
+@njit(cache=True)
+def _scatter_ema(table, seen, ids, values, alpha):
+    for k in range(ids.shape[0]):
+        i = ids[k]
+        if seen[i]:
+            table[i] += alpha * (values[k] - table[i])
+        else:
+            table[i] = values[k]
+            seen[i] = 1
+
+
+def scatter_ema(table: np.ndarray, seen: np.ndarray, ids: np.ndarray, values: np.ndarray,
+                alpha: float) -> None:
+    """In place: ``table[id] <- EMA(table[id], value)`` per (id, value); first sighting sets it."""
+    ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+    values = np.ascontiguousarray(values, dtype=table.dtype).reshape(-1)
+    if len(ids) != len(values):
+        raise ValueError(f"{len(ids)} ids but {len(values)} values")
+    if seen.dtype != np.uint8 or seen.shape != table.shape:
+        raise ValueError("seen must be a uint8 array shaped like table")
+    if len(ids) and (ids.min() < 0 or ids.max() >= len(table)):
+        raise IndexError(f"ids must lie in [0, {len(table)})")
+    if not 0.0 < alpha <= 1.0:
+        raise ValueError(f"alpha={alpha} must lie in (0, 1]")
+    _scatter_ema(table, seen, ids, values, table.dtype.type(alpha))
