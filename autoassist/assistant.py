@@ -32,13 +32,22 @@ _MINIBATCH = 32  # the Assistant's own SGD batch: many cheap steps per message
 # ------------------------------------------------------------------------------------------------
 # Child side
 # ------------------------------------------------------------------------------------------------
-def _limit_threads(threads: int) -> None:
+def _limit_threads(threads: int):
+    """Bound this (spawned, Assistant-only) process's CPU use; returns the limiter to keep alive.
+
+    Environment variables alone come too late: spawn imported NumPy (and its BLAS pool) before
+    this runs, so the pools are also limited in place (threadpoolctl, scikit-learn's own helper).
+    """
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        os.environ[var] = str(threads)  # this process only (it was spawned fresh)
+        os.environ[var] = str(threads)  # for anything imported from here on (torch for "mlp")
+    from threadpoolctl import threadpool_limits
+
+    limiter = threadpool_limits(limits=threads)
     try:
         os.nice(10)  # the Boss comes first on a shared machine
     except OSError:
         pass
+    return limiter
 
 
 def _score_all(model, state: ss.SharedState) -> np.ndarray:
@@ -56,7 +65,12 @@ def _score_all(model, state: ss.SharedState) -> np.ndarray:
 def run_assistant(shm_name: str, num_instances: int, feature_dim: int, settings: dict,
                   model_state: dict | None, inbox, outbox) -> None:
     """Entry point of the Assistant process (module-level so *spawn* can import it)."""
-    _limit_threads(int(settings["threads"]))
+    threads = int(settings["threads"])
+    limiter = _limit_threads(threads)  # noqa: F841 - held for the process's lifetime
+    if settings["kind"] == "mlp":  # this process is the Assistant's own: its torch, its threads
+        import torch
+
+        torch.set_num_threads(threads)
     from autoassist.assistant_models import make_assistant_model
     from autoassist.kernels import ema_stream
 

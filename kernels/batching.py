@@ -73,4 +73,4 @@ def batch_by_size(order: np.ndarray, sizes: np.ndarray, *, max_tokens: int | Non
         )
     bounds = np.zeros(len(order) + 1, np.int64)
     nb = _bounds(ordered, mt, ms, int(multiple), bounds)
-    return np.split(order, bounds[1:nb])
+    return np.split(order, bounds[1:nb]) if nb else []

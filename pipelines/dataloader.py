@@ -58,6 +58,15 @@ def _resolve_config(config, options: dict[str, Any]) -> ShrinkConfig:
     return base.replace(**options) if options else base
 
 
+def _is_default_batching(batch_sampler) -> bool:
+    """torch's BatchSampler, or torchdata StatefulDataLoader's (same batching, plus state)."""
+    cls = type(batch_sampler)
+    return cls is BatchSampler or (
+        cls.__name__ == "BatchSampler"
+        and cls.__module__.startswith("torchdata.stateful_dataloader")
+    )
+
+
 def _chunked(it: Iterator[int]) -> Iterator[np.ndarray]:
     """The sampler's indices in NumPy chunks: vectorised filtering, and infinite samplers work."""
     while True:
@@ -183,7 +192,7 @@ class ShrinkingLoader(_EngineLoader):
         if self.num_instances == 0:
             raise ValueError("the DataLoader's dataset is empty")
 
-        default_batching = type(loader.batch_sampler) is BatchSampler
+        default_batching = _is_default_batching(loader.batch_sampler)
         if default_batching:
             self._sampler = copy.copy(loader.batch_sampler.sampler)
             self._batch_size = loader.batch_sampler.batch_size

@@ -71,6 +71,11 @@ class ShrinkSampler(BaseNode[int]):
         kept = kept.astype(np.int64)
         return shuffle_kept(kept, self.config.seed, epoch) if self.shuffle else kept
 
+    @property
+    def epoch_length(self) -> int:
+        """Instances the current epoch yields (known once ``reset()`` started it)."""
+        return len(self._order)
+
     def next(self) -> int:
         if self._position >= len(self._order):
             if self._finished_epoch != self._epoch:

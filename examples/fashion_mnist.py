@@ -1,0 +1,88 @@
+"""Your own training loop, with AutoAssist added in three lines (marked ``# autoassist``).
+
+    .venv/bin/python examples/fashion_mnist.py --epochs 6
+    .venv/bin/python examples/fashion_mnist.py --epochs 6 --resume ckpt.pt   # resumes mid-run
+
+A small CNN on Fashion-MNIST (Debian's dataset-fashion-mnist). Each epoch prints test accuracy,
+the fraction of instances the shrinking loader kept and the Assistant's accuracy; a checkpoint
+holds model, optimiser and loader state, so an interrupted run resumes exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
+
+import autoassist
+from autoassist.datasets import FashionMNIST
+from autoassist.models import small_cnn
+from autoassist.training import evaluate, one_cycle_lr
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=0.1)
+    ap.add_argument("--floor", type=float, default=0.3)
+    ap.add_argument("--limit", type=int, default=None, help="first N training images only")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--checkpoint", default=None, help="save model+loader state here each epoch")
+    ap.add_argument("--resume", default=None, help="resume from this checkpoint")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    train = FashionMNIST("train")
+    if args.limit:
+        train = Subset(train, range(args.limit))
+    x_test, y_test = FashionMNIST("test").tensors()
+    with torch.random.fork_rng():
+        torch.manual_seed(args.seed)
+        model = small_cnn()
+    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True,
+                          weight_decay=5e-4)
+    base = DataLoader(train, batch_size=args.batch_size, shuffle=True)
+    loader = autoassist.wrap(base, floor=args.floor, seed=args.seed)  # autoassist
+    start = 0
+    if args.resume:
+        ckpt = torch.load(args.resume, weights_only=False)  # our own checkpoint
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["opt"])
+        loader.load_state_dict(ckpt["loader"])
+        start = ckpt["epoch"] + 1
+    history = []
+    with loader:
+        for epoch in range(start, args.epochs):
+            loader.set_epoch(epoch)
+            steps = max(1, len(loader))  # this epoch's (shrunk) number of batches
+            t0 = time.perf_counter()
+            for step, (x, y) in enumerate(loader):
+                for group in opt.param_groups:  # schedule by progress: decays fully
+                    group["lr"] = one_cycle_lr((epoch + step / steps) / args.epochs, args.lr)
+                per_sample = F.cross_entropy(model(x), y, reduction="none")
+                loss = loader.report(per_sample)  # autoassist
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            seconds = time.perf_counter() - t0
+            acc = evaluate(model, x_test, y_test)
+            tele = loader.telemetry[-1]
+            history.append({"epoch": epoch, "accuracy": acc, "seconds": seconds, **tele})
+            print(f"epoch {epoch}: test acc {acc:.4f}, {seconds:.1f}s, kept "
+                  f"{tele['kept_fraction']:.0%} ({tele['reason']}), Assistant accuracy "
+                  f"{tele['assistant_accuracy']:.2f}", flush=True)
+            if args.checkpoint:
+                Path(args.checkpoint).parent.mkdir(parents=True, exist_ok=True)
+                torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
+                            "loader": loader.state_dict(), "epoch": epoch}, args.checkpoint)
+    return {"history": history}
+
+
+if __name__ == "__main__":  # the Assistant is spawned: guard the entry point
+    main()

@@ -1,0 +1,44 @@
+"""The examples run as users run them (a subprocess each, real Fashion-MNIST, small slices)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(script: str, *args: str) -> list[str]:
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / script), *args],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return [line for line in out.stdout.splitlines() if line.startswith("epoch ")]
+
+
+@pytest.mark.slow
+def test_fashion_mnist_example_shrinks_learns_and_resumes(fmnist_dir, tmp_path):
+    ckpt = str(tmp_path / "ckpt.pt")
+    common = ["--limit", "4000", "--batch-size", "100", "--threads", "1"]
+    first = _run("fashion_mnist.py", *common, "--epochs", "3", "--checkpoint", ckpt)
+    assert [line.split(":")[0] for line in first] == ["epoch 0", "epoch 1", "epoch 2"]
+    assert "kept 100% (warmup)" in first[0]
+    assert "(shrink)" in first[2] and "kept 100%" not in first[2]
+    acc = float(first[2].split("test acc ")[1].split(",")[0])
+    assert acc > 0.7  # 10 classes: chance is 0.1
+    resumed = _run("fashion_mnist.py", *common, "--epochs", "4", "--resume", ckpt)
+    assert [line.split(":")[0] for line in resumed] == ["epoch 3"]
+
+
+@pytest.mark.slow
+def test_torchdata_example_shrinks(fmnist_dir):
+    lines = _run("torchdata_nodes.py", "--limit", "4000", "--epochs", "3", "--threads", "1")
+    assert len(lines) == 3
+    assert "kept 100%" in lines[0] and "kept 100%" not in lines[2]
+    assert float(lines[2].split("test acc ")[1].split(",")[0]) > 0.6
+
+
+def test_examples_are_listed_in_their_readme():
+    listed = (ROOT / "examples" / "README.md").read_text()
+    for script in (ROOT / "examples").glob("*.py"):
+        assert script.name in listed, f"examples/README.md does not mention {script.name}"
