@@ -56,19 +56,22 @@ def summarize(curves: list[Curve], baseline: Curve) -> list[dict]:
             "instances_backpropagated": curve.instances[-1],
             "time_to_uniform_final": t,
             "saving": None if t is None or not base_time else 1 - t / base_time,
+            "uniform_accuracy_at_same_time": baseline.accuracy_at(curve.train_seconds[-1]),
         })
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
     head = (f"{'method':<12} {'final acc':>9} {'train s':>8} {'instances':>10} "
-            f"{'s to uniform final':>18} {'saving':>7}")
+            f"{'s to uniform final':>18} {'saving':>7} {'uniform acc, same s':>19}")
     lines = [head, "-" * len(head)]
     for r in rows:
         t = "never" if r["time_to_uniform_final"] is None else f"{r['time_to_uniform_final']:.1f}"
         s = "-" if r["saving"] is None else f"{100 * r['saving']:.0f}%"
+        same = r["uniform_accuracy_at_same_time"]
+        same = "-" if same is None else f"{same:.4f}"
         lines.append(f"{r['method']:<12} {r['final_accuracy']:>9.4f} {r['train_seconds']:>8.1f} "
-                     f"{r['instances_backpropagated']:>10d} {t:>18} {s:>7}")
+                     f"{r['instances_backpropagated']:>10d} {t:>18} {s:>7} {same:>19}")
     return "\n".join(lines)
 
 

@@ -232,12 +232,14 @@ class ShrinkEngine:
     def end_epoch(self, epoch: int, batches: int) -> dict[str, Any]:
         """Ask for fresh scores (async: the Boss does not wait, unless ``sync``); log telemetry."""
         seconds = time.perf_counter() - self._epoch_started
-        if self.assistant is not None:
+        if self.assistant is not None and not self.assistant.failed:
             self.flush()
             self.assistant.send(("score", epoch), block=self.config.sync)
             if self.config.sync and not self.assistant.wait_processed(timeout=300):
-                warnings.warn("autoassist: the Assistant did not catch up within 300 s (sync mode)",
-                              RuntimeWarning, stacklevel=3)
+                why = "did not catch up within 300 s" if self.assistant.alive else "died"
+                warnings.warn(f"autoassist: the Assistant {why} (sync mode); the next epoch "
+                              "selects from the last published scores", RuntimeWarning,
+                              stacklevel=3)
         plan = self.current
         record: dict[str, Any] = {
             "epoch": epoch,

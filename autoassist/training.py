@@ -52,6 +52,11 @@ class Curve:
                 return seconds
         return None
 
+    def accuracy_at(self, seconds: float) -> float | None:
+        """Accuracy of the last epoch finished within ``seconds`` of training (None if none)."""
+        done = [a for t, a in zip(self.train_seconds, self.accuracy, strict=True) if t <= seconds]
+        return done[-1] if done else None
+
     def as_dict(self) -> dict:
         return {
             "name": self.name,

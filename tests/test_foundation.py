@@ -111,3 +111,50 @@ def test_cli_demo_missing_data_is_one_clear_line(tmp_path):
     assert out.returncode == 2
     assert "autoassist: error:" in out.stderr and "dataset-fashion-mnist" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_regular_install_ships_kernels_and_pipelines(tmp_path):
+    """A built wheel (not the editable install) holds and imports the mapped packages."""
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path / "dist"), str(root)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert build.returncode == 0, build.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("autoassist-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for module in ("autoassist/kernels/select.py", "autoassist/pipelines/dataloader.py",
+                   "autoassist/engine.py"):
+        assert module in names
+    assert not any(n.startswith(("kernels/", "pipelines/")) for n in names)  # no top-level names
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
+                    str(target), str(wheel)], check=True, capture_output=True, timeout=300)
+    code = ("import sys; sys.path.insert(0, sys.argv[1]);"
+            "import autoassist.kernels as k, autoassist.pipelines.dataloader as d;"
+            "print(k.__file__); print(d.__file__)")
+    out = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True,
+                         text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert all(line.startswith(str(target)) for line in out.stdout.split())
+
+
+def test_demo_summary_compares_time_to_target_and_same_time_accuracy():
+    from autoassist.demo import format_table, summarize
+    from autoassist.training import Curve
+
+    uniform = Curve("uniform", [1, 2, 3], [10.0, 20.0, 30.0], [0.80, 0.88, 0.90], [1, 2, 3])
+    fast = Curve("autoassist", [1, 2, 3], [10.0, 15.0, 19.0], [0.82, 0.90, 0.91], [1, 2, 3])
+    slow = Curve("other", [1, 2, 3], [12.0, 24.0, 36.0], [0.70, 0.80, 0.85], [1, 2, 3])
+    rows = {r["method"]: r for r in summarize([uniform, fast, slow], uniform)}
+    assert rows["autoassist"]["time_to_uniform_final"] == 15.0
+    assert rows["autoassist"]["saving"] == pytest.approx(0.5)
+    assert rows["autoassist"]["uniform_accuracy_at_same_time"] == 0.80  # uniform at 19 s
+    assert rows["other"]["time_to_uniform_final"] is None and rows["other"]["saving"] is None
+    table = format_table(list(rows.values()))
+    assert "never" in table and "50%" in table
