@@ -98,13 +98,51 @@ class _ShrinkBatchSampler(Sampler[list[int]]):
 
 
 class _EngineLoader:
-    """What every autoassist loader shares: an engine, ``report``, telemetry and closing."""
+    """What every autoassist loader shares: an engine, epochs, ``report``, telemetry, closing."""
 
     engine: ShrinkEngine
     num_instances: int
-    _last_ids: np.ndarray | None
-    _last_batch: Any
+    _last_ids: np.ndarray | None = None
+    _last_batch: Any = None
     _closed: bool = False
+    _epoch: int = 0
+    _epoch_set: bool = False
+    _epoch_complete: bool = False
+    _batches_done: int = 0
+
+    # -- epochs ----------------------------------------------------------------------------------
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch`` at the next ``iter()`` (as DistributedSampler.set_epoch)."""
+        if int(epoch) != epoch or epoch < 0:
+            raise ValueError(f"set_epoch takes a non-negative integer, got {epoch!r}")
+        epoch = int(epoch)
+        if epoch != self._epoch or self._epoch_complete:
+            self._epoch = epoch
+            self._batches_done = 0
+            self._epoch_complete = False
+            self._forget_epoch_position()
+        self._epoch_set = True
+
+    def _forget_epoch_position(self) -> None:
+        """Hook for loaders that keep more per-epoch position state than ``_batches_done``."""
+
+    def _start_epoch(self) -> None:
+        """At ``iter()``: a finished epoch not followed by set_epoch advances by one."""
+        if self._closed:
+            raise RuntimeError("this autoassist loader was closed; wrap the DataLoader again")
+        if self._epoch_complete and not self._epoch_set:
+            self.set_epoch(self._epoch + 1)
+        self._epoch_set = False
+        self._epoch_complete = False
+
+    def _finish_epoch(self) -> None:
+        self._last_batch = None
+        self._epoch_complete = True
+        self.engine.end_epoch(self._epoch, batches=self._batches_done)
 
     def report(self, per_sample: torch.Tensor, ids=None, batch: Any = None) -> torch.Tensor:
         """Send per-instance losses to the Assistant; return the (re)weighted mean loss.
@@ -239,27 +277,11 @@ class ShrinkingLoader(_EngineLoader):
         self._loader = DataLoader(loader.dataset, **kwargs)
 
     # -- epochs ----------------------------------------------------------------------------------
-    @property
-    def epoch(self) -> int:
-        return self._epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        """Start epoch ``epoch`` at the next ``iter()`` (as DistributedSampler.set_epoch)."""
-        if int(epoch) != epoch or epoch < 0:
-            raise ValueError(f"set_epoch takes a non-negative integer, got {epoch!r}")
-        epoch = int(epoch)
-        if epoch != self._epoch or self._epoch_complete:
-            self._epoch = epoch
-            self._batches_done = 0
-            self._epoch_complete = False
-            self._generator_state = None
-        self._epoch_set = True
+    def _forget_epoch_position(self) -> None:
+        self._generator_state = None
 
     def _begin_iteration(self) -> None:
-        if self._epoch_complete and not self._epoch_set:
-            self.set_epoch(self._epoch + 1)  # the user did not call set_epoch: advance by one
-        self._epoch_set = False
-        self._epoch_complete = False
+        self._start_epoch()
         if self._batches_done == 0:
             self._generator_state = None
         self._skip_batches = self._batches_done
@@ -359,17 +381,13 @@ class ShrinkingLoader(_EngineLoader):
 
     # -- iteration --------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Any]:
-        if self._closed:
-            raise RuntimeError("this autoassist loader was closed; wrap the DataLoader again")
         self._begin_iteration()
         for batch in self._loader:
             self._last_ids = self._fifo.popleft()
             self._last_batch = batch
             self._batches_done += 1
             yield batch
-        self._last_batch = None
-        self._epoch_complete = True
-        self.engine.end_epoch(self._epoch, batches=self._batches_done)
+        self._finish_epoch()
 
     # -- state -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

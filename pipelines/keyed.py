@@ -81,28 +81,9 @@ class KeyedShrinkingLoader(_EngineLoader):
         if loader.num_workers > 0:
             kwargs["prefetch_factor"] = loader.prefetch_factor
         self._loader = DataLoader(self._stream, **kwargs)
-        self._epoch, self._epoch_set, self._epoch_complete = 0, False, False
-        self._batches_done = 0
-        self._last_ids = None
-        self._last_batch = None
-
-    @property
-    def epoch(self) -> int:
-        return self._epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        if int(epoch) != epoch or epoch < 0:
-            raise ValueError(f"set_epoch takes a non-negative integer, got {epoch!r}")
-        if epoch != self._epoch or self._epoch_complete:
-            self._epoch, self._batches_done, self._epoch_complete = int(epoch), 0, False
-        self._epoch_set = True
 
     def __iter__(self) -> Iterator[Any]:
-        if self._closed:
-            raise RuntimeError("this autoassist loader was closed; wrap the DataLoader again")
-        if self._epoch_complete and not self._epoch_set:
-            self.set_epoch(self._epoch + 1)
-        self._epoch_set, self._epoch_complete = False, False
+        self._start_epoch()
         self._stream.mask = self.engine.plan(self._epoch).mask
         skip = self._batches_done  # resume: the stream is replayed, done batches are skipped
         for ids, batch in self._loader:
@@ -113,9 +94,7 @@ class KeyedShrinkingLoader(_EngineLoader):
             self._last_batch = batch
             self._batches_done += 1
             yield batch
-        self._last_batch = None
-        self._epoch_complete = True
-        self.engine.end_epoch(self._epoch, batches=self._batches_done)
+        self._finish_epoch()
 
     def state_dict(self) -> dict[str, Any]:
         return {"num_instances": self.num_instances, "epoch": self._epoch,
