@@ -142,3 +142,35 @@ def test_torchdata_node_epochs_and_resume():
     tail, _ = epoch_ids(sampler3, loader3)
     sampler3.close()
     assert np.array_equal(np.concatenate(head + tail), np.concatenate(e1))
+
+
+def test_iterable_dataset_resumes_mid_epoch():
+    x, loss = _synthetic()
+
+    def make():
+        return autoassist.wrap(DataLoader(_Stream(x), batch_size=64),
+                               key=lambda item: item["id"], num_instances=N, features=x,
+                               sync=True, floor=0.2, seed=8)
+
+    def run(loader, stop_after=None, start_epoch=0):
+        got = []
+        for epoch in range(start_epoch, 3):
+            if epoch != start_epoch or stop_after is not None:
+                loader.set_epoch(epoch)
+            for batch in loader:
+                got.append(batch["id"].numpy().copy())
+                loader.report(loss[batch["id"]])
+                if stop_after is not None and len(got) == stop_after:
+                    return got, loader.state_dict()
+        return got, None
+
+    with make() as a:
+        a.set_epoch(0)
+        full, _ = run(a, start_epoch=0)
+    with make() as b:
+        head, state = run(b, stop_after=47 + 10)  # epoch 0 has 47 batches: stop in epoch 1
+    with make() as c:
+        c.load_state_dict(state)
+        tail, _ = run(c, start_epoch=1)
+    assert len(full) == len(head) + len(tail) < 3 * 47
+    assert all(np.array_equal(p, q) for p, q in zip(full, head + tail, strict=True))
