@@ -188,6 +188,14 @@ class _EngineLoader:
             pass
 
 
+def _check_state_version(state: dict[str, Any]) -> None:
+    if state.get("version") != STATE_VERSION:
+        raise ValueError(
+            f"loader state version {state.get('version')!r} is not {STATE_VERSION}; it was "
+            "saved by an incompatible autoassist"
+        )
+
+
 def _check_ids(ids: np.ndarray, n: int) -> np.ndarray:
     if len(ids) and (ids.min() < 0 or ids.max() >= n):
         bad = ids[(ids < 0) | (ids >= n)][0]
@@ -402,11 +410,7 @@ class ShrinkingLoader(_EngineLoader):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(
-                f"loader state version {state.get('version')!r} is not {STATE_VERSION}; it was "
-                "saved by an incompatible autoassist"
-            )
+        _check_state_version(state)
         if state["num_instances"] != self.num_instances:
             raise ValueError(
                 f"this state comes from a dataset of {state['num_instances']} instances but the "

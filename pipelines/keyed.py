@@ -16,7 +16,13 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from autoassist.engine import ShrinkEngine
-from autoassist.pipelines.dataloader import _check_ids, _EngineLoader, _resolve_config
+from autoassist.pipelines.dataloader import (
+    STATE_VERSION,
+    _check_ids,
+    _check_state_version,
+    _EngineLoader,
+    _resolve_config,
+)
 
 
 class _KeyedStream(IterableDataset):
@@ -97,11 +103,12 @@ class KeyedShrinkingLoader(_EngineLoader):
         self._finish_epoch()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"num_instances": self.num_instances, "epoch": self._epoch,
+        return {"version": STATE_VERSION, "num_instances": self.num_instances, "epoch": self._epoch,
                 "batches_done": self._batches_done, "epoch_complete": self._epoch_complete,
                 "engine": self.engine.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        _check_state_version(state)
         if state["num_instances"] != self.num_instances:
             raise ValueError(
                 f"this state comes from {state['num_instances']} instances, this loader has "

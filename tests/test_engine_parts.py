@@ -170,6 +170,8 @@ def test_iterable_dataset_resumes_mid_epoch():
     with make() as b:
         head, state = run(b, stop_after=47 + 10)  # epoch 0 has 47 batches: stop in epoch 1
     with make() as c:
+        with pytest.raises(ValueError, match="state version"):
+            c.load_state_dict({**state, "version": 0})
         c.load_state_dict(state)
         tail, _ = run(c, start_epoch=1)
     assert len(full) == len(head) + len(tail) < 3 * 47
