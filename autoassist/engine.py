@@ -40,7 +40,9 @@ class EpochPlan:
         """``mean(P) / P_i``: unbiased reweighting of kept instances (1 when keeping all)."""
         if self.mask is None:
             return np.ones(len(ids), np.float32)
-        p = self.floor + (1.0 - self.floor) * np.clip(self.scores[ids], 0.0, 1.0)
+        from autoassist.kernels import keep_probabilities  # the P the selection kernel used
+
+        p = keep_probabilities(self.scores[ids], self.floor)
         return (self.mean_keep / np.maximum(p, 1e-12)).astype(np.float32)
 
 
