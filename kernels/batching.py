@@ -62,8 +62,7 @@ def batch_by_size(order: np.ndarray, sizes: np.ndarray, *, max_tokens: int | Non
     ordered = np.ascontiguousarray(sizes[order], dtype=np.int64)
     mt = int(max_tokens or 0)
     ms = int(max_sentences or 0)
-    if (mt and mt < 1) or (ms and ms < 1) or (max_tokens is not None and mt <= 0) or (
-            max_sentences is not None and ms <= 0):
+    if (max_tokens is not None and mt <= 0) or (max_sentences is not None and ms <= 0):
         raise ValueError("max_tokens and max_sentences must be positive")
     if mt and len(ordered) and ordered.max() > mt:
         k = int(np.argmax(ordered))

@@ -160,9 +160,7 @@ class _EngineLoader:
             loss = self.engine.report(per_sample, self._last_ids, self._last_batch)
             self._last_ids = None  # only once it was accepted: a rejected report can be redone
             return loss
-        ids = np.asarray(torch.as_tensor(ids).cpu(), dtype=np.int64).reshape(-1)
-        _check_ids(ids, self.num_instances)
-        return self.engine.report(per_sample, ids, batch)
+        return self.engine.report(per_sample, _as_ids(ids, self.num_instances), batch)
 
     @property
     def telemetry(self) -> list[dict[str, Any]]:
@@ -194,6 +192,11 @@ def _check_state_version(state: dict[str, Any]) -> None:
             f"loader state version {state.get('version')!r} is not {STATE_VERSION}; it was "
             "saved by an incompatible autoassist"
         )
+
+
+def _as_ids(ids, n: int) -> np.ndarray:
+    """User-given ids (list, array or tensor on any device) as checked int64 NumPy ids."""
+    return _check_ids(np.asarray(torch.as_tensor(ids).cpu(), dtype=np.int64).reshape(-1), n)
 
 
 def _check_ids(ids: np.ndarray, n: int) -> np.ndarray:
@@ -259,14 +262,7 @@ class ShrinkingLoader(_EngineLoader):
                                    inputs=inputs, tensorboard=tensorboard)
         self._fifo: deque[np.ndarray] = deque()
         self._skip_batches = 0
-        self._epoch = 0
-        self._epoch_set = False
-        self._batches_done = 0
-        self._epoch_complete = False
         self._generator_state: torch.Tensor | None = None
-        self._last_ids: np.ndarray | None = None
-        self._last_batch: Any = None
-        self._closed = False
 
         kwargs = dict(
             batch_sampler=_ShrinkBatchSampler(self),

@@ -27,7 +27,7 @@ from torchdata.nodes import BaseNode
 
 from autoassist.config import ShrinkConfig
 from autoassist.engine import ShrinkEngine
-from autoassist.pipelines.dataloader import _resolve_config
+from autoassist.pipelines.dataloader import _as_ids, _resolve_config
 
 
 class ShrinkSampler(BaseNode[int]):
@@ -92,13 +92,7 @@ class ShrinkSampler(BaseNode[int]):
 
     def report(self, per_sample: torch.Tensor, ids, batch: Any = None) -> torch.Tensor:
         """Feed per-instance losses of the instances ``ids``; returns the (re)weighted mean."""
-        ids = np.asarray(torch.as_tensor(ids).cpu(), dtype=np.int64).reshape(-1)
-        if len(ids) and (ids.min() < 0 or ids.max() >= self.num_instances):
-            raise IndexError(
-                f"report() got instance ids outside [0, {self.num_instances}): pass the ids the "
-                "ShrinkSampler yielded for this batch"
-            )
-        return self.engine.report(per_sample, ids, batch)
+        return self.engine.report(per_sample, _as_ids(ids, self.num_instances), batch)
 
     @property
     def telemetry(self) -> list[dict[str, Any]]:
