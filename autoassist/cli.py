@@ -37,6 +37,34 @@ def _demo_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _bench_parser(sub) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="time to a tuned uniform baseline's accuracy: autoassist vs its peers",
+        description="Train the task's model with uniform sampling (after a small learning-rate "
+        "sweep), autoassist, AutoAssist as published, InfoBatch-style pruning and "
+        "Selective-Backprop-style selection on the same budget and seeds; report each method's "
+        "wall-clock to the tuned baseline's final accuracy. Writes JSON, PNG and a markdown table.",
+    )
+    from autoassist.time_to_accuracy import add_arguments
+
+    add_arguments(p)
+    p.add_argument("--out", default="autoassist-bench",
+                   help="folder for time_to_accuracy_<task>.json/.png/.md")
+
+    def run(args):
+        import json
+        from pathlib import Path
+
+        from autoassist.time_to_accuracy import run_cli
+
+        result = run_cli(args, Path(args.out), f"time_to_accuracy_{args.task}")
+        print(json.dumps(result["headline"]), flush=True)
+        return 0
+
+    p.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="autoassist",
@@ -45,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _demo_parser(sub)
+    _bench_parser(sub)
     return parser
 
 

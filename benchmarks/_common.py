@@ -3,75 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import platform
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
+from autoassist.provenance import git_commit, machine_info, thread_info
+
+__all__ = ["RESULTS", "git_commit", "machine_info", "thread_info", "write_result"]
+
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, timeout=10)
-        commit = out.stdout.strip() or None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, cwd=Path(__file__).parent,
-                               timeout=10).stdout.strip()
-        return f"{commit}+dirty" if commit and dirty else commit
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "hostname": platform.node(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-    }
-
-
-def thread_info() -> dict[str, Any]:
-    info: dict[str, Any] = {
-        k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "MKL_NUM_THREADS")
-    }
-    if "torch" in sys.modules:
-        import torch
-
-        info["torch_threads"] = torch.get_num_threads()
-        info["torch"] = torch.__version__
-    if "numba" in sys.modules:
-        import numba
-
-        info["numba_threads"] = numba.get_num_threads()
-        info["numba_threading_layer"] = _numba_layer()
-        info["numba"] = numba.__version__
-    import numpy
-
-    info["numpy"] = numpy.__version__
-    return info
-
-
-def _numba_layer() -> str | None:
-    import numba
-
-    try:
-        return numba.threading_layer()
-    except ValueError:  # no parallel kernel ran yet
-        return None
 
 
 def write_result(name: str, result: dict[str, Any]) -> Path:

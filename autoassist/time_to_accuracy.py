@@ -1,0 +1,573 @@
+"""Time to accuracy: every method against a *tuned* uniform baseline, same run, same seeds.
+
+For each seed the uniform baseline's final test accuracy (best learning rate of a small sweep,
+one-cycle schedule decaying fully by the end of the budget) is the target; each method's saving is
+``1 - (its training seconds to first reach the target) / (uniform's)``. Training seconds exclude
+evaluation (reported apart) and include the method's own set-up (e.g. starting the Assistant).
+
+Methods (same model, epoch budget, learning rate, seeds, thread settings):
+
+- ``uniform``: plain shuffled DataLoader.
+- ``autoassist``: this project through ``autoassist.wrap`` with ``AUTOASSIST_SETTINGS``.
+- ``published``: AutoAssist as published (logistic Assistant on raw inputs + class, b = 0.3, no
+  reweighting), also through ``autoassist.wrap``.
+- ``infobatch``: ``peers.InfoBatch`` (prune half of the below-mean-loss instances, rescale, full
+  data for the last 12.5% of epochs).
+- ``selective_backprop``: ``peers.SelectiveBackprop`` (forward all, backprop with probability
+  CDF(loss)^3; selected instances are pooled into full batches, as in the paper).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from autoassist.tasks import Task, get_task
+from autoassist.training import Curve, Stopwatch, evaluate, one_cycle_lr
+
+METHODS = ("uniform", "autoassist", "published", "infobatch", "selective_backprop")
+LABELS = {"uniform": "uniform (tuned)", "autoassist": "autoassist",
+          "published": "AutoAssist as published", "infobatch": "InfoBatch-style",
+          "selective_backprop": "Selective-Backprop-style"}
+
+# This project's recommended settings (what `autoassist.wrap` users are told to start from):
+# the paper's floor, unbiased reweighting of kept instances, and one full-data epoch at the end,
+# where the learning rate is smallest, to recover what the shrunken epochs missed.
+AUTOASSIST_SETTINGS: dict[str, Any] = {"floor": 0.3, "reweight": True, "warmup_epochs": 1,
+                                       "anneal_epochs": 1}
+# The paper's image setting: logistic regression on raw inputs + class bias, b = 0.3, no
+# reweighting, first epoch keeps all (NOTES.md).
+PUBLISHED_SETTINGS: dict[str, Any] = {"floor": 0.3, "reweight": False, "warmup_epochs": 1,
+                                      "assistant": "logistic", "anneal_epochs": 0}
+
+
+# ------------------------------------------------------------------------------------------------
+# Methods: each yields an epoch's batches and turns a batch into (loss, forwarded, backpropagated)
+# ------------------------------------------------------------------------------------------------
+class _Method:
+    def __init__(self, train, batch_size: int, seed: int, epochs: int):
+        self.train, self.batch_size, self.seed, self.epochs = train, batch_size, seed, epochs
+
+    def _loader(self, **kwargs) -> DataLoader:
+        return DataLoader(self.train, batch_size=self.batch_size, shuffle=True,
+                          generator=torch.Generator().manual_seed(self.seed), **kwargs)
+
+    def epoch(self, epoch: int):
+        raise NotImplementedError
+
+    def loss(self, model, batch) -> tuple[torch.Tensor | None, int, int]:
+        raise NotImplementedError
+
+    def finish(self, model) -> tuple[torch.Tensor | None, int, int]:
+        return None, 0, 0
+
+    def info(self) -> dict[str, Any]:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+class Uniform(_Method):
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.loader = self._loader()
+
+    def epoch(self, epoch):
+        return self.loader
+
+    def loss(self, model, batch):
+        x, y = batch
+        return F.cross_entropy(model(x), y), len(y), len(y)
+
+
+class AutoAssist(_Method):
+    """Through the public API only: ``autoassist.wrap`` + ``loader.report``."""
+
+    def __init__(self, *args, settings: dict[str, Any], raw_features: bool = False):
+        super().__init__(*args)
+        import autoassist
+
+        options = dict(settings)
+        options.setdefault("seed", self.seed)
+        options.setdefault("epochs", self.epochs)
+        features = _raw_features(self.train) if raw_features else None
+        self.loader = autoassist.wrap(self._loader(), features=features, **options)
+
+    def epoch(self, epoch):
+        self.loader.set_epoch(epoch)
+        return self.loader
+
+    def loss(self, model, batch):
+        x, y = batch
+        per_sample = F.cross_entropy(model(x), y, reduction="none")
+        return self.loader.report(per_sample), len(y), len(y)
+
+    def info(self):
+        return {"telemetry": self.loader.telemetry}
+
+    def close(self):
+        self.loader.close()
+
+
+def _raw_features(train) -> torch.Tensor:
+    """The paper's Assistant input: raw (flattened) inputs plus a one-hot class bias."""
+    x, y = train.tensors()
+    onehot = F.one_hot(y.long(), int(y.max()) + 1).float()
+    return torch.cat([x.reshape(len(x), -1).float(), onehot], dim=1)
+
+
+class _IdBatches:
+    """A batch sampler over a precomputed order that remembers the ids of each batch."""
+
+    def __init__(self, order: np.ndarray, batch_size: int):
+        self.batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        return (b.tolist() for b in self.batches)
+
+
+class InfoBatchMethod(_Method):
+    def __init__(self, *args, ratio: float = 0.5, delta: float = 0.875):
+        super().__init__(*args)
+        from autoassist.peers import InfoBatch
+
+        self.selector = InfoBatch(len(self.train), self.epochs, ratio=ratio, delta=delta,
+                                  seed=self.seed)
+        self.kept: list[float] = []
+
+    def epoch(self, epoch):
+        ids = _IdBatches(self.selector.epoch_order(epoch), self.batch_size)
+        self.kept.append(self.selector.kept_fraction)
+        loader = DataLoader(self.train, batch_sampler=ids)
+        return _Zipped(loader, ids.batches)
+
+    def loss(self, model, batch):
+        (x, y), ids = batch
+        per_sample = F.cross_entropy(model(x), y, reduction="none")
+        self.selector.record(ids, per_sample.detach().numpy())
+        w = torch.from_numpy(self.selector.weights(ids))
+        return (per_sample * w).mean(), len(y), len(y)
+
+    def info(self):
+        return {"kept_fraction": self.kept}
+
+
+class _Zipped:
+    def __init__(self, loader, ids):
+        self.loader, self.ids = loader, ids
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __iter__(self):
+        return zip(self.loader, self.ids, strict=True)
+
+
+class SelectiveBackpropMethod(_Method):
+    """Score every batch without gradients, pool the selected instances, train on full pools."""
+
+    def __init__(self, *args, beta: float = 3.0, history: int = 1024):
+        super().__init__(*args)
+        from autoassist.peers import SelectiveBackprop
+
+        self.loader = self._loader()
+        self.selector = SelectiveBackprop(beta=beta, history=history, seed=self.seed)
+        self.pool_x: list[torch.Tensor] = []
+        self.pool_y: list[torch.Tensor] = []
+        self.pooled = 0
+
+    def epoch(self, epoch):
+        return self.loader
+
+    def loss(self, model, batch):
+        x, y = batch
+        model.eval()  # scoring pass: no gradients, no BatchNorm statistics update
+        with torch.no_grad():
+            losses = F.cross_entropy(model(x), y, reduction="none")
+        model.train()
+        chosen = torch.from_numpy(self.selector.select(losses.numpy()))
+        self.pool_x.append(x[chosen])
+        self.pool_y.append(y[chosen])
+        self.pooled += int(chosen.sum())
+        if self.pooled < self.batch_size:
+            return None, len(y), 0
+        loss, fwd, bwd = self._train_pool(model)
+        return loss, len(y) + fwd, bwd
+
+    def _train_pool(self, model):
+        x, y = torch.cat(self.pool_x), torch.cat(self.pool_y)
+        self.pool_x, self.pool_y, self.pooled = [], [], 0
+        return F.cross_entropy(model(x), y), len(y), len(y)
+
+    def finish(self, model):
+        """End of epoch: train on what is pooled (BatchNorm needs at least 2 instances)."""
+        if self.pooled >= 2:
+            return self._train_pool(model)
+        return None, 0, 0
+
+
+def make_method(name: str, train, batch_size: int, seed: int, epochs: int,
+                settings: dict[str, Any] | None = None) -> _Method:
+    args = (train, batch_size, seed, epochs)
+    if name == "uniform":
+        return Uniform(*args)
+    if name == "autoassist":
+        return AutoAssist(*args, settings=settings or AUTOASSIST_SETTINGS)
+    if name == "published":
+        return AutoAssist(*args, settings=PUBLISHED_SETTINGS, raw_features=True)
+    if name == "infobatch":
+        return InfoBatchMethod(*args)
+    if name == "selective_backprop":
+        return SelectiveBackpropMethod(*args)
+    raise ValueError(f"unknown method {name!r}; choose from {METHODS}")
+
+
+# ------------------------------------------------------------------------------------------------
+# One training run
+# ------------------------------------------------------------------------------------------------
+def run_one(task: Task, method: str, train, test, *, seed: int, lr: float, epochs: int,
+            progress: bool = True, settings: dict[str, Any] | None = None,
+            log=print) -> dict[str, Any]:
+    """Train ``task.model()`` (initialised from ``seed``) with ``method``; return its record."""
+    from tqdm.auto import tqdm
+
+    with torch.random.fork_rng():  # same initial weights for every method; global RNG kept
+        torch.manual_seed(seed)
+        model = task.model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True,
+                                weight_decay=task.weight_decay)
+    curve = Curve(LABELS.get(method, method))
+    forwarded: list[int] = []
+    backpropagated: list[int] = []
+    fwd = bwd = 0
+    clock = Stopwatch()
+    clock.start()
+    runner = make_method(method, train, task.batch_size, seed, epochs, settings)
+    setup_seconds = clock.pause()
+
+    def step(loss, progress_now):
+        for group in optimizer.param_groups:
+            group["lr"] = one_cycle_lr(progress_now, lr)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    try:
+        for epoch in range(epochs):
+            clock.start()
+            model.train()
+            batches = runner.epoch(epoch)
+            steps = max(1, len(batches))
+            bar = tqdm(batches, total=steps, leave=False, disable=not progress,
+                       desc=f"{method} seed {seed} epoch {epoch + 1}/{epochs}",
+                       mininterval=0.1 if sys.stderr.isatty() else 15.0, dynamic_ncols=True)
+            for i, batch in enumerate(bar):
+                loss, f, b = runner.loss(model, batch)
+                fwd, bwd = fwd + f, bwd + b
+                if loss is not None:
+                    step(loss, (epoch + min(i / steps, 1.0)) / epochs)
+            loss, f, b = runner.finish(model)
+            fwd, bwd = fwd + f, bwd + b
+            if loss is not None:
+                step(loss, (epoch + 1.0) / epochs)
+            seconds = clock.pause()
+            t0 = time.perf_counter()
+            acc = evaluate(model, *test)
+            curve.eval_seconds += time.perf_counter() - t0
+            curve.add(epoch + 1, seconds, acc, bwd)
+            forwarded.append(fwd)
+            backpropagated.append(bwd)
+            log(f"  {method:<18} seed {seed} lr {lr:<5g} epoch {epoch + 1:>2}/{epochs}: "
+                f"test acc {acc:.4f}  train {seconds:6.1f}s  backprop {bwd}")
+        info = runner.info()
+    finally:
+        runner.close()
+    record = curve.as_dict()
+    record.update(method=method, seed=seed, lr=lr, forwarded=forwarded,
+                  backpropagated=backpropagated, setup_seconds=setup_seconds, **info)
+    return record
+
+
+# ------------------------------------------------------------------------------------------------
+# Analysis: pure functions on curves (tested on hand-made ones)
+# ------------------------------------------------------------------------------------------------
+def time_to_target(seconds: list[float], accuracy: list[float], target: float) -> float | None:
+    """Training seconds at the first evaluation whose accuracy reaches ``target`` (None: never)."""
+    for t, a in zip(seconds, accuracy, strict=True):
+        if a >= target:
+            return t
+    return None
+
+
+def saving(t_method: float | None, t_uniform: float | None) -> float | None:
+    """``1 - t_method / t_uniform``; None when the method never reached the target."""
+    if t_method is None or not t_uniform:
+        return None
+    return 1.0 - t_method / t_uniform
+
+
+def summarize(runs: list[dict[str, Any]], lr: float) -> dict[str, Any]:
+    """Per-seed targets and savings, and per-method aggregates over seeds.
+
+    A seed on which a method never reaches the target counts as saving 0 in the mean (it saved
+    nothing: the user would still need a uniform run); ``reached`` says on how many seeds it did.
+    """
+    main = [r for r in runs if r["method"] == "uniform" and r["lr"] == lr]
+    targets = {r["seed"]: r["accuracy"][-1] for r in main}
+    t_uniform = {r["seed"]: time_to_target(r["train_seconds"], r["accuracy"], targets[r["seed"]])
+                 for r in main}
+    per_method: dict[str, dict[str, Any]] = {}
+    for r in runs:
+        if r["seed"] not in targets or (r["method"] == "uniform" and r["lr"] != lr):
+            continue
+        t = time_to_target(r["train_seconds"], r["accuracy"], targets[r["seed"]])
+        s = saving(t, t_uniform[r["seed"]])
+        r["target"], r["time_to_target"], r["saving"] = targets[r["seed"]], t, s
+        m = per_method.setdefault(r["method"], {"seeds": [], "final": [], "train_seconds": [],
+                                                "time_to_target": [], "saving": [],
+                                                "forwarded": [], "backpropagated": [],
+                                                "eval_seconds": []})
+        m["seeds"].append(r["seed"])
+        m["final"].append(r["accuracy"][-1])
+        m["train_seconds"].append(r["train_seconds"][-1])
+        m["time_to_target"].append(t)
+        m["saving"].append(s)
+        m["forwarded"].append(r["forwarded"][-1])
+        m["backpropagated"].append(r["backpropagated"][-1])
+        m["eval_seconds"].append(r["eval_seconds"])
+    for m in per_method.values():
+        m["final_mean"] = statistics.fmean(m["final"])
+        m["final_sd"] = statistics.stdev(m["final"]) if len(m["final"]) > 1 else 0.0
+        m["train_seconds_mean"] = statistics.fmean(m["train_seconds"])
+        m["saving_mean"] = statistics.fmean(0.0 if s is None else s for s in m["saving"])
+        m["reached"] = sum(s is not None for s in m["saving"])
+    return {"targets": targets, "uniform_time_to_target": t_uniform, "methods": per_method}
+
+
+def markdown_table(summary: dict[str, Any], task: Task, epochs: int, lr: float) -> str:
+    lines = [
+        f"**{task.name}** — {task.description}; {epochs} epochs, batch {task.batch_size}, "
+        f"tuned max LR {lr:g} (one-cycle); target = each seed's tuned-uniform final accuracy.",
+        "",
+        "| method | final acc (mean ± sd) | train s | forwarded | backpropagated "
+        "| s to target | saving | reached |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, m in summary["methods"].items():
+        times = [t for t in m["time_to_target"] if t is not None]
+        t = f"{statistics.fmean(times):.1f}" if times else "never"
+        n = len(m["seeds"])
+        lines.append(
+            f"| {LABELS.get(name, name)} | {m['final_mean']:.4f} ± {m['final_sd']:.4f} "
+            f"| {m['train_seconds_mean']:.1f} | {statistics.fmean(m['forwarded']):,.0f} "
+            f"| {statistics.fmean(m['backpropagated']):,.0f} | {t} "
+            f"| {100 * m['saving_mean']:.0f}% | {m['reached']}/{n} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs: list[dict[str, Any]], summary: dict[str, Any], path: Path,
+         title: str) -> Path | None:
+    """Accuracy vs training wall-clock, one panel per seed, the target dashed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    seeds = sorted(summary["targets"])
+    fig, axes = plt.subplots(1, len(seeds), figsize=(5.2 * len(seeds), 4.2), squeeze=False,
+                             sharey=True)
+    colors = dict(zip(METHODS, ("black", "tab:red", "tab:orange", "tab:blue", "tab:green"),
+                      strict=True))
+    accs = [a for r in runs for a in r["accuracy"]]
+    top = max(accs)
+    for ax, seed in zip(axes[0], seeds, strict=True):
+        for r in runs:
+            if r["seed"] != seed or "saving" not in r:
+                continue
+            ax.plot(r["train_seconds"], r["accuracy"], marker="o", ms=3,
+                    color=colors.get(r["method"]), label=LABELS.get(r["method"], r["method"]))
+        ax.axhline(summary["targets"][seed], ls="--", lw=0.8, color="grey")
+        ax.set_title(f"seed {seed}")
+        ax.set_xlabel("training wall-clock (s, evaluation excluded)")
+        ax.set_ylim(top - 0.05, top + 0.005)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test accuracy")
+    axes[0][-1].legend(fontsize=8, loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# The whole benchmark
+# ------------------------------------------------------------------------------------------------
+def run_benchmark(task_name: str = "fashion_mnist", *, seeds: int = 3, quick: bool = False,
+                  methods: tuple[str, ...] = METHODS, threads: int = 2,
+                  epochs: int | None = None, lrs: tuple[float, ...] | None = None,
+                  sweep_seeds: int = 1, limit: int | None = None, progress: bool = True,
+                  log=print) -> dict[str, Any]:
+    """Run the LR sweep, then every method on every seed; return the full record.
+
+    The sweep runs uniform at each learning rate on the first ``sweep_seeds`` seeds and keeps the
+    best mean final accuracy; that LR is then used by every method on every seed.
+    """
+    from autoassist.provenance import git_commit, machine_info, thread_info
+
+    task = get_task(task_name)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or "uniform" not in methods:
+        raise ValueError(f"methods must include 'uniform' and come from {METHODS}; got {methods}")
+    if seeds < 1 or not 1 <= sweep_seeds <= seeds:
+        raise ValueError(f"need seeds >= 1 and 1 <= sweep_seeds <= seeds; got {seeds}, "
+                         f"{sweep_seeds}")
+    epochs = epochs or (task.quick_epochs if quick else task.epochs)
+    lrs = tuple(lrs or (task.quick_lrs if quick and task.quick_lrs else task.lrs))
+    if limit is None and quick:
+        limit = task.quick_limit
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    started = time.perf_counter()
+    try:
+        train, test = task.load(limit)
+        log(f"{task.name}: {len(train)} train / {len(test[1])} test; {epochs} epochs, batch "
+            f"{task.batch_size}, LR sweep {lrs}, seeds {list(range(seeds))}, {threads} threads")
+        runs: list[dict[str, Any]] = []
+        for seed in range(sweep_seeds):
+            for lr in lrs:
+                runs.append(run_one(task, "uniform", train, test, seed=seed, lr=lr, epochs=epochs,
+                                    progress=progress, log=log))
+        finals: dict[float, list[float]] = {}
+        for r in runs:
+            finals.setdefault(r["lr"], []).append(r["accuracy"][-1])
+        lr = max(lrs, key=lambda v: (statistics.fmean(finals[v]), -v))
+        log(f"tuned learning rate: {lr:g} (sweep final accuracies "
+            f"{ {k: round(statistics.fmean(v), 4) for k, v in finals.items()} })")
+        for seed in range(seeds):
+            for method in methods:
+                if method == "uniform" and seed < sweep_seeds:
+                    continue  # the sweep already ran it
+                runs.append(run_one(task, method, train, test, seed=seed, lr=lr, epochs=epochs,
+                                    progress=progress, log=log))
+        summary = summarize(runs, lr)
+    finally:
+        torch.set_num_threads(previous_threads)
+        info = thread_info()
+    methods_summary = summary["methods"]
+
+    def key(method: str, field: str):
+        return methods_summary[method][field] if method in methods_summary else None
+
+    headline = {
+        "task": task.name,
+        "saving": key("autoassist", "saving_mean"),
+        "saving_published": key("published", "saving_mean"),
+        "saving_infobatch": key("infobatch", "saving_mean"),
+        "saving_sb": key("selective_backprop", "saving_mean"),
+        "final_acc_uniform": key("uniform", "final_mean"),
+        "final_acc_autoassist": key("autoassist", "final_mean"),
+        "reached_autoassist": key("autoassist", "reached"),
+        "seeds": seeds,
+        "epochs": epochs,
+        "lr": lr,
+        "quick": quick,
+    }
+    info["torch_threads"] = threads
+    return {
+        "headline": headline,
+        "task": {"name": task.name, "description": task.description, "epochs": epochs,
+                 "batch_size": task.batch_size, "lrs": list(lrs), "tuned_lr": lr,
+                 "weight_decay": task.weight_decay, "train_instances": len(train),
+                 "test_instances": len(test[1]), "sweep_seeds": sweep_seeds},
+        "settings": {"autoassist": AUTOASSIST_SETTINGS, "published": PUBLISHED_SETTINGS,
+                     "infobatch": {"ratio": 0.5, "delta": 0.875},
+                     "selective_backprop": {"beta": 3.0, "history": 1024}},
+        "summary": summary,
+        "runs": runs,
+        "commit": git_commit(),
+        "machine": machine_info(),
+        "threads": info,
+        "wall_seconds": time.perf_counter() - started,
+    }
+
+
+def write_outputs(result: dict[str, Any], directory: Path, stem: str) -> dict[str, Path | None]:
+    """``<stem>.json``, ``<stem>.png`` and ``<stem>.md`` in ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    task = get_task(result["task"]["name"])
+    lr, epochs = result["task"]["tuned_lr"], result["task"]["epochs"]
+    table = markdown_table(result["summary"], task, epochs, lr)
+    result["table"] = table
+    paths: dict[str, Path | None] = {"json": directory / f"{stem}.json",
+                                     "md": directory / f"{stem}.md"}
+    paths["png"] = plot(result["runs"], result["summary"], directory / f"{stem}.png",
+                        f"{task.name}: test accuracy vs training time ({epochs} epochs)")
+    paths["json"].write_text(json.dumps(result, indent=2, default=_jsonable) + "\n")
+    paths["md"].write_text(table)
+    return paths
+
+
+def _jsonable(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return str(value)
+
+
+# ------------------------------------------------------------------------------------------------
+# Command line (shared by `autoassist bench` and `python -m benchmarks.time_to_accuracy`)
+# ------------------------------------------------------------------------------------------------
+def add_arguments(p) -> None:
+    """Options shared by ``autoassist bench`` and ``python -m benchmarks.time_to_accuracy``."""
+    from autoassist.tasks import TASKS
+
+    p.add_argument("--task", default="fashion_mnist", choices=sorted(TASKS))
+    p.add_argument("--seeds", type=int, default=None,
+                   help="seeds 0..N-1 (default 3, or 1 with --quick)")
+    p.add_argument("--sweep-seeds", type=int, default=1,
+                   help="seeds the uniform LR sweep runs on (default 1: the first)")
+    p.add_argument("--quick", action="store_true",
+                   help="a few-minute version: fewer epochs, a slice of the data, 1 seed")
+    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset")
+    p.add_argument("--threads", type=int, default=2, help="torch threads for every method")
+    p.add_argument("--epochs", type=int, default=None, help="override the task's epoch budget")
+    p.add_argument("--lrs", default=None, help="override the LR sweep, e.g. 0.05,0.1,0.2")
+    p.add_argument("--limit", type=int, default=None, help="use only N training instances")
+    p.add_argument("--no-progress", action="store_true", help="hide the tqdm bars")
+
+
+def run_cli(args, directory: Path, stem: str) -> dict:
+    """Run from parsed ``add_arguments`` options; write the outputs; print the table."""
+    seeds = args.seeds or (1 if args.quick else 3)
+    result = run_benchmark(
+        args.task, seeds=seeds, quick=args.quick, methods=tuple(args.methods.split(",")),
+        threads=args.threads, epochs=args.epochs,
+        lrs=tuple(float(v) for v in args.lrs.split(",")) if args.lrs else None,
+        sweep_seeds=min(args.sweep_seeds, seeds), limit=args.limit,
+        progress=not args.no_progress,
+    )
+    paths = write_outputs(result, directory, stem)
+    print()
+    print(result["table"])
+    print("wrote " + ", ".join(str(p) for p in paths.values() if p is not None))
+    return result
