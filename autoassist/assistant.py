@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from . import shared_state as ss
+from .loss_memory import LossMemory
 
 _POLL_SECONDS = 0.2
 _SCORE_CHUNK = 65536
@@ -50,15 +51,23 @@ def _limit_threads(threads: int):
     return limiter
 
 
-def _score_all(model, state: ss.SharedState) -> np.ndarray:
+def _inputs(state: ss.SharedState, ids, memory: LossMemory | None, mean: float) -> np.ndarray:
+    """The learner's input rows: the Boss-written features, plus the loss memory when used."""
+    X = state.features[ids]
+    if memory is None:
+        return X
+    return np.hstack([X, memory.features(ids, mean)])
+
+
+def _score_all(model, state: ss.SharedState, memory: LossMemory | None = None,
+               mean: float = float("nan")) -> np.ndarray:
     n = state.num_instances
     scores = np.ones(n, np.float32)  # never-seen instances stay "informative"
     for start in range(0, n, _SCORE_CHUNK):
         stop = min(n, start + _SCORE_CHUNK)
-        have = state.have[start:stop].astype(bool)
-        if have.any():
-            block = scores[start:stop]
-            block[have] = model.predict_proba(state.features[start:stop][have])
+        have = np.flatnonzero(state.have[start:stop]) + start
+        if len(have):
+            scores[have] = model.predict_proba(_inputs(state, have, memory, mean))
     return scores
 
 
@@ -79,12 +88,16 @@ def run_assistant(shm_name: str, num_instances: int, feature_dim: int, settings:
         torch.set_num_threads(threads)
 
     state = ss.SharedState(num_instances, feature_dim, name=shm_name)
-    model = make_assistant_model(settings["kind"], feature_dim, settings["lr"], settings["seed"])
+    memory = LossMemory(num_instances) if settings.get("loss_history") else None
+    dim = feature_dim + (LossMemory.dim if memory is not None else 0)
+    model = make_assistant_model(settings["kind"], dim, settings["lr"], settings["seed"])
     mean = float(state.fheader[ss.LOSS_MEAN])
     accuracy = float(state.fheader[ss.ACCURACY])
     if model_state is not None:
         model.load_state_dict(model_state["model"])
         mean, accuracy = model_state["loss_mean"], model_state["accuracy"]
+        if memory is not None and model_state.get("memory") is not None:
+            memory.load_state_dict(model_state["memory"])
     alpha = float(settings["label_ema"])
     fresh = 0  # instances trained on since the last publication
     parent = mp.parent_process()
@@ -98,17 +111,18 @@ def run_assistant(shm_name: str, num_instances: int, feature_dim: int, settings:
                     return
                 idle_publish = settings.get("idle_publish", True)
                 if idle_publish and fresh >= max(1, num_instances // 4):  # refresh continuously
-                    state.publish(_score_all(model, state))
+                    state.publish(_score_all(model, state, memory, mean))
                     fresh = 0
                 continue
             kind = msg[0]
             if kind == "losses":
                 t0 = time.perf_counter()
                 ids, losses = msg[1], msg[2]
+                before = mean  # the memory feature is relative to the mean before this batch
                 labels, mean = ema_stream(losses, mean, alpha)
                 have = state.have[ids].astype(bool)
                 if have.any():
-                    X = state.features[ids[have]]
+                    X = _inputs(state, ids[have], memory, before)
                     y = labels[have]
                     pred = model.predict_proba(X) > 0.5
                     hit = float(np.mean(pred == y.astype(bool)))
@@ -122,15 +136,18 @@ def run_assistant(shm_name: str, num_instances: int, feature_dim: int, settings:
                                           y[start : start + _MINIBATCH])
                     fresh += int(have.sum())
                     state.header[ss.TRAINED] += int(have.sum())
+                if memory is not None:
+                    memory.update(ids, losses)
                 train_seconds += time.perf_counter() - t0
             elif kind == "score":
                 t0 = time.perf_counter()
-                state.publish(_score_all(model, state), epoch=int(msg[1]))
+                state.publish(_score_all(model, state, memory, mean), epoch=int(msg[1]))
                 fresh = 0
                 train_seconds += time.perf_counter() - t0
             elif kind == "state":
                 outbox.put(("state", msg[1], {
                     "model": model.state_dict(), "loss_mean": mean, "accuracy": accuracy,
+                    "memory": None if memory is None else memory.state_dict(),
                 }))
             elif kind == "crash":  # used by tests to simulate a dying Assistant
                 os._exit(17)

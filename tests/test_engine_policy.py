@@ -117,3 +117,49 @@ def test_assistant_that_keeps_dying_is_given_up_and_training_goes_on():
         plan = loader.engine.current
         assert loader.engine.assistant.failed
         assert np.array_equal(plan.scores, last_scores) and seen == plan.kept < N
+
+
+def _auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    order = np.argsort(scores, kind="stable")
+    ranks = np.empty(len(scores))
+    ranks[order] = np.arange(1, len(scores) + 1)
+    p = positive.sum()
+    return float((ranks[positive].sum() - p * (p + 1) / 2) / (p * (len(scores) - p)))
+
+
+@pytest.mark.parametrize("loss_history", [True, False])
+def test_loss_memory_finds_persistently_hard_instances_features_cannot(loss_history):
+    gen = torch.Generator().manual_seed(5)
+    noise = torch.randn(N, 6, generator=gen)  # features carry no information about hardness
+    hard = torch.rand(N, generator=gen) < 0.3
+    data = TensorDataset(noise, torch.arange(N))
+    base = DataLoader(data, batch_size=100, shuffle=True, generator=gen)
+    with autoassist.wrap(base, features=noise, sync=True, floor=0.3, warmup_epochs=1,
+                         seed=2, loss_history=loss_history) as loader:
+        for epoch in range(3):
+            loader.set_epoch(epoch)
+            for _x, idx in loader:
+                jitter = 0.05 * torch.rand(len(idx), generator=gen)
+                loader.report(torch.where(hard[idx], 2.0, 0.2) + jitter)
+        scores, _ = loader.engine.state.snapshot()
+    auc = _auc(scores, hard.numpy())
+    if loss_history:  # the last loss says which instances are hard
+        assert auc > 0.95
+    else:  # features alone cannot
+        assert 0.35 < auc < 0.65
+
+
+def test_loss_memory_features_and_state():
+    from autoassist.loss_memory import LossMemory
+
+    m = LossMemory(4)
+    m.update(np.array([0, 2, 2]), np.array([1.0, 4.0, 0.5], np.float32))  # last occurrence wins
+    f = m.features(np.arange(4), mean=1.0)
+    assert f[:, 0].tolist() == [1, 0, 1, 0]
+    assert f[0, 1] == pytest.approx(0.0, abs=1e-6) and f[2, 1] == pytest.approx(np.log(0.5))
+    assert f[1, 1] == 0 and not m.features(np.arange(4), float("nan")).any()
+    other = LossMemory(4)
+    other.load_state_dict(m.state_dict())
+    assert np.array_equal(other.features(np.arange(4), 2.0), m.features(np.arange(4), 2.0))
+    with pytest.raises(ValueError, match="instances"):
+        LossMemory(5).load_state_dict(m.state_dict())
