@@ -43,6 +43,10 @@ class SelectiveBackprop:
         self.window[(start + np.arange(len(tail))) % self.size] = tail
         self.count += len(losses)
 
+    def observe(self, losses: np.ndarray) -> None:
+        """Add losses to the window without selecting (a warm-up that backpropagates all)."""
+        self._add(np.asarray(losses, dtype=np.float64).reshape(-1))
+
     def select(self, losses: np.ndarray) -> np.ndarray:
         """Bool mask over the batch: which instances to backpropagate."""
         losses = np.asarray(losses, dtype=np.float64).reshape(-1)
