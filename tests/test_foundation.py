@@ -131,6 +131,10 @@ def test_regular_install_ships_kernels_and_pipelines(tmp_path):
     for module in ("autoassist/kernels/select.py", "autoassist/pipelines/dataloader.py",
                    "autoassist/engine.py"):
         assert module in names
+    for folder, prefix in (("autoassist", "autoassist/"), ("kernels", "autoassist/kernels/"),
+                           ("pipelines", "autoassist/pipelines/")):
+        for source in (root / folder).rglob("*.py"):  # every subpackage is listed in pyproject
+            assert prefix + source.relative_to(root / folder).as_posix() in names, source
     assert not any(n.startswith(("kernels/", "pipelines/")) for n in names)  # no top-level names
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
