@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from autoassist.datasets import FashionMNIST
 from autoassist.models import small_cnn
-from autoassist.training import Curve, train_classifier
+from autoassist.training import Curve, saving, train_classifier
 
 
 def plot_curves(curves: list[Curve], path: Path, title: str) -> Path | None:
@@ -55,7 +55,7 @@ def summarize(curves: list[Curve], baseline: Curve) -> list[dict]:
             "train_seconds": curve.train_seconds[-1],
             "instances_backpropagated": curve.instances[-1],
             "time_to_uniform_final": t,
-            "saving": None if t is None or not base_time else 1 - t / base_time,
+            "saving": saving(t, base_time),
             "uniform_accuracy_at_same_time": baseline.accuracy_at(curve.train_seconds[-1]),
         })
     return rows

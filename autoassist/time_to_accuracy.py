@@ -33,7 +33,14 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from autoassist.tasks import Task, get_task
-from autoassist.training import Curve, Stopwatch, evaluate, one_cycle_lr
+from autoassist.training import (
+    Curve,
+    Stopwatch,
+    evaluate,
+    one_cycle_lr,
+    saving,
+    time_to_target,
+)
 
 METHODS = ("uniform", "autoassist", "published", "infobatch", "selective_backprop")
 LABELS = {"uniform": "uniform (tuned)", "autoassist": "autoassist",
@@ -333,21 +340,6 @@ def _warm_up(task: Task, train, batches: int = 20) -> None:
 # ------------------------------------------------------------------------------------------------
 # Analysis: pure functions on curves (tested on hand-made ones)
 # ------------------------------------------------------------------------------------------------
-def time_to_target(seconds: list[float], accuracy: list[float], target: float) -> float | None:
-    """Training seconds at the first evaluation whose accuracy reaches ``target`` (None: never)."""
-    for t, a in zip(seconds, accuracy, strict=True):
-        if a >= target:
-            return t
-    return None
-
-
-def saving(t_method: float | None, t_uniform: float | None) -> float | None:
-    """``1 - t_method / t_uniform``; None when the method never reached the target."""
-    if t_method is None or not t_uniform:
-        return None
-    return 1.0 - t_method / t_uniform
-
-
 def summarize(runs: list[dict[str, Any]], lr: float) -> dict[str, Any]:
     """Per-seed targets and savings, and per-method aggregates over seeds.
 

@@ -28,6 +28,21 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return correct / max(1, len(x))
 
 
+def time_to_target(seconds: list[float], accuracy: list[float], target: float) -> float | None:
+    """Training seconds at the first evaluation whose accuracy reaches ``target`` (None: never)."""
+    for t, a in zip(seconds, accuracy, strict=True):
+        if a >= target:
+            return t
+    return None
+
+
+def saving(t_method: float | None, t_uniform: float | None) -> float | None:
+    """``1 - t_method / t_uniform``; None when the method never reached the target."""
+    if t_method is None or not t_uniform:
+        return None
+    return 1.0 - t_method / t_uniform
+
+
 @dataclass
 class Curve:
     """Accuracy after each epoch against cumulative training wall-clock (evaluation excluded)."""
@@ -47,10 +62,7 @@ class Curve:
 
     def time_to(self, target: float) -> float | None:
         """Training seconds at the first epoch whose accuracy reaches ``target`` (None if never)."""
-        for seconds, acc in zip(self.train_seconds, self.accuracy, strict=True):
-            if acc >= target:
-                return seconds
-        return None
+        return time_to_target(self.train_seconds, self.accuracy, target)
 
     def accuracy_at(self, seconds: float) -> float | None:
         """Accuracy of the last epoch finished within ``seconds`` of training (None if none)."""
