@@ -65,6 +65,32 @@ def _bench_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def fairseq_user_dir() -> str:
+    """The folder to pass to ``fairseq-train --user-dir`` (the plugin's one home)."""
+    from pathlib import Path
+
+    import autoassist.pipelines as pipelines
+
+    folder = Path(pipelines.__file__).resolve().parent / "fairseq_user_dir" / "autoassist_fairseq"
+    return str(folder)
+
+
+def _fairseq_user_dir_parser(sub) -> None:
+    p = sub.add_parser(
+        "fairseq-user-dir",
+        help="print the folder for fairseq-train --user-dir",
+        description="Print the plugin folder that registers the autoassist_translation task and "
+        "the autoassist_label_smoothed_cross_entropy criterion: fairseq-train DATA --user-dir "
+        '"$(autoassist fairseq-user-dir)" --task autoassist_translation ...',
+    )
+
+    def run(args):
+        print(fairseq_user_dir())
+        return 0
+
+    p.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="autoassist",
@@ -74,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _demo_parser(sub)
     _bench_parser(sub)
+    _fairseq_user_dir_parser(sub)
     return parser
 
 

@@ -171,6 +171,13 @@ class ShrinkEngine:
 
     # -- reports ---------------------------------------------------------------------------------
     def report(self, per_sample: torch.Tensor, ids: np.ndarray, batch: Any = None) -> torch.Tensor:
+        """Send the losses to the Assistant; return their (re)weighted mean for the backward."""
+        self.observe(per_sample, ids, batch)
+        weights = self.loss_weights(ids, per_sample)
+        return per_sample.mean() if weights is None else (per_sample * weights).mean()
+
+    def observe(self, per_sample: torch.Tensor, ids: np.ndarray, batch: Any = None) -> None:
+        """Queue one loss per instance for the Assistant (never blocks unless ``sync``)."""
         if not isinstance(per_sample, torch.Tensor):
             raise TypeError(
                 f"report() takes a tensor of per-instance losses, got {type(per_sample)}"
@@ -209,11 +216,14 @@ class ShrinkEngine:
             self._pending_batches += 1
             if self._pending_batches >= self.config.send_every:
                 self.flush()
+
+    def loss_weights(self, ids: np.ndarray, like: torch.Tensor) -> torch.Tensor | None:
+        """Per-instance loss weights ``mean(P) / P_i`` (as ``like``'s device and dtype), or None
+        when the current epoch needs none (no ``reweight``, or it keeps everything)."""
         plan = self.current
-        if self.config.reweight and plan is not None and plan.mask is not None:
-            w = torch.from_numpy(plan.weights(ids)).to(per_sample.device, per_sample.dtype)
-            return (per_sample * w).mean()
-        return per_sample.mean()
+        if not self.config.reweight or plan is None or plan.mask is None:
+            return None
+        return torch.from_numpy(plan.weights(ids)).to(like.device, like.dtype)
 
     def _warn_no_features(self) -> None:
         if not self._warned_features:
@@ -222,7 +232,7 @@ class ShrinkEngine:
                 "autoassist: report() got losses without their batch, so the Assistant has no "
                 "features for those instances and cannot learn from them; pass batch=... to "
                 "report() or give per-instance features=... when wrapping",
-                RuntimeWarning, stacklevel=4,
+                RuntimeWarning, stacklevel=5,
             )
 
     def flush(self) -> None:

@@ -1,0 +1,1 @@
+"""Holds the fairseq ``--user-dir`` package alone: fairseq puts this folder on ``sys.path``."""

@@ -1,0 +1,204 @@
+"""The fairseq plugin on a real corpus (bible.db verses) with a tiny transformer.
+
+Kept small for CI: a 400-pair corpus, a 1-layer 64-wide transformer, a few short fairseq-train
+runs (each a few seconds of training plus fairseq's start-up).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+if not os.environ.get("CI"):  # in CI the fairseq extra is installed: its absence must fail
+    pytest.importorskip("fairseq", reason="pip install 'autoassist[fairseq]'")
+
+from autoassist.cli import fairseq_user_dir  # noqa: E402
+from autoassist.translation_corpus import (  # noqa: E402
+    CorpusSpec,
+    load_verse_pairs,
+    prepare_corpus,
+    split_pairs,
+)
+
+TINY = ["--arch", "transformer", "--encoder-layers", "1", "--decoder-layers", "1",
+        "--encoder-embed-dim", "64", "--decoder-embed-dim", "64",
+        "--encoder-ffn-embed-dim", "128", "--decoder-ffn-embed-dim", "128",
+        "--encoder-attention-heads", "2", "--decoder-attention-heads", "2",
+        "--share-all-embeddings", "--label-smoothing", "0.1"]
+TRAIN = ["--optimizer", "adam", "--lr", "1e-3", "--max-tokens", "1024", "--cpu",
+         "--num-workers", "0", "--seed", "1", "--log-format", "simple", "--log-interval", "5",
+         "--no-progress-bar"]
+PLUGIN = ["--task", "autoassist_translation",
+          "--criterion", "autoassist_label_smoothed_cross_entropy"]
+
+
+@pytest.fixture(scope="module")
+def data_bin(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bible")
+    return prepare_corpus(out, CorpusSpec(train_pairs=400, valid_pairs=100, max_words=30,
+                                          vocab_size=600))
+
+
+def _fairseq_train(data_bin, save_dir, *extra):
+    cmd = [sys.executable, "-m", "fairseq_cli.train", str(data_bin), "--user-dir",
+           fairseq_user_dir(), *PLUGIN, *TINY, *TRAIN, "--save-dir", str(save_dir), *extra]
+    env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1", OMP_NUM_THREADS="1")
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done.stderr + done.stdout
+
+
+def _model(path):
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+
+
+def _in_process_task(data_bin, *extra):
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(
+        parser, [str(data_bin), "--user-dir", fairseq_user_dir(), *TINY, *TRAIN,
+                 "--dropout", "0", *extra])
+    cfg = convert_namespace_to_omegaconf(args)
+    task = tasks.setup_task(cfg.task)
+    task.load_dataset("train")
+    return cfg, task
+
+
+# -- the corpus ------------------------------------------------------------------------------------
+def test_corpus_is_split_by_book_and_aligned():
+    pairs = load_verse_pairs("de", "en")
+    assert len(pairs) > 30000  # 31,102 verses, both translations complete
+    spec = CorpusSpec(train_pairs=None, max_words=50)
+    splits = split_pairs(pairs, spec)
+    held = set(spec.valid_books) | set(spec.test_books)
+    train_books = {b for b, _, _ in pairs} - held
+    assert len(train_books) == 66 - len(held)
+    by_text = {(s, t): b for b, s, t in pairs}
+    assert all(by_text[p] in spec.test_books for p in splits["test"])
+    assert all(by_text[p] in spec.valid_books for p in splits["valid"])
+    assert all(by_text[p] not in held for p in splits["train"])
+    # the same verse in both languages: John 3:16 is there, German then English
+    assert any("Gott" in s and "God" in t and "Welt" in s and "world" in t
+               for _, s, t in pairs if len(s) < 200)
+    with pytest.raises(ValueError, match="unknown translation"):
+        load_verse_pairs("klingon", "en")
+    with pytest.raises(ValueError, match="train_pairs"):
+        split_pairs(pairs, CorpusSpec(train_pairs=10**6))
+
+
+def test_text_features_are_tfidf_rows_plus_length():
+    from autoassist.text_features import sentence_pair_features
+
+    src = [[5, 6, 7], [5, 5, 9, 10, 11, 12], [8]]
+    tgt = [[1, 2], [3, 4, 4, 4], [2]]
+    f = sentence_pair_features(src, tgt, dim=16)
+    assert f.shape == (3, 16 + 16 + 2) and f.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(f[:, :16], axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(f[:, 16:32], axis=1), 1.0, rtol=1e-5)
+    assert f[1, 32] > f[0, 32] > f[2, 32]  # longer source, larger length feature
+    np.testing.assert_allclose(f[:, 32].mean(), 0.0, atol=1e-6)
+    with pytest.raises(ValueError, match="aligned"):
+        sentence_pair_features(src, tgt[:2])
+
+
+# -- the criterion and the batches -------------------------------------------------------------
+def test_per_sentence_losses_sum_to_fairseq_label_smoothed_loss(data_bin):
+    from fairseq.criterions.label_smoothed_cross_entropy import (
+        LabelSmoothedCrossEntropyCriterion,
+    )
+
+    cfg, task = _in_process_task(data_bin, *PLUGIN, "--aa-warmup-epochs", "1", "--aa-sync")
+    try:
+        model = task.build_model(cfg.model)
+        ours = task.build_criterion(cfg.criterion)
+        stock = LabelSmoothedCrossEntropyCriterion(task, False, 0.1)
+        itr = task.get_batch_iterator(task.dataset("train"), max_tokens=1024, seed=1, epoch=1,
+                                      max_positions=(1024, 1024))
+        sample = next(itr.next_epoch_itr(shuffle=False))
+        model.train()
+        task._reporting = True  # as inside task.train_step
+        loss, size, log = ours(model, sample)
+        task._reporting = False
+        ref_loss, ref_size, ref_log = stock(model, sample)
+        torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(log["nll_loss"], ref_log["nll_loss"], rtol=1e-5, atol=1e-4)
+        assert size == ref_size
+        # and the Assistant got one loss per sentence of the batch
+        assert task.engine._reported == len(sample["id"])
+    finally:
+        task.close()
+
+
+def test_batches_equal_stock_translation_when_everything_is_kept(data_bin):
+    from fairseq.tasks.translation import TranslationTask
+
+    _, task = _in_process_task(data_bin, *PLUGIN, "--aa-floor", "1.0", "--aa-warmup-epochs", "0")
+    try:
+        stock = TranslationTask(task.cfg, task.src_dict, task.tgt_dict)
+        stock.datasets["train"] = task.dataset("train")
+        for multiple in (1, 8):
+            kw = dict(max_tokens=300, max_positions=(1024, 1024), seed=3, epoch=2,
+                      required_batch_size_multiple=multiple, disable_iterator_cache=True)
+            ours = [b.tolist() for b in task.get_batch_iterator(task.dataset("train"), **kw)
+                    .frozen_batches]
+            ref = [list(b) for b in stock.get_batch_iterator(stock.dataset("train"), **kw)
+                   .frozen_batches]
+            assert len(ours) > 10
+            if multiple == 1:
+                assert ours == [[int(i) for i in b] for b in ref]
+            else:  # stock drops its last batch when 8 does not divide it (fairseq #5036)
+                assert ours[: len(ref)] == [[int(i) for i in b] for b in ref]
+                kept = sorted(i for b in ours for i in b)
+                assert kept == list(range(len(task.dataset("train"))))
+    finally:
+        task.close()
+
+
+# -- real fairseq-train runs -----------------------------------------------------------------------
+@pytest.mark.slow
+def test_fairseq_train_shrinks_and_resumes_mid_epoch_bit_identically(data_bin, tmp_path):
+    full = tmp_path / "full"
+    log = _fairseq_train(data_bin, full, "--max-epoch", "3", "--aa-sync",
+                         "--save-interval-updates", "5")
+    # the plugin was loaded through --user-dir and really shrank epochs 2 and 3
+    assert "task: AutoAssistTranslationTask" in log
+    assert "criterion: AutoAssistLabelSmoothedCrossEntropy" in log
+    kept = [line for line in log.splitlines() if "autoassist: epoch" in line and " kept " in line]
+    assert len(kept) == 3 and "(warmup)" in kept[0] and "(shrink)" in kept[1]
+    fractions = [float(line.split(" kept ")[1].split("%")[0]) for line in kept]
+    assert fractions[0] == 100.0 and all(30.0 <= f < 100.0 for f in fractions[1:])
+    # resume from a checkpoint in the middle of epoch 2
+    mids = sorted(full.glob("checkpoint_2_*.pt"))
+    assert mids, sorted(p.name for p in full.iterdir())
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copy(mids[0], resumed / "checkpoint_last.pt")
+    log2 = _fairseq_train(data_bin, resumed, "--max-epoch", "3", "--aa-sync",
+                          "--save-interval-updates", "5")
+    assert "Loaded checkpoint" in log2
+    a, b = _model(full / "checkpoint3.pt"), _model(resumed / "checkpoint3.pt")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    state = torch.load(resumed / "checkpoint3.pt", weights_only=False)["extra_state"]
+    engine = state["AutoAssistTranslationTask"]["engine"]
+    assert engine["plan"]["epoch"] == 2 and engine["plan"]["reason"] == "shrink"
+
+
+def test_bad_options_give_clear_errors(data_bin, tmp_path):
+    cmd = [sys.executable, "-m", "fairseq_cli.train", str(data_bin), "--user-dir",
+           fairseq_user_dir(), *PLUGIN, *TINY, *TRAIN, "--save-dir", str(tmp_path),
+           "--aa-anneal-epochs", "2"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "--aa-anneal-epochs needs the training budget: pass --max-epoch" in done.stderr
+    assert Path(fairseq_user_dir()).is_dir()
