@@ -42,3 +42,24 @@ def test_examples_are_listed_in_their_readme():
     listed = (ROOT / "examples" / "README.md").read_text()
     for script in (ROOT / "examples").glob("*.py"):
         assert script.name in listed, f"examples/README.md does not mention {script.name}"
+
+
+@pytest.mark.slow
+def test_translation_example_trains_both_ways_and_scores_bleu(tmp_path):
+    pytest.importorskip("fairseq", reason="pip install 'autoassist[fairseq]'")
+    import json
+
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "translation" / "run.py"), "--train-pairs", "300",
+         "--max-words", "30", "--vocab-size", "500", "--epochs", "2", "--layers", "1",
+         "--dim", "64", "--threads", "1", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    commands = [line for line in out.stdout.splitlines() if line.startswith("$ ")]
+    assert len(commands) == 4  # train + generate, twice
+    assert "--task translation " in commands[0]
+    assert "--user-dir" in commands[2] and "--task autoassist_translation" in commands[2]
+    assert "autoassist: epoch 2 kept" in out.stdout and "(shrink)" in out.stdout
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [r["method"] for r in results] == ["uniform", "autoassist"]
+    assert all(0.0 <= r["test_bleu"] <= 100.0 and r["seconds"] > 0 for r in results)

@@ -202,3 +202,54 @@ def test_bad_options_give_clear_errors(data_bin, tmp_path):
     assert done.returncode != 0
     assert "--aa-anneal-epochs needs the training budget: pass --max-epoch" in done.stderr
     assert Path(fairseq_user_dir()).is_dir()
+
+
+# -- distributed: every rank keeps the same set ----------------------------------------------------
+def _dist_rank(rank: int, world: int, init_file: str, data_bin: str, out_dir: str) -> None:
+    import datetime
+    import json
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world, timeout=datetime.timedelta(seconds=120))
+    _, task = _in_process_task(data_bin, *PLUGIN, "--aa-warmup-epochs", "0", "--aa-sync")
+    try:
+        n = len(task.dataset("train"))
+        # rank-specific scores: without the broadcast every rank would keep a different set
+        scores = np.random.default_rng(100 + rank).random(n).astype(np.float32)
+        task.engine.state.load_scores(scores, 7)
+        itr = task.get_batch_iterator(task.dataset("train"), max_tokens=512, seed=1, epoch=2,
+                                      max_positions=(1024, 1024), num_shards=world,
+                                      shard_id=rank)
+        batches = [b.tolist() for b in itr.frozen_batches]
+        mine = [int(i) for s in itr.next_epoch_itr(shuffle=True) for i in s.get("id", [])]
+        plan = task.engine.current
+        with open(f"{out_dir}/rank{rank}.json", "w") as f:
+            json.dump({"batches": batches, "mine": mine, "n": n,
+                       "kept": np.flatnonzero(plan.mask).tolist(),
+                       "rank0_scores": scores.tolist() if rank == 0 else None}, f)
+        dist.barrier()
+    finally:
+        task.close()
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_select_the_same_pairs_and_shard_the_batches(data_bin, tmp_path):
+    import json
+
+    import torch.multiprocessing as mp
+
+    from autoassist.kernels import keep_mask
+
+    mp.spawn(_dist_rank, args=(2, str(tmp_path / "init"), str(data_bin), str(tmp_path)),
+             nprocs=2, join=True)
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["batches"] == r1["batches"]  # same kept pairs, same batches on both ranks
+    assert r0["kept"] == r1["kept"]
+    expected, _ = keep_mask(np.asarray(r0["rank0_scores"], np.float32), 0.3, 1, 1)
+    assert r0["kept"] == np.flatnonzero(expected).tolist()  # chosen from rank 0's scores
+    assert 0.3 * r0["n"] < len(r0["kept"]) < r0["n"]
+    assert not set(r0["mine"]) & set(r1["mine"])  # fairseq's sharding: disjoint batches
+    assert sorted(r0["mine"] + r1["mine"]) == sorted(r0["kept"])
