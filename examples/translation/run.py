@@ -75,7 +75,8 @@ def main(argv=None) -> int:
         gen = run([sys.executable, "-m", "fairseq_cli.generate", str(data_bin),
                    "--path", str(save / f"checkpoint{args.epochs}.pt"), "--gen-subset", "test",
                    "--beam", "4", "--batch-size", "64", "--remove-bpe", "sentencepiece",
-                   "--scoring", "sacrebleu", "--cpu", "--quiet"], args.threads)
+                   "--scoring", "sacrebleu", "--max-len-a", "1.5", "--max-len-b", "10",
+                   "--cpu", "--quiet"], args.threads)
         bleu = float(re.search(r"BLEU = ([0-9.]+)", gen).group(1))
         table.append((name, seconds, bleu))
     print(f"\n{'method':<12} {'fairseq-train s':>16} {'test BLEU':>10}")
