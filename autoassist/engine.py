@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,7 +48,26 @@ class EpochPlan:
         return (self.mean_keep / np.maximum(p, 1e-12)).astype(np.float32)
 
 
+_SINGLE_REPLICA: ContextVar[bool] = ContextVar("autoassist_single_replica", default=False)
+
+
+@contextmanager
+def single_replica():
+    """Engines made inside see no data-parallel world even when torch.distributed is up.
+
+    For process groups that are not data-parallel replicas, such as the Boss's stage processes
+    (only stage 0 holds a loader, so there is no score broadcast to share).
+    """
+    token = _SINGLE_REPLICA.set(True)
+    try:
+        yield
+    finally:
+        _SINGLE_REPLICA.reset(token)
+
+
 def _dist_rank_world() -> tuple[int, int]:
+    if _SINGLE_REPLICA.get():
+        return 0, 1
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
 
 from tqdm import tqdm
@@ -146,6 +147,8 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=2, help="torch threads of each fairseq run")
     p.add_argument("--src", default="de")
     p.add_argument("--tgt", default="en")
+    p.add_argument("--name", default=None,
+                   help="results file stem (default translation, translation_quick)")
     p.add_argument("--workdir", default="runs/translation",
                    help="corpus and checkpoints (reused between runs)")
     args = p.parse_args(argv)
@@ -165,8 +168,9 @@ def main(argv=None) -> dict:
             tqdm.write(f"{method}, seed {seed}: {args.epochs} epochs on {args.train_pairs} pairs")
             runs.append(run_method(method, seed, data_bin, work, args))
     summary = summarize(runs)
-    name = "translation_quick" if args.quick else "translation"
-    command = "python -m benchmarks.translation" + (" --quick" if args.quick else "")
+    name = args.name or ("translation_quick" if args.quick else "translation")
+    command = "python -m benchmarks." + " ".join(["translation", *(argv if argv is not None
+                                                                   else sys.argv[1:])])
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.md").write_text(markdown(runs, command))
     png = plot(runs, RESULTS / f"{name}.png")

@@ -20,6 +20,7 @@ import itertools
 import warnings
 from collections import deque
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,20 @@ class _EngineLoader:
     _epoch_set: bool = False
     _epoch_complete: bool = False
     _batches_done: int = 0
+    _defer_end: bool = False
+    _pending_end: tuple[int, int] | None = None
+
+    @property
+    def batch_ids(self) -> np.ndarray | None:
+        """Instance ids of the batch just yielded (None once it was reported)."""
+        return None if self._last_ids is None else self._last_ids.copy()
+
+    def loss_weights(self, like: torch.Tensor) -> torch.Tensor | None:
+        """Weights ``mean(P)/P_i`` for the batch just yielded (as ``like``), or None for a plain
+        mean: for training schemes that weight several losses before reporting the last one."""
+        if self._last_ids is None:
+            raise RuntimeError("loss_weights() needs a yielded, not yet reported batch")
+        return self.engine.loss_weights(self._last_ids, like)
 
     # -- epochs ----------------------------------------------------------------------------------
     @property
@@ -142,7 +157,25 @@ class _EngineLoader:
     def _finish_epoch(self) -> None:
         self._last_batch = None
         self._epoch_complete = True
-        self.engine.end_epoch(self._epoch, batches=self._batches_done)
+        if self._defer_end:
+            self._pending_end = (self._epoch, self._batches_done)
+        else:
+            self.engine.end_epoch(self._epoch, batches=self._batches_done)
+
+    @contextmanager
+    def late_reports(self):
+        """For pipelines whose losses come back after the loop has taken the last batch: the
+        epoch's end (the Assistant's scoring request) waits until this block exits, so every
+        loss of the epoch is in before the next epoch's scores are made."""
+        self._defer_end = True
+        try:
+            yield self
+        finally:
+            self._defer_end = False
+            if self._pending_end is not None:
+                epoch, batches = self._pending_end
+                self._pending_end = None
+                self.engine.end_epoch(epoch, batches=batches)
 
     def report(self, per_sample: torch.Tensor, ids=None, batch: Any = None) -> torch.Tensor:
         """Send per-instance losses to the Assistant; return the (re)weighted mean loss.

@@ -253,3 +253,20 @@ def test_two_gloo_ranks_select_the_same_pairs_and_shard_the_batches(data_bin, tm
     assert 0.3 * r0["n"] < len(r0["kept"]) < r0["n"]
     assert not set(r0["mine"]) & set(r1["mine"])  # fairseq's sharding: disjoint batches
     assert sorted(r0["mine"] + r1["mine"]) == sorted(r0["kept"])
+
+
+def test_aa_config_file_is_the_base_and_flags_override_it(data_bin, tmp_path):
+    from autoassist.config import ShrinkConfig
+
+    path = ShrinkConfig(floor=0.55, warmup_epochs=2, reweight=True, label_ema=0.05).to_file(
+        tmp_path / "shrink.toml")
+    _, task = _in_process_task(data_bin, *PLUGIN, "--aa-config", str(path),
+                               "--aa-warmup-epochs", "3", "--aa-sync")
+    try:
+        c = task.shrink_config
+        assert (c.floor, c.reweight, c.label_ema) == (0.55, True, 0.05)  # from the file
+        assert c.warmup_epochs == 3 and c.sync  # flags given on the command line win
+        assert c.seed == 1  # fairseq's --seed
+        assert task.engine.config is c
+    finally:
+        task.close()

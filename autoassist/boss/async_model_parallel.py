@@ -1,0 +1,253 @@
+"""``async_model_parallel``: full backprop across stage processes with bounded staleness (AMPNet).
+
+Forward messages (activations) flow from stage k to k+1, backward messages (the loss gradient
+with respect to those activations) flow back. Stage k may run the forward pass of batch t once
+it has finished the backward pass of batch ``t - staleness - 1``, so up to ``staleness + 1``
+batches are in flight and no stage waits for the whole pipeline to drain. Each stage steps its
+optimiser after every backward message.
+
+Staleness 0 is synchronous backprop: stage k's forward of batch t uses its parameters after the
+step on t - 1, and its backward uses the graph of that same forward (tested equal to
+``backprop``). With staleness > 0 the stage has stepped since the forward, so the backward
+recomputes the stage's forward from the stored input with the current parameters (AMPNet's
+stale-input, current-weight gradient; memory stays one input per batch in flight), without
+updating normalisation statistics a second time.
+
+Per-instance losses (the last stage's) go back to stage 0 for the Assistant, as in
+``local_parallel``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import tempfile
+import time
+from collections import deque
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+
+from autoassist.boss import checkpoint as ckpt
+from autoassist.boss.comm import BATCH, END_EPOCH, TAG_LOSS, Channel, Message, backend_for
+from autoassist.boss.config import BossConfig, is_shrinking, split_batch
+from autoassist.boss.stages import Stages
+from autoassist.engine import single_replica
+
+TAG_GRAD = 5
+
+
+class _NoStatUpdate:
+    """Recompute a forward without moving BatchNorm running statistics a second time."""
+
+    def __init__(self, module: nn.Module):
+        self.norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    def __enter__(self):
+        self.saved = [m.momentum for m in self.norms]
+        self.counts = [None if m.num_batches_tracked is None else m.num_batches_tracked.clone()
+                       for m in self.norms]
+        for m in self.norms:
+            m.momentum = 0.0
+        return self
+
+    def __exit__(self, *exc):
+        for m, momentum, count in zip(self.norms, self.saved, self.counts, strict=True):
+            m.momentum = momentum
+            if count is not None:
+                m.num_batches_tracked.copy_(count)
+
+
+class _Stage:
+    """One stage's forward/backward bookkeeping for the batches in flight."""
+
+    def __init__(self, stage: nn.Module, optimizer, device, input_grad: bool):
+        self.stage, self.optimizer, self.device = stage, optimizer, device
+        self.input_grad = input_grad  # stage 0 needs no gradient for the data
+        self.steps = 0
+        self.inflight: deque = deque()  # (input, output, steps at forward)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        h = h.detach().requires_grad_(self.input_grad and h.is_floating_point())
+        out = self.stage(h)
+        self.inflight.append((h, out, self.steps))
+        return out
+
+    def backward(self, grad_out: torch.Tensor | None, loss: torch.Tensor | None = None
+                 ) -> torch.Tensor | None:
+        """Backward of the oldest batch in flight, one optimiser step; returns d loss / d input."""
+        h, out, steps = self.inflight.popleft()
+        if steps != self.steps:  # parameters moved since the forward: recompute at current ones
+            with _NoStatUpdate(self.stage):
+                out = self.stage(h)
+        self.optimizer.zero_grad(set_to_none=True)
+        if loss is not None:
+            loss.backward()
+        else:
+            out.backward(grad_out)
+        self.optimizer.step()
+        self.steps += 1
+        return None if h.grad is None else h.grad.detach()
+
+
+def _stage_main(rank: int, world: int, init_file: str, stages_file: str, cfg: BossConfig,
+                staleness: int, make_loader, out_dir: str) -> None:
+    torch.set_num_threads(cfg.threads)
+    device = torch.device("cuda", rank) if cfg.device == "cuda" else torch.device("cpu")
+    dist.init_process_group(backend_for(device), init_method=f"file://{init_file}", rank=rank,
+                            world_size=world, timeout=datetime.timedelta(seconds=cfg.timeout_s))
+    try:
+        stages: Stages = torch.load(stages_file, map_location="cpu", weights_only=False)
+        module = stages.stages[rank].to(device)
+        optimizer = cfg.optimizer(list(module.parameters()))
+        start = ckpt.load_stage(cfg.checkpoint_dir, rank, module, None, optimizer) \
+            if cfg.resume else 0
+        first, last = rank == 0, rank == world - 1
+        me = _Stage(module, optimizer, device, input_grad=not first)
+        chan = Channel(device)
+        loader = None
+        if first:
+            with single_replica():  # stage processes are not data-parallel replicas
+                loader = make_loader()
+        if loader is not None and cfg.resume:
+            ckpt.load_loader(cfg.checkpoint_dir, loader)
+        shrinking = first and is_shrinking(loader)
+        history = []
+        for epoch in range(start, cfg.epochs):
+            t0, seen, total = time.perf_counter(), 0, 0.0
+            grad_sends: list = []
+            pending: deque = deque()  # stage 0: returned losses to report
+
+            def backward_oldest(sends=grad_sends) -> None:  # the last stage steps at once
+                grad = torch.empty_like(me.inflight[0][1])
+                dist.recv(grad, rank + 1, tag=TAG_GRAD)
+                grad_in = me.backward(grad)
+                if not first:
+                    sends.append((dist.isend(grad_in.contiguous(), rank - 1, tag=TAG_GRAD),
+                                  grad_in))
+
+            if first:
+                if hasattr(loader, "set_epoch"):
+                    loader.set_epoch(epoch)
+                with loader.late_reports() if shrinking else nullcontext():
+                    batches = loader
+                    if cfg.progress:
+                        from tqdm import tqdm
+
+                        batches = tqdm(loader, desc=f"async_model_parallel epoch {epoch}",
+                                       leave=False)
+                    for batch in batches:
+                        if len(me.inflight) > staleness:
+                            backward_oldest()
+                        x, y = split_batch(batch)
+                        ids = (torch.from_numpy(loader.batch_ids) if shrinking
+                               else torch.arange(seen, seen + len(y)))
+                        w = loader.loss_weights(x) if shrinking else None
+                        out = me.forward(x.to(device))
+                        chan.send(Message(BATCH, out.detach(), y, ids, w, want_losses=shrinking), 1)
+                        if shrinking:
+                            losses = torch.empty(len(y), dtype=torch.float32, device=device)
+                            pending.append((dist.irecv(losses, world - 1, tag=TAG_LOSS), losses,
+                                            ids, batch))
+                            while pending and pending[0][0].is_completed():
+                                work, lo, i, b = pending.popleft()
+                                loader.report(lo, ids=i.numpy(), batch=b)
+                        seen += len(y)
+                    chan.send(Message(END_EPOCH), 1)
+                    while me.inflight:
+                        backward_oldest()
+                    while pending:
+                        work, lo, i, b = pending.popleft()
+                        work.wait()
+                        loader.report(lo, ids=i.numpy(), batch=b)
+            else:
+                loss_sends: list = []
+                while True:
+                    if not last and len(me.inflight) > staleness:
+                        backward_oldest()
+                    msg = chan.recv(rank - 1)
+                    if msg.kind == END_EPOCH:
+                        if not last:
+                            chan.send(msg, rank + 1)
+                        break
+                    out = me.forward(msg.h)
+                    if last:
+                        per_sample = F.cross_entropy(out, msg.y.to(device), reduction="none")
+                        w = msg.weights
+                        loss = per_sample.mean() if w is None else \
+                            (per_sample * w.to(device)).mean()
+                        grad_in = me.backward(None, loss=loss)
+                        grad_sends.append((dist.isend(grad_in.contiguous(), rank - 1,
+                                                      tag=TAG_GRAD), grad_in))
+                        if msg.want_losses:
+                            lo = per_sample.detach().float().contiguous()
+                            loss_sends.append((dist.isend(lo, 0, tag=TAG_LOSS), lo))
+                        total += float(per_sample.detach().sum())
+                    else:
+                        chan.send(Message(BATCH, out.detach(), msg.y, msg.ids, msg.weights,
+                                          msg.want_losses), rank + 1)
+                    seen += len(msg.y)
+                while me.inflight:
+                    backward_oldest()
+                for work, _t in loss_sends:
+                    work.wait()
+            for work, _t in grad_sends:
+                work.wait()
+            chan.close()
+            history.append({"epoch": epoch, "stage": rank, "seconds": time.perf_counter() - t0,
+                            "instances": seen, "loss": total / max(seen, 1)})
+            if cfg.checkpoint_dir:
+                ckpt.save_stage(cfg.checkpoint_dir, rank, module, None, optimizer, epoch)
+                if first:
+                    ckpt.save_loader(cfg.checkpoint_dir, loader)
+            dist.barrier()
+        torch.save({"stage": module.state_dict()}, Path(out_dir) / f"final{rank}.pt")
+        record: dict[str, Any] = {"history": history}
+        if first:
+            record["loader_telemetry"] = list(getattr(loader, "telemetry", []) or [])
+            if hasattr(loader, "close"):
+                loader.close()
+        (Path(out_dir) / f"history{rank}.json").write_text(json.dumps(record, default=float))
+    finally:
+        dist.destroy_process_group()
+
+
+def train(stages: Stages, make_loader, cfg: BossConfig, staleness: int = 1) -> dict[str, Any]:
+    """Run full backprop over ``len(stages)`` processes; load the trained stages back."""
+    world = len(stages)
+    if world < 2:
+        raise ValueError("async_model_parallel needs at least 2 stages (cuts=[...])")
+    if staleness < 0:
+        raise ValueError(f"staleness={staleness}: 0 (synchronous) or more batches in flight")
+    if cfg.device == "cuda" and torch.cuda.device_count() < world:
+        raise ValueError(f"async_model_parallel on cuda needs one GPU per stage: {world} stages, "
+                         f"{torch.cuda.device_count()} GPUs")
+    with tempfile.TemporaryDirectory(prefix="autoassist-boss-") as tmp:
+        stages_file = os.path.join(tmp, "stages.pt")
+        torch.save(stages, stages_file)
+        try:
+            mp.spawn(_stage_main, args=(world, os.path.join(tmp, "init"), stages_file, cfg,
+                                        staleness, make_loader, tmp), nprocs=world, join=True)
+        except mp.ProcessRaisedException as exc:
+            raise RuntimeError(f"an async_model_parallel stage process failed:\n{exc}") from None
+        except mp.ProcessExitedException as exc:
+            raise RuntimeError(f"an async_model_parallel stage process died ({exc}); the other "
+                               "stages were stopped. Resume from checkpoint_dir with resume=True"
+                               ) from None
+        for k in range(world):
+            final = torch.load(os.path.join(tmp, f"final{k}.pt"), weights_only=True)
+            stages.stages[k].load_state_dict(final["stage"])
+        records = [json.loads(Path(tmp, f"history{k}.json").read_text()) for k in range(world)]
+    epochs = [[r["history"][i] for r in records] for i in range(len(records[0]["history"]))]
+    history = [{"epoch": s[0]["epoch"], "seconds": max(x["seconds"] for x in s),
+                "instances": s[-1]["instances"], "loss": s[-1]["loss"],
+                "stage_seconds": [x["seconds"] for x in s]} for s in epochs]
+    return {"schedule": "async_model_parallel", "staleness": staleness, "history": history,
+            "loader_telemetry": records[0].get("loader_telemetry", [])}
