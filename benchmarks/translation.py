@@ -122,6 +122,7 @@ def plot(runs: list[dict], path: Path) -> Path | None:
     for r in runs:
         ax.plot(r["epoch_seconds"], r["valid_bleu"], marker="o", ms=3,
                 color="black" if r["method"] == "uniform" else "tab:red",
+                ls=("-", "--", ":", "-.")[(r["seed"] - 1) % 4],
                 label=f"{r['method']} (seed {r['seed']})")
         if r["method"] == "uniform":
             ax.axhline(r["valid_bleu"][-1], ls="--", lw=0.8, color="grey")

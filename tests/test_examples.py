@@ -63,3 +63,17 @@ def test_translation_example_trains_both_ways_and_scores_bleu(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert [r["method"] for r in results] == ["uniform", "autoassist"]
     assert all(0.0 <= r["test_bleu"] <= 100.0 and r["seconds"] > 0 for r in results)
+
+
+@pytest.mark.slow
+def test_boss_example_trains_two_stage_processes_on_the_shrinking_loader(fmnist_dir):
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "boss" / "fashion_mnist.py"), "--schedule",
+         "local_parallel", "--epochs", "2", "--limit", "3000", "--width", "8", "--sync"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    epochs = [line for line in lines if line.startswith("epoch ")]
+    assert len(epochs) == 2 and "kept 100%" in epochs[0] and "kept 100%" not in epochs[1]
+    acc = float(lines[-1].split("test accuracy ")[1].split()[0])
+    assert acc > 0.6  # 10 classes: chance is 0.1
