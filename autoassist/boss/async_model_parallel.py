@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
-import tempfile
 import time
 from collections import deque
 from contextlib import nullcontext
@@ -31,13 +29,13 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
 from autoassist.boss import checkpoint as ckpt
 from autoassist.boss.comm import BATCH, END_EPOCH, TAG_LOSS, Channel, Message, backend_for
 from autoassist.boss.config import BossConfig, is_shrinking, split_batch
+from autoassist.boss.launch import run_stage_processes
 from autoassist.boss.stages import Stages
 from autoassist.engine import single_replica
 
@@ -221,33 +219,8 @@ def _stage_main(rank: int, world: int, init_file: str, stages_file: str, cfg: Bo
 
 def train(stages: Stages, make_loader, cfg: BossConfig, staleness: int = 1) -> dict[str, Any]:
     """Run full backprop over ``len(stages)`` processes; load the trained stages back."""
-    world = len(stages)
-    if world < 2:
-        raise ValueError("async_model_parallel needs at least 2 stages (cuts=[...])")
     if staleness < 0:
         raise ValueError(f"staleness={staleness}: 0 (synchronous) or more batches in flight")
-    if cfg.device == "cuda" and torch.cuda.device_count() < world:
-        raise ValueError(f"async_model_parallel on cuda needs one GPU per stage: {world} stages, "
-                         f"{torch.cuda.device_count()} GPUs")
-    with tempfile.TemporaryDirectory(prefix="autoassist-boss-") as tmp:
-        stages_file = os.path.join(tmp, "stages.pt")
-        torch.save(stages, stages_file)
-        try:
-            mp.spawn(_stage_main, args=(world, os.path.join(tmp, "init"), stages_file, cfg,
-                                        staleness, make_loader, tmp), nprocs=world, join=True)
-        except mp.ProcessRaisedException as exc:
-            raise RuntimeError(f"an async_model_parallel stage process failed:\n{exc}") from None
-        except mp.ProcessExitedException as exc:
-            raise RuntimeError(f"an async_model_parallel stage process died ({exc}); the other "
-                               "stages were stopped. Resume from checkpoint_dir with resume=True"
-                               ) from None
-        for k in range(world):
-            final = torch.load(os.path.join(tmp, f"final{k}.pt"), weights_only=True)
-            stages.stages[k].load_state_dict(final["stage"])
-        records = [json.loads(Path(tmp, f"history{k}.json").read_text()) for k in range(world)]
-    epochs = [[r["history"][i] for r in records] for i in range(len(records[0]["history"]))]
-    history = [{"epoch": s[0]["epoch"], "seconds": max(x["seconds"] for x in s),
-                "instances": s[-1]["instances"], "loss": s[-1]["loss"],
-                "stage_seconds": [x["seconds"] for x in s]} for s in epochs]
-    return {"schedule": "async_model_parallel", "staleness": staleness, "history": history,
-            "loader_telemetry": records[0].get("loader_telemetry", [])}
+    out = run_stage_processes("async_model_parallel", stages, _stage_main, cfg, staleness,
+                              make_loader)
+    return {**out, "staleness": staleness}

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
-import tempfile
 import time
 from collections import deque
 from contextlib import nullcontext
@@ -28,11 +26,11 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from autoassist.boss import checkpoint as ckpt
 from autoassist.boss.comm import BATCH, END_EPOCH, TAG_LOSS, Channel, Message, backend_for
 from autoassist.boss.config import BossConfig, is_shrinking, split_batch
+from autoassist.boss.launch import run_stage_processes
 from autoassist.boss.stages import Stages, stage_step
 from autoassist.engine import single_replica
 
@@ -146,34 +144,4 @@ def _stage_main(rank: int, world: int, init_file: str, stages_file: str, cfg: Bo
 
 def train(stages: Stages, make_loader, cfg: BossConfig) -> dict[str, Any]:
     """Run the stages in ``len(stages)`` spawned processes; load the trained stages back."""
-    world = len(stages)
-    if world < 2:
-        raise ValueError("local_parallel needs at least 2 stages (cut the model with cuts=[...])")
-    if cfg.device == "cuda" and torch.cuda.device_count() < world:
-        raise ValueError(f"local_parallel on cuda needs one GPU per stage: {world} stages, "
-                         f"{torch.cuda.device_count()} GPUs")
-    with tempfile.TemporaryDirectory(prefix="autoassist-boss-") as tmp:
-        stages_file = os.path.join(tmp, "stages.pt")
-        torch.save(stages, stages_file)
-        try:
-            mp.spawn(_stage_main, args=(world, os.path.join(tmp, "init"), stages_file, cfg,
-                                        make_loader, tmp), nprocs=world, join=True)
-        except mp.ProcessRaisedException as exc:
-            raise RuntimeError(f"a local_parallel stage process failed:\n{exc}") from None
-        except mp.ProcessExitedException as exc:
-            raise RuntimeError(f"a local_parallel stage process died ({exc}); the other stages "
-                               "were stopped. Resume from checkpoint_dir with resume=True"
-                               ) from None
-        for k in range(world):
-            final = torch.load(os.path.join(tmp, f"final{k}.pt"), weights_only=True)
-            stages.stages[k].load_state_dict(final["stage"])
-            if final["head"] is not None:
-                stages.heads[k].load_state_dict(final["head"])
-        records = [json.loads(Path(tmp, f"history{k}.json").read_text()) for k in range(world)]
-    epochs = [[r["history"][i] for r in records] for i in range(len(records[0]["history"]))]
-    history = [{"epoch": per_stage[0]["epoch"],
-                "seconds": max(s["seconds"] for s in per_stage),
-                "instances": per_stage[-1]["instances"], "loss": per_stage[-1]["loss"],
-                "stage_seconds": [s["seconds"] for s in per_stage]} for per_stage in epochs]
-    return {"schedule": "local_parallel", "history": history,
-            "loader_telemetry": records[0].get("loader_telemetry", [])}
+    return run_stage_processes("local_parallel", stages, _stage_main, cfg, make_loader)
