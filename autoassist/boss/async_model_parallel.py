@@ -20,11 +20,9 @@ Per-instance losses (the last stage's) go back to stage 0 for the Assistant, as 
 from __future__ import annotations
 
 import datetime
-import json
 import time
 from collections import deque
 from contextlib import nullcontext
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,7 +33,7 @@ from torch import nn
 from autoassist.boss import checkpoint as ckpt
 from autoassist.boss.comm import BATCH, END_EPOCH, TAG_LOSS, Channel, Message, backend_for
 from autoassist.boss.config import BossConfig, is_shrinking, split_batch
-from autoassist.boss.launch import run_stage_processes
+from autoassist.boss.launch import run_stage_processes, write_stage_results
 from autoassist.boss.stages import Stages
 from autoassist.engine import single_replica
 
@@ -206,13 +204,7 @@ def _stage_main(rank: int, world: int, init_file: str, stages_file: str, cfg: Bo
                 if first:
                     ckpt.save_loader(cfg.checkpoint_dir, loader)
             dist.barrier()
-        torch.save({"stage": module.state_dict()}, Path(out_dir) / f"final{rank}.pt")
-        record: dict[str, Any] = {"history": history}
-        if first:
-            record["loader_telemetry"] = list(getattr(loader, "telemetry", []) or [])
-            if hasattr(loader, "close"):
-                loader.close()
-        (Path(out_dir) / f"history{rank}.json").write_text(json.dumps(record, default=float))
+        write_stage_results(out_dir, rank, module, None, history, loader)
     finally:
         dist.destroy_process_group()
 

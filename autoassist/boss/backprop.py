@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from autoassist.boss import checkpoint as ckpt
 from autoassist.boss.config import BossConfig, is_shrinking, split_batch
+from autoassist.boss.launch import finish_loader
 from autoassist.boss.stages import Stages
 
 
@@ -53,7 +54,5 @@ def train(stages: Stages, make_loader, cfg: BossConfig) -> dict[str, Any]:
                 ckpt.save_stage(cfg.checkpoint_dir, k, stages.stages[k], None, optimizers[k],
                                 epoch)
             ckpt.save_loader(cfg.checkpoint_dir, loader)
-    telemetry = list(getattr(loader, "telemetry", []) or [])
-    if hasattr(loader, "close"):
-        loader.close()
-    return {"schedule": "backprop", "history": history, "loader_telemetry": telemetry}
+    return {"schedule": "backprop", "history": history,
+            "loader_telemetry": finish_loader(loader)}

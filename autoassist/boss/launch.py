@@ -20,6 +20,24 @@ from autoassist.boss.config import BossConfig
 from autoassist.boss.stages import Stages
 
 
+def finish_loader(loader) -> list[dict[str, Any]]:
+    """Close a loader the schedule made; return its epoch telemetry (empty for plain loaders)."""
+    telemetry = list(getattr(loader, "telemetry", []) or [])
+    if hasattr(loader, "close"):
+        loader.close()
+    return telemetry
+
+
+def write_stage_results(out_dir: str, rank: int, stage, head, history: list, loader) -> None:
+    """The stage process's side of the protocol: ``final{rank}.pt`` and ``history{rank}.json``."""
+    torch.save({"stage": stage.state_dict(), "head": None if head is None else head.state_dict()},
+               Path(out_dir) / f"final{rank}.pt")
+    record: dict[str, Any] = {"history": history}
+    if loader is not None:
+        record["loader_telemetry"] = finish_loader(loader)
+    (Path(out_dir) / f"history{rank}.json").write_text(json.dumps(record, default=float))
+
+
 def run_stage_processes(schedule: str, stages: Stages, worker, cfg: BossConfig,
                         *extra: Any) -> dict[str, Any]:
     world = len(stages)

@@ -17,11 +17,9 @@ output computed before stage k-1's own step on t, in both schedules.
 from __future__ import annotations
 
 import datetime
-import json
 import time
 from collections import deque
 from contextlib import nullcontext
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,7 +28,7 @@ import torch.distributed as dist
 from autoassist.boss import checkpoint as ckpt
 from autoassist.boss.comm import BATCH, END_EPOCH, TAG_LOSS, Channel, Message, backend_for
 from autoassist.boss.config import BossConfig, is_shrinking, split_batch
-from autoassist.boss.launch import run_stage_processes
+from autoassist.boss.launch import run_stage_processes, write_stage_results
 from autoassist.boss.stages import Stages, stage_step
 from autoassist.engine import single_replica
 
@@ -129,15 +127,7 @@ def _stage_main(rank: int, world: int, init_file: str, stages_file: str, cfg: Bo
                 if rank == 0:
                     ckpt.save_loader(cfg.checkpoint_dir, loader)
             dist.barrier()
-        torch.save({"stage": stage.state_dict(),
-                    "head": None if head is None else head.state_dict()},
-                   Path(out_dir) / f"final{rank}.pt")
-        record: dict[str, Any] = {"history": history}
-        if rank == 0 and loader is not None:
-            record["loader_telemetry"] = list(getattr(loader, "telemetry", []) or [])
-            if hasattr(loader, "close"):
-                loader.close()
-        (Path(out_dir) / f"history{rank}.json").write_text(json.dumps(record, default=float))
+        write_stage_results(out_dir, rank, stage, head, history, loader)
     finally:
         dist.destroy_process_group()
 
