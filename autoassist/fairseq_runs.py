@@ -79,20 +79,32 @@ def train(data_bin, save_dir, args: list[str], *, threads: int = 2,
     return {"epoch_seconds": json.loads(clock.read_text())["epoch_seconds"], "log": log}
 
 
+def generate_command(data_bin, checkpoint, *, subset: str = "valid", beam: int = 1,
+                     batch_size: int = 128) -> list[str]:
+    """``fairseq-generate`` scoring ``checkpoint`` on ``subset`` with SacreBLEU (SentencePiece
+    removed)."""
+    return [sys.executable, "-m", "fairseq_cli.generate", str(data_bin), "--path", str(checkpoint),
+            "--gen-subset", subset, "--beam", str(beam), "--batch-size", str(batch_size),
+            "--remove-bpe", "sentencepiece", "--scoring", "sacrebleu", "--cpu", "--quiet",
+            # an untrained model babbles to the 200-token default: bound it by the source
+            "--max-len-a", "1.5", "--max-len-b", "10"]
+
+
+def parse_bleu(output: str) -> float | None:
+    match = re.search(r"BLEU = ([0-9.]+)", output)
+    return None if match is None else float(match.group(1))
+
+
 def bleu(data_bin, checkpoint, *, subset: str = "valid", beam: int = 1,
          threads: int = 2, batch_size: int = 128) -> float:
     """SacreBLEU of ``checkpoint`` on ``subset`` (SentencePiece removed), via fairseq-generate."""
-    cmd = [sys.executable, "-m", "fairseq_cli.generate", str(data_bin), "--path", str(checkpoint),
-           "--gen-subset", subset, "--beam", str(beam), "--batch-size", str(batch_size),
-           "--remove-bpe", "sentencepiece", "--scoring", "sacrebleu", "--cpu", "--quiet",
-           # an untrained model babbles to the 200-token default: bound it by the source
-           "--max-len-a", "1.5", "--max-len-b", "10"]
+    cmd = generate_command(data_bin, checkpoint, subset=subset, beam=beam, batch_size=batch_size)
     done = subprocess.run(cmd, capture_output=True, text=True, env=fairseq_env(threads))
     out = done.stdout + done.stderr
-    match = re.search(r"BLEU = ([0-9.]+)", out)
-    if done.returncode != 0 or match is None:
+    score = parse_bleu(out)
+    if done.returncode != 0 or score is None:
         raise RuntimeError(f"fairseq-generate failed ({done.returncode}):\n{out[-3000:]}")
-    return float(match.group(1))
+    return score
 
 
 class _EpochClock(logging.Handler):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shlex
 import subprocess
 import sys
@@ -72,12 +71,11 @@ def main(argv=None) -> int:
              *fr.model_args(args.layers, args.dim, 2 * args.dim, 4 if args.dim >= 128 else 2),
              *fr.train_args(args.epochs), "--save-dir", str(save)], args.threads)
         seconds = time.perf_counter() - start
-        gen = run([sys.executable, "-m", "fairseq_cli.generate", str(data_bin),
-                   "--path", str(save / f"checkpoint{args.epochs}.pt"), "--gen-subset", "test",
-                   "--beam", "4", "--batch-size", "64", "--remove-bpe", "sentencepiece",
-                   "--scoring", "sacrebleu", "--max-len-a", "1.5", "--max-len-b", "10",
-                   "--cpu", "--quiet"], args.threads)
-        bleu = float(re.search(r"BLEU = ([0-9.]+)", gen).group(1))
+        gen = run(fr.generate_command(data_bin, save / f"checkpoint{args.epochs}.pt",
+                                      subset="test", beam=4, batch_size=64), args.threads)
+        bleu = fr.parse_bleu(gen)
+        if bleu is None:
+            sys.exit(f"fairseq-generate printed no BLEU score:\n{gen[-2000:]}")
         table.append((name, seconds, bleu))
     print(f"\n{'method':<12} {'fairseq-train s':>16} {'test BLEU':>10}")
     for name, seconds, bleu in table:
