@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import functools
 import os
+import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -151,3 +155,114 @@ def test_async_model_parallel_with_staleness_0_is_synchronous_backprop(fmnist_di
     out = fit(stale, factory, "async_model_parallel", cfg, staleness=2)
     assert out["history"][0]["loss"] < 2.0  # trains despite stale gradients
     assert not torch.equal(_params(stale)["stages.0.0.weight"], _params(ref)["stages.0.0.weight"])
+
+
+@pytest.mark.slow
+def test_async_model_parallel_resumes_from_its_checkpoint(fmnist_dir, one_thread, tmp_path):
+    factory = functools.partial(make_loader, str(fmnist_dir), limit=512, shrink=True)
+    full = make_stages()
+    out_full = fit(full, factory, "async_model_parallel",
+                   BossConfig(epochs=3, optimizer=SGD, progress=False), staleness=1)
+    part = make_stages()
+    ckpt = str(tmp_path / "ckpt")
+    fit(part, factory, "async_model_parallel",
+        BossConfig(epochs=2, optimizer=SGD, progress=False, checkpoint_dir=ckpt), staleness=1)
+    resumed = make_stages(seed=99)  # different init: everything must come from the checkpoint
+    out = fit(resumed, factory, "async_model_parallel",
+              BossConfig(epochs=3, optimizer=SGD, progress=False, checkpoint_dir=ckpt,
+                         resume=True), staleness=1)
+    assert [h["epoch"] for h in out["history"]] == [2]
+    # the loader (and its Assistant) resumed too: epoch 2 keeps exactly what it kept unbroken
+    assert out["loader_telemetry"][-1]["kept"] == out_full["loader_telemetry"][-1]["kept"]
+    assert out_full["loader_telemetry"][-1]["kept_fraction"] < 1.0
+    stage_params = {k: v for k, v in _params(full).items() if k.startswith("stages.")}
+    _same(stage_params, {k: v for k, v in _params(resumed).items() if k.startswith("stages.")})
+
+
+EXAMPLE = ["examples/boss/fashion_mnist.py", "--limit", "1024", "--epochs", "2", "--width", "8"]
+
+
+def _run(cmd: list[str], cwd) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _finish(procs: list[subprocess.Popen]) -> list[str]:
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+        outs.append(out)
+    return outs
+
+
+def _epoch_lines(stdout: str) -> list[str]:
+    """The example's epoch lines without their wall-clock part."""
+    return [line.rsplit(", ", 2)[0] + line.rsplit(", ", 2)[2] if "kept" in line else
+            line.rsplit(", ", 1)[0] for line in stdout.splitlines() if line.startswith("epoch ")]
+
+
+def _same_checkpoints(a, b, world: int = 2) -> None:
+    for k in range(world):
+        sa = torch.load(a / f"stage{k}.pt", weights_only=True)
+        sb = torch.load(b / f"stage{k}.pt", weights_only=True)
+        assert sa["epoch"] == sb["epoch"] == 1
+        _same(sa["stage"], sb["stage"])
+
+
+@pytest.mark.slow
+def test_torchrun_single_node_equals_spawn(fmnist_dir, tmp_path):
+    """``torchrun --standalone``: each process is one stage; same result as spawning them."""
+    root = Path(__file__).resolve().parents[1]
+    args = [*EXAMPLE, "--schedule", "local_parallel", "--sync"]
+    spawned = _finish([_run([sys.executable, *args, "--checkpoint-dir",
+                             str(tmp_path / "spawn")], root)])[0]
+    launched = _finish([_run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                              "--nproc-per-node", "2", *args, "--checkpoint-dir",
+                              str(tmp_path / "torchrun")], root)])[0]
+    _same_checkpoints(tmp_path / "spawn", tmp_path / "torchrun")
+    assert _epoch_lines(launched) == _epoch_lines(spawned)  # same losses, same kept counts
+    assert "kept 100%" not in _epoch_lines(launched)[1]  # the loader shrank in epoch 2
+    assert launched.count("test accuracy") == 1  # rank 0 reports, rank 1 stays quiet
+
+
+@pytest.mark.slow
+def test_torchrun_two_nodes_through_rendezvous_equal_spawn(fmnist_dir, tmp_path):
+    """Two torchrun 'nodes' (one stage each) meet through the c10d rendezvous on localhost."""
+    root = Path(__file__).resolve().parents[1]
+    args = [*EXAMPLE, "--schedule", "async_model_parallel", "--staleness", "1", "--no-shrink"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    nodes = [_run([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
+                   "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint",
+                   f"127.0.0.1:{port}", "--rdzv-id", "autoassist-test", *args,
+                   "--checkpoint-dir", str(tmp_path / "nodes")], root) for _ in range(2)]
+    outs = _finish(nodes)
+    spawned = _finish([_run([sys.executable, *args, "--checkpoint-dir",
+                             str(tmp_path / "spawn")], root)])[0]
+    _same_checkpoints(tmp_path / "spawn", tmp_path / "nodes")
+    report = [o for o in outs if "test accuracy" in o]
+    assert len(report) == 1 and _epoch_lines(report[0]) == _epoch_lines(spawned)
+
+
+def test_torchrun_launcher_outside_torchrun_is_named(monkeypatch):
+    for var in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(RuntimeError, match="start the script with torchrun"):
+        fit(make_stages(), lambda: [], "local_parallel",
+            BossConfig(epochs=1, optimizer=SGD, launcher="torchrun"))
+    with pytest.raises(ValueError, match="launcher"):
+        BossConfig(epochs=1, optimizer=SGD, launcher="slurm")
+
+
+def test_torchrun_with_the_wrong_process_count_is_named(monkeypatch):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29999")
+    with pytest.raises(ValueError, match="3 processes for 2 stages"):
+        fit(make_stages(), lambda: [], "local_parallel", BossConfig(epochs=1, optimizer=SGD))
+    with pytest.raises(ValueError, match="not torchrun"):
+        fit(make_stages(), lambda: [], "backprop", BossConfig(epochs=1, optimizer=SGD))

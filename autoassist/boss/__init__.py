@@ -4,6 +4,10 @@
     stages = Stages.from_sequential(model, cuts=[4], num_classes=10, example_input=x[:2])
     fit(stages, make_loader, "local_parallel", BossConfig(epochs=3, optimizer=opt_factory))
 
+Multi-process schedules spawn one process per stage, or, started by ``torchrun`` (one process per
+stage, on one node or several), run this process as stage ``RANK``; ``docs/boss.md`` has the
+commands. Either way ``stages`` comes back trained in place.
+
 ``make_loader()`` builds the data loader (any iterable of ``(x, y)`` batches; an
 ``autoassist.wrap`` loader makes the Boss shrink its data) inside the process that owns stage 0.
 Schedules, one file each: ``backprop`` (baseline), ``sequential_greedy`` (local losses, one
@@ -14,6 +18,7 @@ layout (``checkpoint.py``).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from autoassist.boss.config import BossConfig
@@ -34,6 +39,12 @@ def fit(stages: Stages, make_loader, schedule: str, cfg: BossConfig, *,
     if not callable(make_loader):
         raise TypeError("fit takes make_loader, a function returning the loader (it runs in the "
                         "process that owns stage 0), not a loader")
+    if schedule in ("backprop", "sequential_greedy") and cfg.launcher != "spawn":
+        from autoassist.boss.launch import under_torchrun
+
+        if under_torchrun() and int(os.environ["WORLD_SIZE"]) > 1:
+            raise ValueError(f"{schedule} trains in one process: run it with python, not "
+                             "torchrun (torchrun is for local_parallel and async_model_parallel)")
     if schedule == "backprop":
         from autoassist.boss.backprop import train
     elif schedule == "sequential_greedy":

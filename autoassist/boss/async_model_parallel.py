@@ -19,7 +19,6 @@ Per-instance losses (the last stage's) go back to stage 0 for the Assistant, as 
 
 from __future__ import annotations
 
-import datetime
 import time
 from collections import deque
 from contextlib import nullcontext
@@ -31,9 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoassist.boss import checkpoint as ckpt
-from autoassist.boss.comm import BATCH, END_EPOCH, TAG_LOSS, Channel, Message, backend_for
+from autoassist.boss.comm import BATCH, END_EPOCH, TAG_LOSS, Channel, Message
 from autoassist.boss.config import BossConfig, is_shrinking, split_batch
-from autoassist.boss.launch import run_stage_processes, write_stage_results
+from autoassist.boss.launch import run_stage_processes
 from autoassist.boss.stages import Stages
 from autoassist.engine import single_replica
 
@@ -93,126 +92,119 @@ class _Stage:
         return None if h.grad is None else h.grad.detach()
 
 
-def _stage_main(rank: int, world: int, init_file: str, stages_file: str, cfg: BossConfig,
-                staleness: int, make_loader, out_dir: str) -> None:
-    torch.set_num_threads(cfg.threads)
-    device = torch.device("cuda", rank) if cfg.device == "cuda" else torch.device("cpu")
-    dist.init_process_group(backend_for(device), init_method=f"file://{init_file}", rank=rank,
-                            world_size=world, timeout=datetime.timedelta(seconds=cfg.timeout_s))
-    try:
-        stages: Stages = torch.load(stages_file, map_location="cpu", weights_only=False)
-        module = stages.stages[rank].to(device)
-        optimizer = cfg.optimizer(list(module.parameters()))
-        start = ckpt.load_stage(cfg.checkpoint_dir, rank, module, None, optimizer) \
-            if cfg.resume else 0
-        first, last = rank == 0, rank == world - 1
-        me = _Stage(module, optimizer, device, input_grad=not first)
-        chan = Channel(device)
-        loader = None
+def _stage(rank: int, world: int, stages: Stages, cfg: BossConfig, device: torch.device,
+           staleness: int, make_loader):
+    """Stage ``rank``'s whole run inside an initialised process group (see ``launch.py``)."""
+    module = stages.stages[rank].to(device)
+    optimizer = cfg.optimizer(list(module.parameters()))
+    start = ckpt.load_stage(cfg.checkpoint_dir, rank, module, None, optimizer) \
+        if cfg.resume else 0
+    first, last = rank == 0, rank == world - 1
+    me = _Stage(module, optimizer, device, input_grad=not first)
+    chan = Channel(device)
+    loader = None
+    if first:
+        with single_replica():  # stage processes are not data-parallel replicas
+            loader = make_loader()
+    if loader is not None and cfg.resume:
+        ckpt.load_loader(cfg.checkpoint_dir, loader)
+    shrinking = first and is_shrinking(loader)
+    history = []
+    for epoch in range(start, cfg.epochs):
+        t0, seen, total = time.perf_counter(), 0, 0.0
+        grad_sends: list = []
+        pending: deque = deque()  # stage 0: returned losses to report
+
+        def backward_oldest(sends=grad_sends) -> None:  # the last stage steps at once
+            grad = torch.empty_like(me.inflight[0][1])
+            dist.recv(grad, rank + 1, tag=TAG_GRAD)
+            grad_in = me.backward(grad)
+            if not first:
+                sends.append((dist.isend(grad_in.contiguous(), rank - 1, tag=TAG_GRAD),
+                              grad_in))
+
         if first:
-            with single_replica():  # stage processes are not data-parallel replicas
-                loader = make_loader()
-        if loader is not None and cfg.resume:
-            ckpt.load_loader(cfg.checkpoint_dir, loader)
-        shrinking = first and is_shrinking(loader)
-        history = []
-        for epoch in range(start, cfg.epochs):
-            t0, seen, total = time.perf_counter(), 0, 0.0
-            grad_sends: list = []
-            pending: deque = deque()  # stage 0: returned losses to report
+            if hasattr(loader, "set_epoch"):
+                loader.set_epoch(epoch)
+            with loader.late_reports() if shrinking else nullcontext():
+                batches = loader
+                if cfg.progress:
+                    from tqdm import tqdm
 
-            def backward_oldest(sends=grad_sends) -> None:  # the last stage steps at once
-                grad = torch.empty_like(me.inflight[0][1])
-                dist.recv(grad, rank + 1, tag=TAG_GRAD)
-                grad_in = me.backward(grad)
-                if not first:
-                    sends.append((dist.isend(grad_in.contiguous(), rank - 1, tag=TAG_GRAD),
-                                  grad_in))
-
-            if first:
-                if hasattr(loader, "set_epoch"):
-                    loader.set_epoch(epoch)
-                with loader.late_reports() if shrinking else nullcontext():
-                    batches = loader
-                    if cfg.progress:
-                        from tqdm import tqdm
-
-                        batches = tqdm(loader, desc=f"async_model_parallel epoch {epoch}",
-                                       leave=False)
-                    for batch in batches:
-                        if len(me.inflight) > staleness:
-                            backward_oldest()
-                        x, y = split_batch(batch)
-                        ids = (torch.from_numpy(loader.batch_ids) if shrinking
-                               else torch.arange(seen, seen + len(y)))
-                        w = loader.loss_weights(x) if shrinking else None
-                        out = me.forward(x.to(device))
-                        chan.send(Message(BATCH, out.detach(), y, ids, w, want_losses=shrinking), 1)
-                        if shrinking:
-                            losses = torch.empty(len(y), dtype=torch.float32, device=device)
-                            pending.append((dist.irecv(losses, world - 1, tag=TAG_LOSS), losses,
-                                            ids, batch))
-                            while pending and pending[0][0].is_completed():
-                                work, lo, i, b = pending.popleft()
-                                loader.report(lo, ids=i.numpy(), batch=b)
-                        seen += len(y)
-                    chan.send(Message(END_EPOCH), 1)
-                    while me.inflight:
+                    batches = tqdm(loader, desc=f"async_model_parallel epoch {epoch}",
+                                   leave=False)
+                for batch in batches:
+                    if len(me.inflight) > staleness:
                         backward_oldest()
-                    while pending:
-                        work, lo, i, b = pending.popleft()
-                        work.wait()
-                        loader.report(lo, ids=i.numpy(), batch=b)
-            else:
-                loss_sends: list = []
-                while True:
-                    if not last and len(me.inflight) > staleness:
-                        backward_oldest()
-                    msg = chan.recv(rank - 1)
-                    if msg.kind == END_EPOCH:
-                        if not last:
-                            chan.send(msg, rank + 1)
-                        break
-                    out = me.forward(msg.h)
-                    if last:
-                        per_sample = F.cross_entropy(out, msg.y.to(device), reduction="none")
-                        w = msg.weights
-                        loss = per_sample.mean() if w is None else \
-                            (per_sample * w.to(device)).mean()
-                        grad_in = me.backward(None, loss=loss)
-                        grad_sends.append((dist.isend(grad_in.contiguous(), rank - 1,
-                                                      tag=TAG_GRAD), grad_in))
-                        if msg.want_losses:
-                            lo = per_sample.detach().float().contiguous()
-                            loss_sends.append((dist.isend(lo, 0, tag=TAG_LOSS), lo))
-                        total += float(per_sample.detach().sum())
-                    else:
-                        chan.send(Message(BATCH, out.detach(), msg.y, msg.ids, msg.weights,
-                                          msg.want_losses), rank + 1)
-                    seen += len(msg.y)
+                    x, y = split_batch(batch)
+                    ids = (torch.from_numpy(loader.batch_ids) if shrinking
+                           else torch.arange(seen, seen + len(y)))
+                    w = loader.loss_weights(x) if shrinking else None
+                    out = me.forward(x.to(device))
+                    chan.send(Message(BATCH, out.detach(), y, ids, w, want_losses=shrinking), 1)
+                    if shrinking:
+                        losses = torch.empty(len(y), dtype=torch.float32, device=device)
+                        pending.append((dist.irecv(losses, world - 1, tag=TAG_LOSS), losses,
+                                        ids, batch))
+                        while pending and pending[0][0].is_completed():
+                            work, lo, i, b = pending.popleft()
+                            loader.report(lo, ids=i.numpy(), batch=b)
+                    seen += len(y)
+                chan.send(Message(END_EPOCH), 1)
                 while me.inflight:
                     backward_oldest()
-                for work, _t in loss_sends:
+                while pending:
+                    work, lo, i, b = pending.popleft()
                     work.wait()
-            for work, _t in grad_sends:
+                    loader.report(lo, ids=i.numpy(), batch=b)
+        else:
+            loss_sends: list = []
+            while True:
+                if not last and len(me.inflight) > staleness:
+                    backward_oldest()
+                msg = chan.recv(rank - 1)
+                if msg.kind == END_EPOCH:
+                    if not last:
+                        chan.send(msg, rank + 1)
+                    break
+                out = me.forward(msg.h)
+                if last:
+                    per_sample = F.cross_entropy(out, msg.y.to(device), reduction="none")
+                    w = msg.weights
+                    loss = per_sample.mean() if w is None else \
+                        (per_sample * w.to(device)).mean()
+                    grad_in = me.backward(None, loss=loss)
+                    grad_sends.append((dist.isend(grad_in.contiguous(), rank - 1,
+                                                  tag=TAG_GRAD), grad_in))
+                    if msg.want_losses:
+                        lo = per_sample.detach().float().contiguous()
+                        loss_sends.append((dist.isend(lo, 0, tag=TAG_LOSS), lo))
+                    total += float(per_sample.detach().sum())
+                else:
+                    chan.send(Message(BATCH, out.detach(), msg.y, msg.ids, msg.weights,
+                                      msg.want_losses), rank + 1)
+                seen += len(msg.y)
+            while me.inflight:
+                backward_oldest()
+            for work, _t in loss_sends:
                 work.wait()
-            chan.close()
-            history.append({"epoch": epoch, "stage": rank, "seconds": time.perf_counter() - t0,
-                            "instances": seen, "loss": total / max(seen, 1)})
-            if cfg.checkpoint_dir:
-                ckpt.save_stage(cfg.checkpoint_dir, rank, module, None, optimizer, epoch)
-                if first:
-                    ckpt.save_loader(cfg.checkpoint_dir, loader)
-            dist.barrier()
-        write_stage_results(out_dir, rank, module, None, history, loader)
-    finally:
-        dist.destroy_process_group()
+        for work, _t in grad_sends:
+            work.wait()
+        chan.close()
+        history.append({"epoch": epoch, "stage": rank, "seconds": time.perf_counter() - t0,
+                        "instances": seen, "loss": total / max(seen, 1)})
+        if cfg.checkpoint_dir:
+            ckpt.save_stage(cfg.checkpoint_dir, rank, module, None, optimizer, epoch)
+            if first:
+                ckpt.save_loader(cfg.checkpoint_dir, loader)
+        dist.barrier()
+    return module, None, history, loader
 
 
 def train(stages: Stages, make_loader, cfg: BossConfig, staleness: int = 1) -> dict[str, Any]:
     """Run full backprop over ``len(stages)`` processes; load the trained stages back."""
     if staleness < 0:
         raise ValueError(f"staleness={staleness}: 0 (synchronous) or more batches in flight")
-    out = run_stage_processes("async_model_parallel", stages, _stage_main, cfg, staleness,
+    out = run_stage_processes("async_model_parallel", stages, _stage, cfg, staleness,
                               make_loader)
     return {**out, "staleness": staleness}

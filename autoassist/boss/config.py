@@ -20,6 +20,9 @@ class BossConfig:
     untested here). checkpoint_dir: where every stage saves itself after each epoch; resume: start
     from the epochs finished there. timeout_s: how long a stage waits for a peer before the run
     fails with an error (a dead stage never hangs the others). progress: a tqdm bar on stage 0.
+    launcher (multi-process schedules): "spawn" starts one process per stage here; "torchrun"
+    makes this process the stage ``RANK`` of a torchrun job; "auto" picks torchrun when its
+    environment variables are set.
     """
 
     epochs: int
@@ -30,6 +33,7 @@ class BossConfig:
     resume: bool = False
     timeout_s: float = 120.0
     progress: bool = True
+    launcher: str = "auto"
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -40,6 +44,9 @@ class BossConfig:
             raise ValueError("BossConfig.resume needs checkpoint_dir (where the run saved itself)")
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"BossConfig.device={self.device!r}: 'cpu' or 'cuda'")
+        if self.launcher not in ("auto", "spawn", "torchrun"):
+            raise ValueError(f"BossConfig.launcher={self.launcher!r}: 'auto', 'spawn' or "
+                             "'torchrun'")
 
 
 def split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
