@@ -266,3 +266,26 @@ def test_torchrun_with_the_wrong_process_count_is_named(monkeypatch):
         fit(make_stages(), lambda: [], "local_parallel", BossConfig(epochs=1, optimizer=SGD))
     with pytest.raises(ValueError, match="not torchrun"):
         fit(make_stages(), lambda: [], "backprop", BossConfig(epochs=1, optimizer=SGD))
+
+
+@pytest.mark.slow
+def test_three_stages_match_their_single_process_references(fmnist_dir, one_thread):
+    """A middle stage both receives and sends: 3 processes, shrinking loader, 2 epochs."""
+    def three(seed=0):
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            return Stages.from_sequential(small_cnn(width=8), cuts=[2, 5], num_classes=10,
+                                          example_input=torch.zeros(2, 1, 28, 28))
+
+    factory = functools.partial(make_loader, str(fmnist_dir), limit=256, shrink=True)
+    cfg = BossConfig(epochs=2, optimizer=SGD, progress=False)
+    ref, par = three(), three()
+    fit(ref, factory, "sequential_greedy", cfg)
+    out = fit(par, factory, "local_parallel", cfg)
+    _same(_params(ref), _params(par))
+    assert len(out["history"][0]["stage_seconds"]) == 3
+    ref, amp = three(), three()
+    fit(ref, factory, "backprop", cfg)
+    fit(amp, factory, "async_model_parallel", cfg, staleness=0)
+    _same({k: v for k, v in _params(ref).items() if k.startswith("stages.")},
+          {k: v for k, v in _params(amp).items() if k.startswith("stages.")})

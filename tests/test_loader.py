@@ -313,3 +313,37 @@ def test_telemetry_goes_to_tensorboard(small_train, tmp_path):
     assert [e.step for e in kept] == [0, 1]
     assert [e.value for e in kept] == pytest.approx([t["kept_fraction"] for t in tele])
     assert "autoassist/queue_drops" in events.Tags()["scalars"]
+
+
+_THREADS_SCRIPT = """
+import sys, torch
+from torch.utils.data import DataLoader
+import autoassist
+from autoassist.datasets import FashionMNIST
+torch.set_num_threads(1)
+loader = autoassist.wrap(DataLoader(FashionMNIST("train", root=sys.argv[1], limit=512),
+                                    batch_size=64), floor=0.3, warmup_epochs=1, sync=True, seed=0)
+kept = []
+for epoch in range(2):
+    loader.set_epoch(epoch)
+    for x, y in loader:
+        loader.report(torch.rand(len(y)))
+    kept.append(loader.telemetry[-1]["kept"])
+loader.close()
+print(torch.get_num_threads(), kept)
+"""
+
+
+def test_shrinking_leaves_the_users_torch_thread_count_alone(fmnist_dir):
+    """Numba's first parallel kernel starts its OpenMP pool, which shares libgomp with torch and
+    used to reset ``torch.set_num_threads(1)`` to every core. Fresh process: first launch."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _THREADS_SCRIPT, str(fmnist_dir)],
+                         capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "NUMBA_NUM_THREADS": "2"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    threads, kept = out.stdout.split(maxsplit=1)
+    assert kept.strip() != "[512, 512]"  # the selection kernel really ran in epoch 2
+    assert threads == "1"
