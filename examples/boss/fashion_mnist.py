@@ -1,15 +1,15 @@
 """Fashion-MNIST CNN trained by each Boss schedule, on the shrinking loader.
 
     python examples/boss/fashion_mnist.py --schedule local_parallel [--epochs 3] [--no-shrink]
-    torchrun --standalone --nproc-per-node 2 examples/boss/fashion_mnist.py --schedule local_parallel
+    torchrun --standalone --nproc-per-node 2 examples/boss/fashion_mnist.py
 
 The CNN is cut into two stages after its first conv block. ``local_parallel`` and
 ``async_model_parallel`` run one process per stage (gloo on CPU); ``sequential_greedy`` and
 ``backprop`` run here. Under ``torchrun`` this process is one stage (one process per stage, on
-one node or several: see docs/boss.md); only rank 0 prints. Stage 0's process builds the loader (``make_loader``) and wraps it with
-``autoassist.wrap``, so the Boss trains on fewer, better-chosen images; the Assistant learns from
-the last stage's losses. Checkpoints go to ``--checkpoint-dir`` after every epoch; ``--resume``
-continues from there (under any schedule).
+one node or several: see docs/boss.md); only rank 0 prints. Stage 0's process builds the loader
+(``make_loader``) and wraps it with ``autoassist.wrap``, so the Boss trains on fewer,
+better-chosen images; the Assistant learns from the last stage's losses. Checkpoints go to
+``--checkpoint-dir`` after every epoch; ``--resume`` continues from there (under any schedule).
 """
 
 from __future__ import annotations
