@@ -27,11 +27,13 @@ _EXPORTS = {
     "EpochPlan": "autoassist.engine",
     "FashionMNIST": "autoassist.datasets",
     "DataNotFoundError": "autoassist.datasets",
+    "tune": "autoassist.tuning",
+    "tune_offline": "autoassist.tune_offline",
 }
 
 __all__ = [
     "DataNotFoundError", "EpochPlan", "FashionMNIST", "ShrinkConfig", "ShrinkEngine",
-    "ShrinkingLoader", "__version__", "wrap",
+    "ShrinkingLoader", "__version__", "tune", "tune_offline", "wrap",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -39,6 +41,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from autoassist.datasets import DataNotFoundError, FashionMNIST
     from autoassist.engine import EpochPlan, ShrinkEngine
     from autoassist.pipelines.dataloader import ShrinkingLoader, wrap
+    from autoassist.tune_offline import tune_offline
+    from autoassist.tuning import tune
 
 
 def __getattr__(name: str) -> Any:

@@ -65,6 +65,87 @@ def _bench_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _tune_parser(sub) -> None:
+    p = sub.add_parser(
+        "tune",
+        help="find the shrink settings for your own training job",
+        description="Successive halving over shrink settings (floor or adaptive floor, label "
+        "smoothing, warm-up, anneal fraction, reweighting, Assistant kind): short probe "
+        "trainings of JOB, each against the uniform baseline trained to the same budget; the "
+        "best 1/FACTOR go on to FACTOR times the epochs. Writes tuned.toml (for "
+        "autoassist.wrap(loader, config=...) and fairseq's --aa-config), tune.json, tune.md "
+        "and tune.png. Started again with the same settings, it resumes from OUT/probes.jsonl.",
+    )
+    p.add_argument("job", nargs="?", help="module:function or path/to/file.py:function, called "
+                   "as job(config=ShrinkConfig|None, epochs=E, seed=S) -> evaluations")
+    p.add_argument("--offline", metavar="TRACE", default=None,
+                   help="no training: choose the Assistant and floor from a loss trace written "
+                   "by a real run (ShrinkConfig trace_dir)")
+    p.add_argument("--recall", type=float, default=0.9, help="--offline: recall of informative "
+                   "instances the floor must keep (expected)")
+    p.add_argument("--space", default=None, help=".toml/.json search space (default: the "
+                   "built-in space over every tunable setting)")
+    p.add_argument("--objective", choices=("time_to_target", "metric_at_cost"),
+                   default="time_to_target")
+    p.add_argument("--target", type=float, default=None,
+                   help="metric to reach (default: the uniform baseline's final metric)")
+    p.add_argument("--cost", choices=("seconds", "instances"), default="seconds",
+                   help="what reaching the target costs: training seconds, or instances "
+                   "trained (reproducible, fair when probes run in parallel)")
+    p.add_argument("--mode", choices=("max", "min"), default="max",
+                   help="max for accuracy/BLEU, min for a loss or error rate")
+    p.add_argument("--candidates", type=int, default=8, help="settings sampled from the space")
+    p.add_argument("--grid", action="store_true", help="every point of a list-only space")
+    p.add_argument("--min-epochs", type=int, default=2)
+    p.add_argument("--max-epochs", type=int, default=6)
+    p.add_argument("--factor", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=1, help="probes per candidate and budget")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=1, help="probes run at once")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per probe")
+    p.add_argument("--base", default=None, help="ShrinkConfig file the candidates start from")
+    p.add_argument("--timeout", type=float, default=None, help="seconds per probe")
+    p.add_argument("--out", default="autoassist-tune")
+    p.add_argument("--fresh", action="store_true", help="ignore an earlier tune in OUT")
+    p.add_argument("--no-progress", action="store_true")
+
+    def run(args):
+        import json
+
+        if args.offline is not None:
+            if args.job is not None:
+                raise ValueError("give either JOB (probe trainings) or --offline TRACE, not both")
+            from autoassist.tune_offline import tune_offline
+
+            off = tune_offline(args.offline, recall=args.recall, seed=args.seed,
+                               out=args.out, progress=not args.no_progress)
+            print((off.out / "offline.md").read_text())
+            print(f"chosen: {off.headline['best']}, floor {off.headline['floor']:.3f} -> "
+                  f"{off.config_path}")
+            print(json.dumps(off.headline), flush=True)
+            return 0
+        if args.job is None:
+            raise ValueError("autoassist tune needs JOB (module:function or file.py:function) "
+                             "or --offline TRACE")
+        from autoassist.tuning import tune
+
+        result = tune(args.job, args.space, objective=args.objective, target=args.target,
+                      cost=args.cost, mode=args.mode, candidates_n=args.candidates,
+                      grid=args.grid, min_epochs=args.min_epochs, max_epochs=args.max_epochs,
+                      factor=args.factor, seeds=args.seeds, seed=args.seed, n_jobs=args.jobs,
+                      threads=args.threads, base=args.base, out=args.out, fresh=args.fresh,
+                      progress=not args.no_progress, timeout_s=args.timeout)
+        print((result.out / "tune.md").read_text())
+        if not result.beats_uniform:
+            print(f"note: no setting beat the uniform baseline at {result.headline['epochs']} "
+                  "epochs; train uniformly, or widen the space or the budget")
+        print(f"chosen: {result.params} -> {result.config_path}")
+        print(json.dumps(result.headline), flush=True)
+        return 0
+
+    p.set_defaults(func=run)
+
+
 def fairseq_user_dir() -> str:
     """The folder to pass to ``fairseq-train --user-dir`` (the plugin's one home)."""
     from pathlib import Path
@@ -100,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _demo_parser(sub)
     _bench_parser(sub)
+    _tune_parser(sub)
     _fairseq_user_dir_parser(sub)
     return parser
 
@@ -123,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # user-facing errors: one clear line, not a traceback
         from autoassist.datasets import DataNotFoundError
 
-        if isinstance(exc, (DataNotFoundError, ValueError, FileNotFoundError)):
+        if isinstance(exc, (DataNotFoundError, ValueError, FileNotFoundError, RuntimeError)):
             print(f"autoassist: error: {exc}", file=sys.stderr)
             return 2
         raise

@@ -38,6 +38,8 @@ class ShrinkConfig:
     sync: wait for the Assistant at every epoch boundary: reproducible, slower. For tests/debug.
     seed: seed of the selection stream, the projection and the Assistant.
     max_restarts: how often a dead Assistant process is restarted before running without it.
+    trace_dir: write every epoch's reported ids, losses and Assistant features there (rank 0),
+        for ``autoassist tune --offline``; None writes nothing.
     """
 
     floor: float = 0.3
@@ -59,6 +61,7 @@ class ShrinkConfig:
     sync: bool = False
     seed: int = 0
     max_restarts: int = 3
+    trace_dir: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

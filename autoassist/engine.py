@@ -125,6 +125,11 @@ class ShrinkEngine:
         self._epoch_started = time.perf_counter()
         self._reported = 0
         self._warned_features = False
+        self._trace = None
+        if config.trace_dir and self.rank == 0:  # the reports the Assistant learns from
+            from autoassist.trace import TraceWriter
+
+            self._trace = TraceWriter(config.trace_dir, config.to_dict(), self.n, dim)
         self._writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -232,6 +237,8 @@ class ShrinkEngine:
                     rows = np.flatnonzero(missing)
                     self.state.features[ids[rows]] = self.extractor(batch, torch.from_numpy(rows))
                     self.state.have[ids[rows]] = 1
+            if self._trace is not None:
+                self._trace.add(ids, losses, self.state.features[ids], self.state.have[ids])
             self._pending_ids.append(ids.copy())
             self._pending_losses.append(losses)
             self._pending_batches += 1
@@ -274,6 +281,8 @@ class ShrinkEngine:
                 warnings.warn(f"autoassist: the Assistant {why} (sync mode); the next epoch "
                               "selects from the last published scores", RuntimeWarning,
                               stacklevel=3)
+        if self._trace is not None:
+            self._trace.end_epoch(epoch)
         plan = self.current
         record: dict[str, Any] = {
             "epoch": epoch,

@@ -270,3 +270,26 @@ def test_aa_config_file_is_the_base_and_flags_override_it(data_bin, tmp_path):
         assert task.engine.config is c
     finally:
         task.close()
+
+
+def test_a_tuned_config_file_round_trips_into_the_fairseq_options(data_bin, tmp_path):
+    """``autoassist tune`` writes tuned.toml with ``to_config`` + ``to_file``; the plugin's
+    ``--aa-config`` reads every setting back (seed and budget come from fairseq's own flags)."""
+    import dataclasses
+
+    from autoassist.config import ShrinkConfig
+    from autoassist.tune_space import to_config
+
+    tuned = to_config({"floor": 0.37, "adaptive_floor": True, "anneal_fraction": 0.25,
+                       "reweight": True, "assistant": "sgd", "label_ema": 0.02,
+                       "warmup_epochs": 2}, ShrinkConfig(), epochs=8)
+    path = tuned.to_file(tmp_path / "tuned.toml")
+    _, task = _in_process_task(data_bin, *PLUGIN, "--aa-config", str(path), "--max-epoch", "8")
+    try:
+        got = task.shrink_config
+        for f in dataclasses.fields(ShrinkConfig):
+            if f.name != "seed":
+                assert getattr(got, f.name) == getattr(tuned, f.name), f.name
+        assert got.seed == 1 and got.anneal_epochs == 2 and got.epochs == 8
+    finally:
+        task.close()
