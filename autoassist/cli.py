@@ -92,6 +92,9 @@ def _tune_parser(sub) -> None:
     p.add_argument("--cost", choices=("seconds", "instances"), default="seconds",
                    help="what reaching the target costs: training seconds, or instances "
                    "trained (reproducible, fair when probes run in parallel)")
+    p.add_argument("--cost-budget", type=float, default=None,
+                   help="metric_at_cost: compare at this cost (seconds or instances at "
+                   "--max-epochs; scaled down for shorter rungs) instead of uniform's")
     p.add_argument("--mode", choices=("max", "min"), default="max",
                    help="max for accuracy/BLEU, min for a loss or error rate")
     p.add_argument("--candidates", type=int, default=8, help="settings sampled from the space")
@@ -134,7 +137,8 @@ def _tune_parser(sub) -> None:
                       grid=args.grid, min_epochs=args.min_epochs, max_epochs=args.max_epochs,
                       factor=args.factor, seeds=args.seeds, seed=args.seed, n_jobs=args.jobs,
                       threads=args.threads, base=args.base, out=args.out, fresh=args.fresh,
-                      progress=not args.no_progress, timeout_s=args.timeout)
+                      progress=not args.no_progress, timeout_s=args.timeout,
+                      cost_budget=args.cost_budget)
         print((result.out / "tune.md").read_text())
         if not result.beats_uniform:
             print(f"note: no setting beat the uniform baseline at {result.headline['epochs']} "

@@ -13,7 +13,9 @@ Objectives (``higher metric is better`` unless ``mode="min"``):
 - ``time_to_target`` (default): cost to reach the target metric (default: the uniform baseline's
   final metric at that budget); the score is the saving ``1 - cost / uniform's cost``. A probe
   that never reaches the target ranks below every one that does, by how far it fell short.
-- ``metric_at_cost``: the metric a probe has reached by the cost the uniform run spent.
+- ``metric_at_cost``: the metric a probe has reached by the cost the uniform run spent, or by
+  ``cost_budget`` (the cost allowed at ``max_epochs``; a rung of E epochs gets
+  ``cost_budget * E / max_epochs``): "the best accuracy within my time budget".
 
 ``cost`` is ``"seconds"`` (training wall-clock, what users care about) or ``"instances"``
 (instances trained on: immune to a noisy machine and to probes sharing cores, reproducible).
@@ -107,8 +109,13 @@ def first_reach(costs: list[float], metric: list[float], target: float) -> float
 
 
 def score_probe(curve: dict[str, list[float]], baseline: dict[str, list[float]], *,
-                objective: str, cost: str, mode: str, target: float | None) -> dict[str, Any]:
-    """One probe against the uniform run of the same budget and seed (higher score is better)."""
+                objective: str, cost: str, mode: str, target: float | None,
+                budget: float | None = None) -> dict[str, Any]:
+    """One probe against the uniform run of the same budget and seed (higher score is better).
+
+    ``budget`` (``metric_at_cost``): the cost at which metrics are compared; default: what the
+    uniform run spent.
+    """
     sign = 1.0 if mode == "max" else -1.0
     metric = [sign * m for m in curve["metric"]]
     base_metric = [sign * m for m in baseline["metric"]]
@@ -124,7 +131,7 @@ def score_probe(curve: dict[str, list[float]], baseline: dict[str, list[float]],
         shortfall = (goal - metric[-1]) / max(abs(goal), 1e-12)
         return {"score": -10.0 - shortfall, "reached": False, "cost_to_target": None,
                 "saving": None, "final_metric": curve["metric"][-1]}
-    budget = base_costs[-1] * (1 + 1e-9)
+    budget = (base_costs[-1] if budget is None else budget) * (1 + 1e-9)
     within = [m for c, m in zip(costs, metric, strict=True) if c <= budget]
     value = within[-1] if within else None
     return {"score": -1e9 if value is None else value, "reached": value is not None,
@@ -218,7 +225,8 @@ def tune(job: str, space=None, *, objective: str = "time_to_target",
          factor: int = 3, seeds: int = 1, seed: int = 0, n_jobs: int = 1,
          threads: int | None = None, base: ShrinkConfig | dict | str | None = None,
          out: str | os.PathLike = "autoassist-tune", fresh: bool = False,
-         progress: bool = True, timeout_s: float | None = None) -> TuneResult:
+         progress: bool = True, timeout_s: float | None = None,
+         cost_budget: float | None = None) -> TuneResult:
     """Tune the shrink settings of ``job`` (``module:function`` or ``file.py:function``).
 
     See the module docstring and ``autoassist.tune_probe`` for the job's contract. Writes
@@ -231,6 +239,8 @@ def tune(job: str, space=None, *, objective: str = "time_to_target",
         raise ValueError(f"cost={cost!r}: one of {COSTS}")
     if mode not in ("max", "min"):
         raise ValueError(f"mode={mode!r}: 'max' (accuracy, BLEU) or 'min' (loss, error)")
+    if cost_budget is not None and (objective != "metric_at_cost" or cost_budget <= 0):
+        raise ValueError("cost_budget is a positive cost for objective='metric_at_cost'")
     if seeds < 1 or n_jobs < 1:
         raise ValueError("seeds and n_jobs must be >= 1")
     load_job(job)  # a bad job path fails here, before any probe starts
@@ -251,6 +261,7 @@ def tune(job: str, space=None, *, objective: str = "time_to_target",
     out.mkdir(parents=True, exist_ok=True)
     _check_settings(out, {
         "job": job, "objective": objective, "target": target, "cost": cost, "mode": mode,
+        "cost_budget": cost_budget,
         "budgets": plan, "factor": factor, "seeds": seed_list, "base": base.to_dict(),
         "candidates": points}, fresh)
     log = _Log(out / LOG, fresh)
@@ -350,7 +361,7 @@ def _finish(out: Path, rungs, points, base: ShrinkConfig, plan, objective, cost,
     config_path = config.to_file(out / "tuned.toml")
     if objective == "time_to_target":
         beats = all(s.get("reached") and (s.get("saving") or 0.0) > 0 for s in best["seeds"])
-    else:
+    else:  # better than uniform's final metric, within the (uniform's or given) cost
         sign = 1.0 if mode == "max" else -1.0
         beats = all(s.get("reached") and sign * s["metric_at_cost"] > sign * s["uniform_metric"]
                     for s in best["seeds"])

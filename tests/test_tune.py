@@ -99,6 +99,9 @@ def test_scores_compare_with_the_uniform_run_of_the_same_budget():
     at = score_probe(fast, base, objective="metric_at_cost", cost="seconds", mode="max",
                      target=None)
     assert at["metric_at_cost"] == 0.82  # finished within uniform's 30 s
+    tight = score_probe(fast, base, objective="metric_at_cost", cost="seconds", mode="max",
+                        target=None, budget=12.0)
+    assert tight["metric_at_cost"] == 0.8  # a fixed 12 s budget: the epoch done by then
     loss = {k: v for k, v in base.items()}
     loss["metric"] = [1.0, 0.6, 0.5]  # a loss: lower is better
     lower = {**fast, "metric": [1.0, 0.5, 0.45]}
