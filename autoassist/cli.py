@@ -92,6 +92,9 @@ def _tune_parser(sub) -> None:
     p.add_argument("--cost", choices=("seconds", "instances"), default="seconds",
                    help="what reaching the target costs: training seconds, or instances "
                    "trained (reproducible, fair when probes run in parallel)")
+    p.add_argument("--tolerance", type=float, default=0.0,
+                   help="time_to_target: reach uniform's final metric less this much "
+                   "(e.g. 0.002 = within 0.2 accuracy points)")
     p.add_argument("--cost-budget", type=float, default=None,
                    help="metric_at_cost: compare at this cost (seconds or instances at "
                    "--max-epochs; scaled down for shorter rungs) instead of uniform's")
@@ -138,7 +141,7 @@ def _tune_parser(sub) -> None:
                       factor=args.factor, seeds=args.seeds, seed=args.seed, n_jobs=args.jobs,
                       threads=args.threads, base=args.base, out=args.out, fresh=args.fresh,
                       progress=not args.no_progress, timeout_s=args.timeout,
-                      cost_budget=args.cost_budget)
+                      cost_budget=args.cost_budget, tolerance=args.tolerance)
         print((result.out / "tune.md").read_text())
         if not result.beats_uniform:
             print(f"note: no setting beat the uniform baseline at {result.headline['epochs']} "

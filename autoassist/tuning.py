@@ -11,8 +11,9 @@ is written here over sklearn's samplers.
 Objectives (``higher metric is better`` unless ``mode="min"``):
 
 - ``time_to_target`` (default): cost to reach the target metric (default: the uniform baseline's
-  final metric at that budget); the score is the saving ``1 - cost / uniform's cost``. A probe
-  that never reaches the target ranks below every one that does, by how far it fell short.
+  final metric at that budget, less ``tolerance``); the score is the saving
+  ``1 - cost / uniform's cost``. A probe that never reaches the target ranks below every one
+  that does, by how far it fell short.
 - ``metric_at_cost``: the metric a probe has reached by the cost the uniform run spent, or by
   ``cost_budget`` (the cost allowed at ``max_epochs``; a rung of E epochs gets
   ``cost_budget * E / max_epochs``): "the best accuracy within my time budget".
@@ -110,18 +111,19 @@ def first_reach(costs: list[float], metric: list[float], target: float) -> float
 
 def score_probe(curve: dict[str, list[float]], baseline: dict[str, list[float]], *,
                 objective: str, cost: str, mode: str, target: float | None,
-                budget: float | None = None) -> dict[str, Any]:
+                budget: float | None = None, tolerance: float = 0.0) -> dict[str, Any]:
     """One probe against the uniform run of the same budget and seed (higher score is better).
 
     ``budget`` (``metric_at_cost``): the cost at which metrics are compared; default: what the
-    uniform run spent.
+    uniform run spent. ``tolerance`` (``time_to_target``): the target is uniform's final metric
+    minus this much (in the metric's units; worse-by for ``mode="min"``).
     """
     sign = 1.0 if mode == "max" else -1.0
     metric = [sign * m for m in curve["metric"]]
     base_metric = [sign * m for m in baseline["metric"]]
     costs, base_costs = curve[cost], baseline[cost]
     if objective == "time_to_target":
-        goal = base_metric[-1] if target is None else sign * target
+        goal = (base_metric[-1] if target is None else sign * target) - tolerance
         base_cost = first_reach(base_costs, base_metric, goal) or base_costs[-1]
         reached = first_reach(costs, metric, goal)
         if reached is not None:
@@ -226,7 +228,7 @@ def tune(job: str, space=None, *, objective: str = "time_to_target",
          threads: int | None = None, base: ShrinkConfig | dict | str | None = None,
          out: str | os.PathLike = "autoassist-tune", fresh: bool = False,
          progress: bool = True, timeout_s: float | None = None,
-         cost_budget: float | None = None) -> TuneResult:
+         cost_budget: float | None = None, tolerance: float = 0.0) -> TuneResult:
     """Tune the shrink settings of ``job`` (``module:function`` or ``file.py:function``).
 
     See the module docstring and ``autoassist.tune_probe`` for the job's contract. Writes
@@ -241,6 +243,8 @@ def tune(job: str, space=None, *, objective: str = "time_to_target",
         raise ValueError(f"mode={mode!r}: 'max' (accuracy, BLEU) or 'min' (loss, error)")
     if cost_budget is not None and (objective != "metric_at_cost" or cost_budget <= 0):
         raise ValueError("cost_budget is a positive cost for objective='metric_at_cost'")
+    if tolerance < 0:
+        raise ValueError(f"tolerance={tolerance}: must be >= 0")
     if seeds < 1 or n_jobs < 1:
         raise ValueError("seeds and n_jobs must be >= 1")
     load_job(job)  # a bad job path fails here, before any probe starts
@@ -261,7 +265,7 @@ def tune(job: str, space=None, *, objective: str = "time_to_target",
     out.mkdir(parents=True, exist_ok=True)
     _check_settings(out, {
         "job": job, "objective": objective, "target": target, "cost": cost, "mode": mode,
-        "cost_budget": cost_budget,
+        "cost_budget": cost_budget, "tolerance": tolerance,
         "budgets": plan, "factor": factor, "seeds": seed_list, "base": base.to_dict(),
         "candidates": points}, fresh)
     log = _Log(out / LOG, fresh)

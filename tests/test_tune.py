@@ -96,6 +96,9 @@ def test_scores_compare_with_the_uniform_run_of_the_same_budget():
     miss = score_probe(slow, base, objective="time_to_target", cost="seconds", mode="max",
                        target=None)
     assert not miss["reached"] and miss["score"] < s["score"] and miss["score"] < -10
+    near = score_probe(slow, base, objective="time_to_target", cost="seconds", mode="max",
+                       target=None, tolerance=0.15)  # within 0.15 of uniform's 0.8
+    assert near["cost_to_target"] == 30.0 and near["saving"] == pytest.approx(1 - 30 / 20)
     at = score_probe(fast, base, objective="metric_at_cost", cost="seconds", mode="max",
                      target=None)
     assert at["metric_at_cost"] == 0.82  # finished within uniform's 30 s
