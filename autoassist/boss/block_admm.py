@@ -1,0 +1,306 @@
+"""Stochastic Block-ADMM (paper D, Khorram et al. 2021), with DeepFacto's NMF block.
+
+The network is split into any number K of blocks; auxiliary variables ``z_k`` stand for block
+outputs and scaled dual variables ``u_k`` for the constraints ``z_k = F_k(z_{k-1})``. The
+augmented Lagrangian of a batch is
+
+    CE(F_K(z_{K-1}), y) + rho/2 sum_k ( ||z_k - F_k(z_{k-1}) + u_k||^2 - ||u_k||^2 ).
+
+One ADMM iteration: every block takes a stochastic gradient step on its own term (backprop
+only *inside* a block; the blocks are independent, so they can run in parallel processes), every
+``z_k`` takes gradient steps on the two terms it appears in, then ``u_k += z_k - F_k(z_{k-1})``.
+A block's step divides its term by the state size (same minimiser, a step size that does not
+depend on the state's size). An NMF block's codes take multiplicative NMF updates on their own
+term (warm-started, non-negative by construction), then a projected gradient step on the next
+block's term.
+
+- ``mode="batch"``: ``z`` and ``u`` are kept per training instance across epochs (one iteration
+  per mini-batch visit).
+- ``mode="online"``: streaming; each mini-batch gets fresh ``z`` (a forward pass) and ``u = 0``,
+  ``iters`` iterations, then both are dropped: nothing is stored per instance.
+
+With one block there are no auxiliary variables and an iteration is exactly one SGD step on the
+loss (tested). A block may be an ``NMFBlock`` (DeepFacto): its constraint is a non-negative
+factorisation, trained by multiplicative updates, where backprop does not apply.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autoassist.boss.aux_vars import AuxTables
+
+MODES = ("batch", "online")
+
+
+@dataclass
+class ADMMConfig:
+    epochs: int = 3
+    mode: str = "batch"
+    iters: int = 1  # ADMM iterations per mini-batch (online mode: usually several)
+    batch_size: int = 128
+    lr: float = 0.05
+    momentum: float = 0.9
+    rho: float = 1.0
+    z_lr: float = 0.5
+    z_steps: int = 1
+    nmf_code_iters: int = 5  # multiplicative code updates per z-step of an NMF block
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode={self.mode!r}: one of {MODES}")
+        for name in ("epochs", "iters", "batch_size", "z_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
+        if self.rho <= 0 or self.lr <= 0 or self.z_lr <= 0:
+            raise ValueError("rho, lr and z_lr must be > 0")
+
+
+class NMFBlock(nn.Module):
+    """DeepFacto's factorisation layer: codes ``c >= 0`` with ``a ~ c W``, ``W >= 0`` (r x d).
+
+    ``forward(a)`` solves for the codes of a non-negative input with ``W`` fixed (multiplicative
+    updates from a positive start): what the next block reads. Inside Block-ADMM its constraint
+    is ``z_{k-1} ~ z_k W`` (z_{k-1}: this block's input, z_k: its codes), and ``W`` follows the
+    Lee-Seung multiplicative update, which keeps it non-negative by construction.
+    """
+
+    def __init__(self, in_features: int, rank: int, code_iters: int = 30, seed: int = 0):
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        W = torch.rand(rank, in_features, generator=gen) + 0.1
+        W = W / W.norm(dim=1, keepdim=True)  # unit rows: codes carry the input's scale
+        self.W = nn.Parameter(W, requires_grad=False)
+        self.code_iters = code_iters
+
+    def codes(self, a: torch.Tensor, c: torch.Tensor | None = None,
+              iters: int | None = None) -> torch.Tensor:
+        a = a.clamp_min(0)
+        W = self.W
+        if c is None:
+            c = torch.full((len(a), W.shape[0]), float(a.mean().clamp_min(1e-3)) /
+                           float(W.sum(1).mean().clamp_min(1e-6)))
+        for _ in range(self.code_iters if iters is None else iters):
+            c = c * (a @ W.T) / (c @ (W @ W.T)).clamp_min(1e-12)
+        return c
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        return self.codes(a.flatten(1))
+
+    @torch.no_grad()
+    def update_W(self, a: torch.Tensor, c: torch.Tensor) -> None:
+        """One multiplicative step on ``||a - c W||^2`` over W >= 0."""
+        a = a.flatten(1).clamp_min(0)
+        self.W.mul_((c.T @ a) / ((c.T @ c) @ self.W).clamp_min(1e-12))
+
+    def reconstruction_error(self, a: torch.Tensor, c: torch.Tensor) -> float:
+        a = a.flatten(1).clamp_min(0)
+        return float(((a - c @ self.W) ** 2).sum() / (a ** 2).sum().clamp_min(1e-12))
+
+
+class BlockADMM:
+    """Trains ``blocks`` (an ``nn.Sequential`` of K modules) on ``(x, y)`` tensors."""
+
+    def __init__(self, blocks: nn.Sequential, x: torch.Tensor, y: torch.Tensor,
+                 cfg: ADMMConfig):
+        if len(blocks) < 1:
+            raise ValueError("blocks is empty")
+        if isinstance(blocks[-1], NMFBlock):
+            raise ValueError("the last block computes the loss: put a classifier after the "
+                             "NMF block")
+        self.blocks, self.x, self.y, self.cfg = blocks, x, y, cfg
+        self.K = len(blocks)
+        self.opts = [torch.optim.SGD(b.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+                     if any(p.requires_grad for p in b.parameters()) else None for b in blocks]
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.epoch = 0
+        self.history: list[dict[str, Any]] = []
+        with torch.no_grad():
+            shapes, h = [], x[:2]
+            for b in list(blocks)[:-1]:
+                h = b(h)
+                shapes.append(tuple(h.shape[1:]))
+        self.aux = AuxTables(len(x) if cfg.mode == "batch" else 0, shapes, duals=True)
+        for k in range(self.K - 1):  # an NMF block's dual lives in its input space
+            self.aux.lam[k] = torch.zeros((self.aux.n, *self._dual_shape(k)))
+        if cfg.mode == "batch":
+            with torch.no_grad():
+                for start in range(0, len(x), 1024):
+                    zs = self._forward_states(x[start:start + 1024])
+                    for k, z in enumerate(zs):
+                        self.aux.z[k][start:start + len(z)] = z
+
+    def _forward_states(self, x: torch.Tensor) -> list[torch.Tensor]:
+        zs, h = [], x
+        for b in list(self.blocks)[:-1]:
+            h = b(h)
+            zs.append(h)
+        return zs
+
+    # -- the augmented Lagrangian, term by term -------------------------------------------------
+    def _term(self, k: int, inp: torch.Tensor, z: torch.Tensor | None, u: torch.Tensor | None,
+              y: torch.Tensor) -> torch.Tensor:
+        """Block k's term, summed over the batch (NMF blocks: ||z_{k-1} - z_k W||^2)."""
+        block = self.blocks[k]
+        if k == self.K - 1:
+            return F.cross_entropy(block(inp), y, reduction="sum")
+        if isinstance(block, NMFBlock):
+            r = inp.flatten(1).clamp_min(0) - z @ block.W
+            r = r + u
+        else:
+            r = z - block(inp) + u
+        return 0.5 * self.cfg.rho * (r * r).sum()
+
+    def _residual(self, k: int, inp: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        block = self.blocks[k]
+        if isinstance(block, NMFBlock):
+            return inp.flatten(1).clamp_min(0) - z @ block.W
+        return z - block(inp)
+
+    def iteration(self, x, y, z: list[torch.Tensor], u: list[torch.Tensor]
+                  ) -> tuple[list[torch.Tensor], list[torch.Tensor], float, list[float]]:
+        """One ADMM iteration on a batch; returns the new ``z``, ``u``, loss and residuals."""
+        B = len(y)
+        inputs = [x] + z
+        loss, residuals = 0.0, []
+        for k in range(self.K):  # block updates: independent of each other
+            block = self.blocks[k]
+            if isinstance(block, NMFBlock):  # multiplicative step: W stays >= 0
+                block.update_W((inputs[k].flatten(1).clamp_min(0) + u[k]).clamp_min(0), z[k])
+                continue
+            term = self._term(k, inputs[k], z[k] if k < self.K - 1 else None,
+                              u[k] if k < self.K - 1 else None, y)
+            if k == self.K - 1:
+                loss = float(term.detach()) / B
+            scale = B if k == self.K - 1 else B * z[k][0].numel()  # step size free of state size
+            self.opts[k].zero_grad(set_to_none=True)
+            (term / scale).backward()
+            self.opts[k].step()
+        new_z = []
+        for k in range(self.K - 1):  # auxiliary variables: steps on the two terms of each
+            zk = z[k].clone()
+            nmf = isinstance(self.blocks[k], NMFBlock)
+            for _ in range(self.cfg.z_steps):
+                if nmf:  # own term: multiplicative NMF steps (stay >= 0, converge fast)
+                    with torch.no_grad():
+                        target = (inputs[k].flatten(1).clamp_min(0) + u[k]).clamp_min(0)
+                        zk = self.blocks[k].codes(target, c=zk.clamp_min(1e-8),
+                                                  iters=self.cfg.nmf_code_iters)
+                zk.requires_grad_(True)
+                total = self._term(k + 1, zk, z[k + 1] if k + 1 < self.K - 1 else None,
+                                   u[k + 1] if k + 1 < self.K - 1 else None, y)
+                if not nmf:
+                    total = total + self._term(k, inputs[k], zk, u[k], y)
+                g = torch.autograd.grad(total, zk)[0]
+                with torch.no_grad():
+                    zk = zk - self.cfg.z_lr / self.cfg.rho * g
+                    if nmf:
+                        zk = zk.clamp_min(0)  # projected: codes stay >= 0
+            new_z.append(zk.detach())
+        for p in self.blocks.parameters():
+            p.grad = None
+        new_u = []
+        with torch.no_grad():
+            for k in range(self.K - 1):  # dual ascent on the new residuals
+                r = self._residual(k, inputs[k], new_z[k])
+                new_u.append(u[k] + r)
+                ref = inputs[k].flatten(1) if isinstance(self.blocks[k], NMFBlock) else new_z[k]
+                residuals.append(float((r * r).sum() / (ref ** 2).sum().clamp_min(1e-12)))
+        return new_z, new_u, loss, residuals
+
+    # -- epochs ---------------------------------------------------------------------------------
+    def _dual_shape(self, k: int) -> tuple[int, ...]:
+        if isinstance(self.blocks[k], NMFBlock):  # the NMF residual lives in input space
+            return (self.blocks[k].W.shape[1],)
+        return tuple(self.aux.z[k].shape[1:])
+
+    def epoch_pass(self) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        order = torch.randperm(len(self.x), generator=self.gen)
+        losses, res = [], []
+        for start in range(0, len(order), self.cfg.batch_size):
+            ids = order[start:start + self.cfg.batch_size]
+            x, y = self.x[ids], self.y[ids]
+            if self.cfg.mode == "batch":
+                z = [t[ids] for t in self.aux.z]
+                u = [t[ids] for t in self.aux.lam]
+            else:  # online: fresh states for this batch only
+                with torch.no_grad():
+                    z = self._forward_states(x)
+                u = [torch.zeros((len(ids), *self._dual_shape(k))) for k in range(self.K - 1)]
+            for _ in range(self.cfg.iters):
+                z, u, loss, r = self.iteration(x, y, z, u)
+            if self.cfg.mode == "batch":
+                for k in range(self.K - 1):
+                    self.aux.z[k][ids], self.aux.lam[k][ids] = z[k], u[k]
+            losses.append(loss)
+            res.append(r)
+        record = {"epoch": self.epoch, "mode": self.cfg.mode,
+                  "loss": sum(losses) / len(losses),
+                  "residuals": [sum(r[k] for r in res) / len(res) for k in range(self.K - 1)],
+                  "seconds": time.perf_counter() - t0}
+        nmf = [k for k, b in enumerate(self.blocks) if isinstance(b, NMFBlock)]
+        if nmf:
+            with torch.no_grad():
+                k = nmf[0]
+                a = self.x[:1024]
+                for b in list(self.blocks)[:k]:
+                    a = b(a)
+                c = self.blocks[k](a)
+                record["nmf_reconstruction_error"] = self.blocks[k].reconstruction_error(a, c)
+                record["nmf_min_W"] = float(self.blocks[k].W.min())
+                record["nmf_min_code"] = float(c.min())
+        return record
+
+    def fit(self, evaluate=None, progress: bool = True,
+            checkpoint: str | Path | None = None) -> list[dict[str, Any]]:
+        from tqdm.auto import tqdm
+
+        for _ in tqdm(range(self.epoch, self.cfg.epochs), desc=f"block-admm ({self.cfg.mode})",
+                      disable=not progress, leave=False):
+            record = self.epoch_pass()
+            if evaluate is not None:
+                record["accuracy"] = evaluate(self.blocks)
+            self.history.append(record)
+            self.epoch += 1
+            if checkpoint is not None:
+                self.save(checkpoint)
+        return self.history
+
+    # -- state ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"config": asdict(self.cfg), "blocks": self.blocks.state_dict(),
+                "optimizers": [None if o is None else o.state_dict() for o in self.opts],
+                "aux": self.aux.state_dict(), "epoch": self.epoch,
+                "generator": self.gen.get_state(), "history": list(self.history)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["config"]["mode"] != self.cfg.mode:
+            raise ValueError(f"checkpoint is a {state['config']['mode']}-mode run, this one is "
+                             f"{self.cfg.mode}")
+        self.blocks.load_state_dict(state["blocks"])
+        for o, s in zip(self.opts, state["optimizers"], strict=True):
+            if o is not None:
+                o.load_state_dict(s)
+        self.aux.load_state_dict(state["aux"])
+        self.epoch = state["epoch"]
+        self.gen.set_state(state["generator"])
+        self.history = list(state["history"])
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(self.state_dict(), tmp)
+        tmp.replace(path)
+
+    def load(self, path: str | Path) -> None:
+        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=False))

@@ -1,0 +1,275 @@
+"""Serial-parallel hybrid training of a layer-parallel ResNet (paper C, Sun et al. 2020).
+
+The network ``F_K o ... o F_1`` is cut into K blocks joined by per-instance auxiliary variables
+``z_k ~ P F_k(U z_{k-1})`` (``P``/``U``: the downsampling filter and its upsampling, identity
+without filter; ``z_0`` is the input). Two solvers of the constrained problem:
+
+- **penalty**: minimise ``CE(F_K(U z_{K-1}), y) + rho/2 sum_k ||z_k - P F_k(U z_{k-1})||^2``;
+- **al** (augmented Lagrangian): add ``<lam_k, z_k - P F_k(U z_{k-1})>`` and, after each sweep,
+  ``lam_k += rho * (z_k - P F_k(U z_{k-1}))``.
+
+A block's parameter step divides its penalty term by the state size ``d_k``: the minimiser is
+the same, and the step size no longer depends on how large the state is.
+
+One sweep per mini-batch: every block takes ``inner_steps`` SGD steps on its own term (inputs
+and targets held fixed: independent sub-problems), then every ``z_k`` takes ``z_steps`` gradient
+steps on the two terms it appears in, then the multipliers move. All updates of a sweep read the
+values from its start (a Jacobi sweep), so a process per block computes exactly the same numbers
+while exchanging only ``z_{k-1}`` forward and ``d/dz_k`` of the next block's term backward; the
+``ByteLedger`` counts those bytes. ``rho`` grows by ``rho_growth`` per epoch (the penalty
+method's continuation).
+
+The parallel phase trains on fixed inputs (the auxiliary variables belong to them). The serial
+phase then corrects all parameters with ordinary end-to-end backprop on the plain network,
+where data augmentation (random crops, flips) is possible again: that is the hybrid.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autoassist.boss.aux_vars import AuxTables, ByteLedger
+from autoassist.boss.filters import make_filter
+
+SOLVERS = ("penalty", "al")
+
+
+@dataclass
+class HybridConfig:
+    solver: str = "penalty"
+    parallel_epochs: int = 2
+    serial_epochs: int = 1
+    batch_size: int = 128
+    lr: float = 0.05
+    momentum: float = 0.9
+    rho: float = 1.0
+    rho_growth: float = 1.5
+    z_lr: float = 0.5
+    z_steps: int = 1
+    inner_steps: int = 1
+    filter: int | None = 2
+    augment: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver={self.solver!r}: one of {SOLVERS}")
+        if self.parallel_epochs < 0 or self.serial_epochs < 0:
+            raise ValueError("epoch counts must be >= 0")
+        for name in ("batch_size", "z_steps", "inner_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
+        if self.rho <= 0 or self.rho_growth < 1 or self.lr <= 0 or self.z_lr <= 0:
+            raise ValueError("rho, lr, z_lr must be > 0 and rho_growth >= 1")
+
+
+def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 2) -> torch.Tensor:
+    """Random ``pad``-pixel shifts (crop of a zero-padded image) and horizontal flips."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    rows = (dy[:, None] + torch.arange(h)[None, :])  # [n, h]
+    cols = (dx[:, None] + torch.arange(w)[None, :])  # [n, w]
+    out = padded[torch.arange(n)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+    out = out.permute(0, 3, 1, 2)  # advanced indexing put the channel last
+    flip = torch.rand(n, generator=gen) < 0.5
+    out[flip] = out[flip].flip(-1)
+    return out.contiguous()
+
+
+class HybridTrainer:
+    """Trains ``blocks`` (an ``nn.Sequential`` of K block modules) on ``(x, y)`` tensors."""
+
+    def __init__(self, blocks: nn.Sequential, x: torch.Tensor, y: torch.Tensor,
+                 cfg: HybridConfig):
+        if len(blocks) < 1:
+            raise ValueError("blocks is empty")
+        if len(x) != len(y):
+            raise ValueError(f"{len(x)} inputs but {len(y)} labels")
+        self.blocks, self.x, self.y, self.cfg = blocks, x, y, cfg
+        self.K = len(blocks)
+        self.filter = make_filter(cfg.filter)
+        self.opts = [torch.optim.SGD(b.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+                     for b in blocks]
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.epoch, self.rho = 0, cfg.rho
+        self.ledger = ByteLedger()
+        self.history: list[dict[str, Any]] = []
+        with torch.no_grad():
+            shapes, h = [], x[:2]
+            for b in list(blocks)[:-1]:
+                h = b(h)
+                shapes.append(self.filter.coarse_shape(tuple(h.shape[1:])))
+        self.aux = AuxTables(len(x), shapes, duals=cfg.solver == "al")
+        self._init_aux()
+
+    # -- auxiliary variables --------------------------------------------------------------------
+    @torch.no_grad()
+    def _init_aux(self) -> None:
+        """``z_k`` from one forward pass of the initial network (zero residuals to start)."""
+        for start in range(0, len(self.x), 1024):
+            h = self.x[start:start + 1024]
+            for k in range(self.K - 1):
+                z = self.filter.down(self.blocks[k](h))
+                self.aux.z[k][start:start + len(z)] = z
+                h = self.filter.up(z)
+
+    def _block_input(self, k: int, ids: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if k == 0:
+            return x
+        z = self.aux.z[k - 1][ids]
+        self.ledger.add(z)  # block k-1 -> block k
+        return self.filter.up(z)
+
+    def _term(self, k: int, inp: torch.Tensor, target: torch.Tensor | None,
+              lam: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
+        """Block k's term of the objective, summed over the batch's instances."""
+        out = self.blocks[k](inp)
+        if k == self.K - 1:
+            return F.cross_entropy(out, y, reduction="sum")
+        r = target - self.filter.down(out)
+        term = 0.5 * self.rho * (r * r).sum()
+        if lam is not None:
+            term = term + (lam * r).sum()
+        return term
+
+    # -- one Jacobi sweep on a batch ------------------------------------------------------------
+    def sweep(self, ids: torch.Tensor) -> dict[str, float]:
+        x, y, B = self.x[ids], self.y[ids], len(ids)
+        inputs = [self._block_input(k, ids, x) for k in range(self.K)]
+        targets = [self.aux.z[k][ids] if k < self.K - 1 else None for k in range(self.K)]
+        lams = [self.aux.lam[k][ids] if self.aux.lam is not None and k < self.K - 1 else None
+                for k in range(self.K)]
+        residuals, loss = [], 0.0
+        for k in range(self.K):  # independent sub-problems: one process per block
+            for step in range(self.cfg.inner_steps):
+                term = self._term(k, inputs[k], targets[k], lams[k], y)
+                if step == 0:
+                    if k == self.K - 1:
+                        loss = float(term.detach()) / B
+                    else:
+                        with torch.no_grad():
+                            r = targets[k] - self.filter.down(self.blocks[k](inputs[k]))
+                            residuals.append(float((r * r).sum() / (targets[k] ** 2).sum()
+                                                   .clamp_min(1e-12)))
+                scale = B if k == self.K - 1 else B * targets[k][0].numel()
+                self.opts[k].zero_grad(set_to_none=True)
+                (term / scale).backward()
+                self.opts[k].step()
+        new_z = []
+        for k in range(self.K - 1):  # z_k moves on its own term and the next block's
+            z = targets[k].clone()
+            for _ in range(self.cfg.z_steps):
+                z.requires_grad_(True)
+                own = self._term(k, inputs[k], z, lams[k], y)
+                nxt = self._term(k + 1, self.filter.up(z), targets[k + 1], lams[k + 1], y)
+                g_own = torch.autograd.grad(own, z)[0]
+                g_next = torch.autograd.grad(nxt, z)[0]
+                self.ledger.add(g_next)  # block k+1 -> block k
+                with torch.no_grad():  # z_lr: the fraction of the way to its own target
+                    z = z - self.cfg.z_lr / self.rho * (g_own + g_next)
+            new_z.append(z.detach())
+        for p in self.blocks.parameters():
+            p.grad = None
+        with torch.no_grad():
+            for k in range(self.K - 1):
+                self.aux.z[k][ids] = new_z[k]
+                if self.aux.lam is not None:  # multiplier step on the new residual
+                    r = new_z[k] - self.filter.down(self.blocks[k](inputs[k]))
+                    self.aux.lam[k][ids] = lams[k] + self.rho * r
+        return {"loss": loss, "residuals": residuals}
+
+    # -- epochs ---------------------------------------------------------------------------------
+    def _order(self) -> torch.Tensor:
+        return torch.randperm(len(self.x), generator=self.gen)
+
+    def parallel_epoch(self) -> dict[str, Any]:
+        t0, before = time.perf_counter(), self.ledger.bytes
+        order = self._order()
+        losses, res = [], []
+        for start in range(0, len(order), self.cfg.batch_size):
+            out = self.sweep(order[start:start + self.cfg.batch_size])
+            losses.append(out["loss"])
+            res.append(out["residuals"])
+        record = {"epoch": self.epoch, "phase": "parallel", "rho": self.rho,
+                  "loss": sum(losses) / len(losses),
+                  "residuals": [sum(r[k] for r in res) / len(res) for k in range(self.K - 1)],
+                  "bytes": self.ledger.bytes - before, "seconds": time.perf_counter() - t0}
+        self.rho *= self.cfg.rho_growth
+        return record
+
+    def serial_epoch(self) -> dict[str, Any]:
+        """End-to-end backprop on the plain network (no filter), with augmentation."""
+        t0 = time.perf_counter()
+        order = self._order()
+        losses = []
+        for start in range(0, len(order), self.cfg.batch_size):
+            ids = order[start:start + self.cfg.batch_size]
+            x = self.x[ids]
+            if self.cfg.augment:
+                x = augment(x, self.gen)
+            loss = F.cross_entropy(self.blocks(x), self.y[ids])
+            for opt in self.opts:
+                opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for opt in self.opts:
+                opt.step()
+            losses.append(float(loss.detach()))
+        return {"epoch": self.epoch, "phase": "serial", "loss": sum(losses) / len(losses),
+                "seconds": time.perf_counter() - t0}
+
+    def fit(self, evaluate=None, progress: bool = True,
+            checkpoint: str | Path | None = None) -> list[dict[str, Any]]:
+        """Run the remaining epochs (parallel phase, then serial); ``evaluate(blocks) -> acc``."""
+        from tqdm.auto import tqdm
+
+        total = self.cfg.parallel_epochs + self.cfg.serial_epochs
+        for _ in tqdm(range(self.epoch, total), desc=f"hybrid ({self.cfg.solver})",
+                      disable=not progress, leave=False):
+            record = (self.parallel_epoch() if self.epoch < self.cfg.parallel_epochs
+                      else self.serial_epoch())
+            if evaluate is not None:
+                record["accuracy"] = evaluate(self.blocks)
+            self.history.append(record)
+            self.epoch += 1
+            if checkpoint is not None:
+                self.save(checkpoint)
+        return self.history
+
+    # -- state ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"config": asdict(self.cfg), "blocks": self.blocks.state_dict(),
+                "optimizers": [o.state_dict() for o in self.opts], "aux": self.aux.state_dict(),
+                "epoch": self.epoch, "rho": self.rho, "generator": self.gen.get_state(),
+                "bytes": self.ledger.bytes, "history": list(self.history)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["config"]["solver"] != self.cfg.solver:
+            raise ValueError(f"checkpoint is a {state['config']['solver']} run, this trainer "
+                             f"uses {self.cfg.solver}")
+        self.blocks.load_state_dict(state["blocks"])
+        for o, s in zip(self.opts, state["optimizers"], strict=True):
+            o.load_state_dict(s)
+        self.aux.load_state_dict(state["aux"])
+        self.epoch, self.rho = state["epoch"], state["rho"]
+        self.gen.set_state(state["generator"])
+        self.ledger.bytes = state["bytes"]
+        self.history = list(state["history"])
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(self.state_dict(), tmp)
+        tmp.replace(path)
+
+    def load(self, path: str | Path) -> None:
+        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=False))
