@@ -166,3 +166,28 @@ def test_augmentation_shifts_and_flips_real_images(data):
     out = augment(x, torch.Generator().manual_seed(0))
     assert out.shape == x.shape and not torch.equal(out, x)
     assert torch.equal(augment(x, torch.Generator().manual_seed(0)), out)  # seeded
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("solver", ["penalty", "al"])
+def test_one_process_per_block_equals_the_layer_serial_sweeps(data, one_thread, solver):
+    """3 blocks in 3 gloo processes, 2 gradient round trips per z-step: the same numbers as the
+    single-process Jacobi sweeps, and the same bytes."""
+    x, y, _, _ = data
+    x, y = x[:384], y[:384]
+    cfg = HybridConfig(solver=solver, parallel_epochs=2, serial_epochs=0, batch_size=64,
+                       z_steps=2, filter=2)
+    serial = HybridTrainer(_blocks(), x, y, cfg)
+    serial.fit(progress=False)
+    parallel = HybridTrainer(_blocks(), x, y, cfg)
+    parallel.fit(progress=False, processes=True, timeout_s=120)
+    for a, b in zip(serial.blocks.state_dict().values(), parallel.blocks.state_dict().values(),
+                    strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(serial.aux.z + (serial.aux.lam or []),
+                    parallel.aux.z + (parallel.aux.lam or []), strict=True):
+        assert torch.equal(a, b)
+    assert serial.ledger.bytes == parallel.ledger.bytes > 0
+    assert [h["residuals"] for h in serial.history] == \
+        [h["residuals"] for h in parallel.history]
+    assert parallel.history[-1]["processes"] == 3 and parallel.rho == serial.rho

@@ -50,3 +50,6 @@ class ByteLedger:
 
     def add(self, *tensors: torch.Tensor) -> None:
         self.bytes += sum(t.numel() * t.element_size() for t in tensors)
+
+    def add_bytes(self, n: int) -> None:
+        self.bytes += int(n)

@@ -167,7 +167,9 @@ class HybridTrainer:
         new_z = []
         for k in range(self.K - 1):  # z_k moves on its own term and the next block's
             z = targets[k].clone()
-            for _ in range(self.cfg.z_steps):
+            for step in range(self.cfg.z_steps):
+                if step > 0:
+                    self.ledger.add(z)  # the new iterate, block k -> block k+1
                 z.requires_grad_(True)
                 own = self._term(k, inputs[k], z, lams[k], y)
                 nxt = self._term(k + 1, self.filter.up(z), targets[k + 1], lams[k + 1], y)
@@ -226,11 +228,30 @@ class HybridTrainer:
         return {"epoch": self.epoch, "phase": "serial", "loss": sum(losses) / len(losses),
                 "seconds": time.perf_counter() - t0}
 
-    def fit(self, evaluate=None, progress: bool = True,
-            checkpoint: str | Path | None = None) -> list[dict[str, Any]]:
-        """Run the remaining epochs (parallel phase, then serial); ``evaluate(blocks) -> acc``."""
+    def fit(self, evaluate=None, progress: bool = True, checkpoint: str | Path | None = None,
+            processes: bool = False, timeout_s: float = 300.0) -> list[dict[str, Any]]:
+        """Run the remaining epochs (parallel phase, then serial); ``evaluate(blocks) -> acc``.
+
+        ``processes=True``: the parallel phase runs with one process per block
+        (``hybrid_parallel.py``; identical numbers), as one launch: evaluation and the checkpoint
+        follow the whole phase.
+        """
         from tqdm.auto import tqdm
 
+        if processes and self.epoch < self.cfg.parallel_epochs and self.K > 1:
+            from autoassist.boss.config import BossConfig
+            from autoassist.boss.hybrid_parallel import run_parallel_phase
+
+            epochs = self.cfg.parallel_epochs - self.epoch
+            boss = BossConfig(epochs=epochs, optimizer=torch.optim.SGD, threads=1,
+                              timeout_s=timeout_s, progress=False)
+            records = run_parallel_phase(self, epochs, boss)
+            if evaluate is not None:
+                records[-1]["accuracy"] = evaluate(self.blocks)
+            self.history.extend(records)
+            self.epoch += epochs
+            if checkpoint is not None:
+                self.save(checkpoint)
         total = self.cfg.parallel_epochs + self.cfg.serial_epochs
         for _ in tqdm(range(self.epoch, total), desc=f"hybrid ({self.cfg.solver})",
                       disable=not progress, leave=False):

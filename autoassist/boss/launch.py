@@ -1,7 +1,8 @@
 """Run one process per stage, by spawning them here or inside a ``torchrun`` job.
 
 A schedule supplies ``body(rank, world, stages, cfg, device, *extra)``: it trains stage ``rank``
-in place inside an initialised process group and returns ``(module, head, history, loader)``.
+in place inside an initialised process group and returns ``(module, head, history, loader)``,
+optionally with a fifth element: per-stage state the caller wants back (``result["extras"]``).
 This module owns everything around it, for both launchers:
 
 - **spawn** (``python train.py``): ``torch.multiprocessing`` starts ``len(stages)`` processes that
@@ -46,9 +47,10 @@ def finish_loader(loader) -> list[dict[str, Any]]:
     return telemetry
 
 
-def _stage_state(module, head) -> dict[str, Any]:
+def _stage_state(module, head, extra=None) -> dict[str, Any]:
     return {"stage": {k: v.cpu() for k, v in module.state_dict().items()},
-            "head": None if head is None else {k: v.cpu() for k, v in head.state_dict().items()}}
+            "head": None if head is None else {k: v.cpu() for k, v in head.state_dict().items()},
+            "extra": extra}
 
 
 def _load_stage_state(stages: Stages, k: int, state: dict[str, Any]) -> None:
@@ -83,8 +85,10 @@ def _spawned(rank: int, world: int, init_file: str, stages_file: str, cfg: BossC
     _init_group(rank, world, device, cfg, f"file://{init_file}")
     try:
         stages: Stages = torch.load(stages_file, map_location="cpu", weights_only=False)
-        module, head, history, loader = body(rank, world, stages, cfg, device, *extra)
-        torch.save(_stage_state(module, head), Path(out_dir) / f"final{rank}.pt")
+        out = body(rank, world, stages, cfg, device, *extra)
+        module, head, history, loader = out[:4]
+        torch.save(_stage_state(module, head, out[4] if len(out) > 4 else None),
+                   Path(out_dir) / f"final{rank}.pt")
         record: dict[str, Any] = {"history": history}
         if loader is not None:
             record["loader_telemetry"] = finish_loader(loader)
@@ -110,11 +114,13 @@ def _spawn(schedule: str, stages: Stages, body, cfg: BossConfig, extra: tuple) -
             raise RuntimeError(f"a {schedule} stage process died ({exc}); the other stages "
                                "were stopped. Resume from checkpoint_dir with resume=True"
                                ) from None
+        extras = []
         for k in range(world):
-            _load_stage_state(stages, k, torch.load(os.path.join(tmp, f"final{k}.pt"),
-                                                    weights_only=True))
+            state = torch.load(os.path.join(tmp, f"final{k}.pt"), weights_only=True)
+            _load_stage_state(stages, k, state)
+            extras.append(state.get("extra"))
         records = [json.loads(Path(tmp, f"history{k}.json").read_text()) for k in range(world)]
-    return _merge(schedule, records)
+    return {**_merge(schedule, records), "extras": extras}
 
 
 def _in_torchrun(schedule: str, stages: Stages, body, cfg: BossConfig,
@@ -135,12 +141,14 @@ def _in_torchrun(schedule: str, stages: Stages, body, cfg: BossConfig,
         elif dist.get_world_size() != world or dist.get_rank() != rank:
             raise ValueError("the default process group does not match RANK/WORLD_SIZE")
         try:
-            module, head, history, loader = body(rank, world, stages, cfg, device, *extra)
+            out = body(rank, world, stages, cfg, device, *extra)
+            module, head, history, loader = out[:4]
             record: dict[str, Any] = {"history": history}
             if loader is not None:
                 record["loader_telemetry"] = finish_loader(loader)
             gathered: list[Any] = [None] * world
-            dist.all_gather_object(gathered, (_stage_state(module, head), record))
+            dist.all_gather_object(gathered, (_stage_state(module, head, out[4] if len(out) > 4
+                                                           else None), record))
         finally:
             if owns_group:
                 dist.destroy_process_group()
@@ -148,7 +156,8 @@ def _in_torchrun(schedule: str, stages: Stages, body, cfg: BossConfig,
         torch.set_num_threads(threads)
     for k, (state, _record) in enumerate(gathered):
         _load_stage_state(stages, k, state)
-    return {**_merge(schedule, [r for _s, r in gathered]), "rank": rank}
+    return {**_merge(schedule, [r for _s, r in gathered]), "rank": rank,
+            "extras": [state.get("extra") for state, _r in gathered]}
 
 
 def run_stage_processes(schedule: str, stages: Stages, body, cfg: BossConfig,

@@ -1,0 +1,168 @@
+"""The hybrid's parallel phase with one process per block (paper C's layer parallelism).
+
+Process k owns block k, its optimiser and the auxiliary variables at its output (``z_k``,
+``lam_k``). Per mini-batch, exactly the Jacobi sweep of ``HybridTrainer.sweep``:
+
+1. k sends its current ``z_k[batch]`` to k+1 and receives ``z_{k-1}[batch]`` from k-1 (the
+   filter's coarse size: what the downsampling saves);
+2. k takes its parameter steps on its own term (no waiting on anyone);
+3. k answers k-1's requests: the gradient of its term with respect to ``z_{k-1}`` at each
+   iterate k-1 sends (the first iterate is the one received in 1);
+4. k moves ``z_k`` with its own term's gradient and k+1's answers, then its multipliers.
+
+Every process draws the same batch order from the same seeded generator, so no ids travel.
+Blocking point-to-point sends and receives (gloo on CPU, NCCL on CUDA: untested here) over the
+Boss's launcher (``launch.py``: spawn or torchrun, timeouts, errors). The result is bit-identical
+to the single-process sweep (tested), and the bytes each process sends are counted.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from autoassist.boss.config import BossConfig
+from autoassist.boss.launch import run_stage_processes
+from autoassist.boss.stages import Stages
+
+TAG_Z, TAG_GRAD, TAG_ITERATE = 10, 11, 12
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def _block_process(rank: int, world: int, stages: Stages, cfg: BossConfig,
+                   device: torch.device, trainer_state: dict[str, Any], epochs: int):
+    from autoassist.boss.hybrid import HybridConfig, HybridTrainer
+
+    hcfg = HybridConfig(**trainer_state["config"])
+    blocks = torch.nn.Sequential(*stages.stages)
+    me = HybridTrainer.__new__(HybridTrainer)  # a shard: no initial forward pass, no tables
+    me.blocks, me.x, me.y, me.cfg, me.K = blocks, trainer_state["x"], trainer_state["y"], hcfg, \
+        world
+    from autoassist.boss.filters import make_filter
+
+    me.filter = make_filter(hcfg.filter)
+    k, K = rank, world
+    opt = torch.optim.SGD(blocks[k].parameters(), lr=hcfg.lr, momentum=hcfg.momentum)
+    opt.load_state_dict(trainer_state["optimizers"][k])
+    gen = torch.Generator()
+    gen.set_state(trainer_state["generator"])
+    rho = trainer_state["rho"]
+    z_own = trainer_state["z"][k] if k < K - 1 else None
+    lam_own = (trainer_state["lam"][k] if trainer_state["lam"] is not None and k < K - 1
+               else None)
+    prev_shape = tuple(trainer_state["z"][k - 1].shape[1:]) if k > 0 else None
+    sent, history = 0, []
+    for epoch in range(trainer_state["epoch"], trainer_state["epoch"] + epochs):
+        me.rho = rho
+        t0, losses, residuals = time.perf_counter(), [], []
+        order = torch.randperm(len(me.x), generator=gen)
+        for start in range(0, len(order), hcfg.batch_size):
+            ids = order[start:start + hcfg.batch_size]
+            B, y = len(ids), me.y[ids]
+            target = z_own[ids] if z_own is not None else None
+            lam = lam_own[ids] if lam_own is not None else None
+            send = None
+            if k < K - 1:  # 1. my old z_k: block k+1's input
+                send = dist.isend(target.contiguous(), k + 1, tag=TAG_Z)
+                sent += _nbytes(target)
+            if k > 0:
+                z_in = torch.empty((B, *prev_shape))
+                dist.recv(z_in, k - 1, tag=TAG_Z)
+                inp = me.filter.up(z_in)
+            else:
+                inp = me.x[ids]
+            for step in range(hcfg.inner_steps):  # 2. independent parameter steps
+                term = me._term(k, inp, target, lam, y)
+                if step == 0:
+                    if k == K - 1:
+                        losses.append(float(term.detach()) / B)
+                    else:
+                        with torch.no_grad():
+                            r = target - me.filter.down(blocks[k](inp))
+                            residuals.append(float((r * r).sum() / (target ** 2).sum()
+                                                   .clamp_min(1e-12)))
+                scale = B if k == K - 1 else B * target[0].numel()
+                opt.zero_grad(set_to_none=True)
+                (term / scale).backward()
+                opt.step()
+            if k > 0:  # 3. answer block k-1: d(my term)/d z_{k-1} at its iterates
+                zi = z_in
+                for step in range(hcfg.z_steps):
+                    if step > 0:
+                        zi = torch.empty((B, *prev_shape))
+                        dist.recv(zi, k - 1, tag=TAG_ITERATE)
+                    zi = zi.detach().requires_grad_(True)
+                    g = torch.autograd.grad(me._term(k, me.filter.up(zi), target, lam, y),
+                                            zi)[0].contiguous()
+                    dist.send(g, k - 1, tag=TAG_GRAD)
+                    sent += _nbytes(g)
+            if k < K - 1:  # 4. my z_k, then my multipliers
+                z = target.clone()
+                for step in range(hcfg.z_steps):
+                    if step > 0:
+                        dist.send(z.contiguous(), k + 1, tag=TAG_ITERATE)
+                        sent += _nbytes(z)
+                    g_next = torch.empty_like(z)
+                    dist.recv(g_next, k + 1, tag=TAG_GRAD)
+                    z.requires_grad_(True)
+                    g_own = torch.autograd.grad(me._term(k, inp, z, lam, y), z)[0]
+                    with torch.no_grad():
+                        z = z - hcfg.z_lr / rho * (g_own + g_next)
+                z = z.detach()
+                for p in blocks.parameters():
+                    p.grad = None
+                with torch.no_grad():
+                    z_own[ids] = z
+                    if lam_own is not None:
+                        lam_own[ids] = lam + rho * (z - me.filter.down(blocks[k](inp)))
+            if send is not None:
+                send.wait()
+        history.append({"epoch": epoch, "stage": k, "seconds": time.perf_counter() - t0,
+                        "instances": len(order),
+                        "loss": sum(losses) / len(losses) if losses else float("nan"),
+                        "residual": sum(residuals) / len(residuals) if residuals else None,
+                        "rho": rho})
+        rho *= hcfg.rho_growth
+    extra = {"z": z_own, "lam": lam_own, "optimizer": opt.state_dict(), "sent_bytes": sent,
+             "generator": gen.get_state(), "rho": rho, "history": history}
+    return blocks[k], None, history, None, extra
+
+
+def run_parallel_phase(trainer, epochs: int, boss: BossConfig) -> list[dict[str, Any]]:
+    """``epochs`` parallel epochs of ``trainer`` in ``K`` processes; updates it in place."""
+    state = trainer.state_dict()
+    shard = {"config": state["config"], "x": trainer.x, "y": trainer.y,
+             "optimizers": state["optimizers"], "generator": state["generator"],
+             "rho": state["rho"], "z": trainer.aux.z, "lam": trainer.aux.lam,
+             "epoch": trainer.epoch}
+    stages = Stages(list(trainer.blocks), [None] * len(trainer.blocks))
+    out = run_stage_processes("hybrid parallel phase", stages, _block_process, boss, shard,
+                              epochs)
+    extras = out["extras"]
+    for k, extra in enumerate(extras):
+        trainer.opts[k].load_state_dict(extra["optimizer"])
+        if k < trainer.K - 1:
+            trainer.aux.z[k] = extra["z"]
+            if trainer.aux.lam is not None:
+                trainer.aux.lam[k] = extra["lam"]
+    trainer.gen.set_state(extras[0]["generator"])
+    trainer.rho = extras[0]["rho"]
+    records = []
+    for i in range(epochs):
+        per = [e["history"][i] for e in extras]
+        records.append({"epoch": per[0]["epoch"], "phase": "parallel", "rho": per[0]["rho"],
+                        "loss": per[-1]["loss"],
+                        "residuals": [p["residual"] for p in per[:-1]],
+                        "seconds": max(p["seconds"] for p in per),
+                        "stage_seconds": [p["seconds"] for p in per], "processes": len(per)})
+    total = sum(e["sent_bytes"] for e in extras)
+    trainer.ledger.add_bytes(total)
+    for r in records:  # the phase's bytes, spread evenly (epochs send alike)
+        r["bytes"] = total // epochs
+    return records

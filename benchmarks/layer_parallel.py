@@ -1,0 +1,212 @@
+"""Layer-parallel auxiliary-variable training vs backprop on Fashion-MNIST (papers C and D).
+
+    python -m benchmarks.layer_parallel [--quick]
+
+In one run, from the same initial weights, on the same training subset:
+
+- plain backprop (with augmentation) for the whole epoch budget;
+- the serial-parallel hybrid with the penalty and with the augmented-Lagrangian solver: the
+  parallel phase with one process per block (2 blocks: this machine has 2 cores), then the
+  serial correction phase with augmentation;
+- the same AL parallel phase run layer-serially in one process (the speedup's reference), and
+  its bytes per epoch without the downsampling filter (the filter's saving);
+- Stochastic Block-ADMM (batch mode) on the same ResNet blocks, and DeepFacto (a conv block, an
+  NMF block, a linear classifier) with its factorisation error and non-negativity.
+
+Last stdout line: JSON with ``acc_backprop``, ``acc_hybrid_penalty``, ``acc_hybrid_al``,
+``acc_block_admm``, ``bytes_ratio_filters`` and ``speedup_vs_layer_serial``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from benchmarks._common import RESULTS, git_commit, machine_info, thread_info
+
+
+def _accuracy(model, x, y) -> float:
+    with torch.no_grad():
+        return sum(int((model(x[i:i + 2000]).argmax(1) == y[i:i + 2000]).sum())
+                   for i in range(0, len(x), 2000)) / len(x)
+
+
+def plot(result: dict, path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+    ax = axes[0]
+    for name, run in result["runs"].items():
+        t, acc = [0.0], [run["initial_accuracy"]]
+        for h in run["history"]:
+            if "accuracy" in h:
+                t.append(t[-1] + h.get("phase_seconds", h["seconds"]))
+                acc.append(h["accuracy"])
+        ax.plot(t, acc, marker="o", label=name)
+    ax.set_xlabel("training seconds")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("accuracy per wall-clock")
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    for name, run in result["runs"].items():
+        res = [h["residuals"] for h in run["history"] if h.get("residuals")]
+        if res:
+            for k in range(len(res[0])):
+                ax.semilogy(range(1, len(res) + 1), [max(r[k], 1e-12) for r in res],
+                            marker=".", label=f"{name}, boundary {k + 1}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("relative constraint residual")
+    ax.set_title("constraint residuals")
+    ax.legend(fontsize=7)
+    ax = axes[2]
+    df = result["deepfacto"]["history"]
+    ax.plot(range(1, len(df) + 1), [h["nmf_reconstruction_error"] for h in df], marker="o",
+            label="NMF relative reconstruction error")
+    ax.plot(range(1, len(df) + 1), [h["loss"] for h in df], marker="s",
+            label="classifier loss (aux codes)")
+    ax.set_xlabel("epoch")
+    ax.set_title("DeepFacto (Block-ADMM)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.layer_parallel",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="4,000 images, narrow net (~3 min)")
+    p.add_argument("--images", type=int, default=12_000)
+    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--parallel-epochs", type=int, default=4)
+    p.add_argument("--serial-epochs", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.images, args.width, args.parallel_epochs, args.serial_epochs = 4000, 8, 3, 1
+    from autoassist.boss.block_admm import ADMMConfig, BlockADMM, NMFBlock
+    from autoassist.boss.hybrid import HybridConfig, HybridTrainer
+    from autoassist.boss.resnet import resnet_blocks
+    from autoassist.datasets import FashionMNIST
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # 1 thread per process: the parallel phase runs 2 of them
+    try:
+        train = FashionMNIST("train", limit=args.images)
+        test = FashionMNIST("test", limit=2000 if args.quick else None)
+        x, y, xt, yt = train.images, train.labels, test.images, test.labels
+        epochs = args.parallel_epochs + args.serial_epochs
+
+        def blocks():
+            with torch.random.fork_rng():
+                torch.manual_seed(args.seed)
+                return resnet_blocks(blocks=2, units_per_block=2, width=args.width)
+
+        def evaluate(model):
+            return _accuracy(model, xt, yt)
+
+        runs = {}
+        init_acc = evaluate(blocks())
+
+        def hybrid(name, solver, parallel, processes, filt=2, serial=None):
+            cfg = HybridConfig(solver=solver, parallel_epochs=parallel,
+                               serial_epochs=args.serial_epochs if serial is None else serial,
+                               batch_size=128, filter=filt, seed=args.seed)
+            t0 = time.perf_counter()
+            tr = HybridTrainer(blocks(), x, y, cfg)
+            setup = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            hist = tr.fit(evaluate=evaluate, progress=True, processes=processes)
+            total = time.perf_counter() - t0
+            phase = sum(h["seconds"] for h in hist if h["phase"] == "parallel")
+            if processes and parallel:  # one launch for the phase: its wall-clock as a whole
+                phase_wall = total - sum(h["seconds"] for h in hist if h["phase"] == "serial")
+                for h in hist:
+                    if h["phase"] == "parallel":
+                        h["phase_seconds"] = phase_wall / parallel
+                phase = phase_wall
+            runs[name] = {"history": hist, "seconds": total, "setup_seconds": setup,
+                          "parallel_phase_seconds": phase, "initial_accuracy": init_acc,
+                          "accuracy": hist[-1].get("accuracy"), "bytes": tr.ledger.bytes}
+            print(f"  {name:<24} accuracy {runs[name]['accuracy']:.4f} in {total:.1f} s "
+                  f"(parallel phase {phase:.1f} s, {tr.ledger.bytes / 1e6:.1f} MB exchanged)",
+                  flush=True)
+            return runs[name]
+
+        print(f"Fashion-MNIST: {len(x)} training images, {len(xt)} test; ResNet 2 blocks x 2 "
+              f"units, width {args.width}; {args.parallel_epochs} parallel + "
+              f"{args.serial_epochs} serial epochs")
+        hybrid("backprop", "penalty", 0, False, serial=epochs)
+        hybrid("hybrid_penalty", "penalty", args.parallel_epochs, True)
+        al = hybrid("hybrid_al", "al", args.parallel_epochs, True)
+        al_serial = hybrid("hybrid_al_layer_serial", "al", args.parallel_epochs, False)
+        nofilter = hybrid("al_no_filter_1_epoch", "al", 1, False, filt=None, serial=0)
+        per_epoch_filtered = al_serial["bytes"] / args.parallel_epochs
+        bytes_ratio = per_epoch_filtered / nofilter["bytes"]
+
+        admm = BlockADMM(blocks(), x, y, ADMMConfig(epochs=epochs, mode="batch",
+                                                    batch_size=128, seed=args.seed))
+        t0 = time.perf_counter()
+        admm_hist = admm.fit(evaluate=evaluate)
+        runs["block_admm"] = {"history": admm_hist, "seconds": time.perf_counter() - t0,
+                              "initial_accuracy": init_acc,
+                              "accuracy": admm_hist[-1]["accuracy"]}
+        print(f"  {'block_admm':<24} accuracy {runs['block_admm']['accuracy']:.4f} in "
+              f"{runs['block_admm']['seconds']:.1f} s", flush=True)
+
+        with torch.random.fork_rng():
+            torch.manual_seed(args.seed)
+            facto = nn.Sequential(
+                nn.Sequential(nn.Conv2d(1, 8, 3, stride=2, padding=1), nn.ReLU(),
+                              nn.MaxPool2d(2), nn.Flatten()),
+                NMFBlock(392, 24, seed=args.seed), nn.Sequential(nn.Linear(24, 10)))
+        df = BlockADMM(facto, x, y, ADMMConfig(epochs=epochs, batch_size=64, seed=args.seed))
+        df_hist = df.fit(evaluate=evaluate)
+        deepfacto = {"history": df_hist, "accuracy": df_hist[-1]["accuracy"],
+                     "reconstruction_error": df_hist[-1]["nmf_reconstruction_error"],
+                     "min_W": float(facto[1].W.min()),
+                     "min_code": min(h["nmf_min_code"] for h in df_hist)}
+        print(f"  deepfacto: accuracy {deepfacto['accuracy']:.4f}, NMF relative error "
+              f"{deepfacto['reconstruction_error']:.3f}, min W {deepfacto['min_W']:.3g}")
+    finally:
+        torch.set_num_threads(threads)
+    speedup = al_serial["parallel_phase_seconds"] / al["parallel_phase_seconds"]
+    headline = {
+        "acc_backprop": runs["backprop"]["accuracy"],
+        "acc_hybrid_penalty": runs["hybrid_penalty"]["accuracy"],
+        "acc_hybrid_al": runs["hybrid_al"]["accuracy"],
+        "acc_block_admm": runs["block_admm"]["accuracy"],
+        "acc_deepfacto": deepfacto["accuracy"],
+        "bytes_ratio_filters": bytes_ratio,
+        "speedup_vs_layer_serial": speedup,
+        "seconds_backprop": runs["backprop"]["seconds"],
+        "seconds_hybrid_al": runs["hybrid_al"]["seconds"],
+        "images": len(x), "epochs": epochs,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    name = "layer_parallel_quick" if args.quick else "layer_parallel"
+    result = {**headline, "runs": runs, "deepfacto": deepfacto,
+              "config": vars(args), "commit": git_commit(), "machine": machine_info(),
+              "threads": {**thread_info(), "per_process": 1}}
+    png = plot(result, RESULTS / f"{name}.png")
+    result["png"] = str(png) if png else None
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(f"wrote {path}" + (f" and {png}" if png else ""))
+    print(json.dumps(headline), flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    main()
