@@ -216,6 +216,29 @@ class BlockADMM:
                 residuals.append(float((r * r).sum() / (ref ** 2).sum().clamp_min(1e-12)))
         return new_z, new_u, loss, residuals
 
+    @torch.no_grad()
+    def constraints(self) -> dict[str, Any]:
+        """Batch mode, over every instance: relative residuals and the augmented Lagrangian."""
+        if self.cfg.mode != "batch" or self.K == 1:
+            return {}
+        num, den, lagrangian = [0.0] * (self.K - 1), [0.0] * (self.K - 1), 0.0
+        for start in range(0, len(self.x), 1024):
+            ids = torch.arange(start, min(start + 1024, len(self.x)))
+            inputs = [self.x[ids]] + [t[ids] for t in self.aux.z]
+            for k in range(self.K):
+                if k == self.K - 1:
+                    lagrangian += float(self._term(k, inputs[k], None, None, self.y[ids]))
+                    continue
+                u = self.aux.lam[k][ids]
+                r = self._residual(k, inputs[k], inputs[k + 1])
+                lagrangian += float(0.5 * self.cfg.rho * (((r + u) ** 2).sum() - (u * u).sum()))
+                ref = inputs[k].flatten(1) if isinstance(self.blocks[k], NMFBlock) \
+                    else inputs[k + 1]
+                num[k] += float((r * r).sum())
+                den[k] += float((ref * ref).sum())
+        return {"lagrangian": lagrangian / len(self.x),
+                "residuals_end": [n / max(d, 1e-12) for n, d in zip(num, den, strict=True)]}
+
     # -- epochs ---------------------------------------------------------------------------------
     def _dual_shape(self, k: int) -> tuple[int, ...]:
         if isinstance(self.blocks[k], NMFBlock):  # the NMF residual lives in input space
@@ -247,6 +270,7 @@ class BlockADMM:
                   "loss": sum(losses) / len(losses),
                   "residuals": [sum(r[k] for r in res) / len(res) for k in range(self.K - 1)],
                   "seconds": time.perf_counter() - t0}
+        record.update(self.constraints())  # measured after the epoch, outside its time
         nmf = [k for k, b in enumerate(self.blocks) if isinstance(b, NMFBlock)]
         if nmf:
             with torch.no_grad():

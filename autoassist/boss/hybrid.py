@@ -55,7 +55,9 @@ class HybridConfig:
     z_steps: int = 1
     inner_steps: int = 1
     filter: int | None = 2
-    augment: bool = True
+    augment: bool = True  # serial phase: random crops (2-pixel shifts)
+    flip: bool = False  # ... and horizontal flips: off, Fashion-MNIST's shoes all face left
+    clip: float | None = 2.0  # serial phase: gradient-norm clipping (None: off)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -70,18 +72,21 @@ class HybridConfig:
             raise ValueError("rho, lr, z_lr must be > 0 and rho_growth >= 1")
 
 
-def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 2) -> torch.Tensor:
-    """Random ``pad``-pixel shifts (crop of a zero-padded image) and horizontal flips."""
+def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 2, flip: bool = True
+            ) -> torch.Tensor:
+    """Random ``pad``-pixel shifts (crops) and, with ``flip``, horizontal flips. The border is
+    padded by replicating the edge (normalised images have a non-zero background)."""
     n, _, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad))
+    padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
     dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
     rows = (dy[:, None] + torch.arange(h)[None, :])  # [n, h]
     cols = (dx[:, None] + torch.arange(w)[None, :])  # [n, w]
     out = padded[torch.arange(n)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
     out = out.permute(0, 3, 1, 2)  # advanced indexing put the channel last
-    flip = torch.rand(n, generator=gen) < 0.5
-    out[flip] = out[flip].flip(-1)
+    flips = torch.rand(n, generator=gen) < 0.5
+    if flip:
+        out[flips] = out[flips].flip(-1)
     return out.contiguous()
 
 
@@ -189,6 +194,29 @@ class HybridTrainer:
                     self.aux.lam[k][ids] = lams[k] + self.rho * r
         return {"loss": loss, "residuals": residuals}
 
+    @torch.no_grad()
+    def constraints(self) -> dict[str, Any]:
+        """Over every instance, now: each boundary's relative constraint residual and the
+        objective (augmented Lagrangian for ``al``, penalty function for ``penalty``)."""
+        num = [0.0] * (self.K - 1)
+        den = [0.0] * (self.K - 1)
+        objective = 0.0
+        for start in range(0, len(self.x), 1024):
+            ids = torch.arange(start, min(start + 1024, len(self.x)))
+            x, y = self.x[ids], self.y[ids]
+            for k in range(self.K):
+                inp = x if k == 0 else self.filter.up(self.aux.z[k - 1][ids])
+                target = self.aux.z[k][ids] if k < self.K - 1 else None
+                lam = (self.aux.lam[k][ids] if self.aux.lam is not None and k < self.K - 1
+                       else None)
+                objective += float(self._term(k, inp, target, lam, y))
+                if k < self.K - 1:
+                    r = target - self.filter.down(self.blocks[k](inp))
+                    num[k] += float((r * r).sum())
+                    den[k] += float((target * target).sum())
+        return {"objective": objective / len(self.x),
+                "residuals_end": [n / max(d, 1e-12) for n, d in zip(num, den, strict=True)]}
+
     # -- epochs ---------------------------------------------------------------------------------
     def _order(self) -> torch.Tensor:
         return torch.randperm(len(self.x), generator=self.gen)
@@ -205,11 +233,21 @@ class HybridTrainer:
                   "loss": sum(losses) / len(losses),
                   "residuals": [sum(r[k] for r in res) / len(res) for k in range(self.K - 1)],
                   "bytes": self.ledger.bytes - before, "seconds": time.perf_counter() - t0}
+        record.update(self.constraints())  # measured after the epoch, outside its time
         self.rho *= self.cfg.rho_growth
         return record
 
     def serial_epoch(self) -> dict[str, Any]:
-        """End-to-end backprop on the plain network (no filter), with augmentation."""
+        """End-to-end backprop on the plain network (no filter), with augmentation.
+
+        The phase starts with fresh optimiser states (momentum gathered on the parallel phase's
+        sub-problems points elsewhere) and clips gradient norms: the network the parallel phase
+        leaves is sharp, and shifted images gave gradients 20x their usual size, which made the
+        first serial epoch diverge without clipping.
+        """
+        if self.epoch == self.cfg.parallel_epochs:
+            self.opts = [torch.optim.SGD(b.parameters(), lr=self.cfg.lr,
+                                         momentum=self.cfg.momentum) for b in self.blocks]
         t0 = time.perf_counter()
         order = self._order()
         losses = []
@@ -217,11 +255,13 @@ class HybridTrainer:
             ids = order[start:start + self.cfg.batch_size]
             x = self.x[ids]
             if self.cfg.augment:
-                x = augment(x, self.gen)
+                x = augment(x, self.gen, flip=self.cfg.flip)
             loss = F.cross_entropy(self.blocks(x), self.y[ids])
             for opt in self.opts:
                 opt.zero_grad(set_to_none=True)
             loss.backward()
+            if self.cfg.clip is not None:  # the parallel phase leaves a sharp network:
+                torch.nn.utils.clip_grad_norm_(self.blocks.parameters(), self.cfg.clip)
             for opt in self.opts:
                 opt.step()
             losses.append(float(loss.detach()))
@@ -246,6 +286,9 @@ class HybridTrainer:
             boss = BossConfig(epochs=epochs, optimizer=torch.optim.SGD, threads=1,
                               timeout_s=timeout_s, progress=False)
             records = run_parallel_phase(self, epochs, boss)
+            rho, self.rho = self.rho, records[-1]["rho"]  # the last epoch's weight
+            records[-1].update(self.constraints())
+            self.rho = rho
             if evaluate is not None:
                 records[-1]["accuracy"] = evaluate(self.blocks)
             self.history.extend(records)
