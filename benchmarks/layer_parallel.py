@@ -10,7 +10,8 @@ In one run, from the same initial weights, on the same training subset:
   serial correction phase with augmentation;
 - the same AL parallel phase run layer-serially in one process (the speedup's reference), and
   its bytes per epoch without the downsampling filter (the filter's saving);
-- Stochastic Block-ADMM (batch mode) on the same ResNet blocks, and DeepFacto (a conv block, an
+- Stochastic Block-ADMM (batch mode) on the same ResNet blocks, in one process and with one
+  process per block, and DeepFacto (a conv block, an
   NMF block, a linear classifier) with its factorisation error and non-negativity.
 
 Last stdout line: JSON with ``acc_backprop``, ``acc_hybrid_penalty``, ``acc_hybrid_al``,
@@ -61,7 +62,7 @@ def plot(result: dict, path: Path) -> Path | None:
     ax.legend(fontsize=8)
     ax = axes[1]
     for name, run in result["runs"].items():
-        if name in ("hybrid_al", "hybrid_penalty"):  # curves: the identical layer-serial runs
+        if name in ("hybrid_al", "hybrid_penalty", "block_admm_processes"):  # identical runs
             continue
         res = [h["residuals_end"] for h in run["history"] if h.get("residuals_end")]
         if res:
@@ -168,6 +169,18 @@ def main(argv=None) -> dict:
                               "accuracy": admm_hist[-1]["accuracy"]}
         print(f"  {'block_admm':<24} accuracy {runs['block_admm']['accuracy']:.4f} in "
               f"{runs['block_admm']['seconds']:.1f} s", flush=True)
+        admm_p = BlockADMM(blocks(), x, y, ADMMConfig(epochs=epochs, mode="batch",
+                                                      batch_size=128, seed=args.seed))
+        t0 = time.perf_counter()
+        admm_p_hist = admm_p.fit(evaluate=evaluate, processes=True)
+        wall = time.perf_counter() - t0
+        for h in admm_p_hist:
+            h["phase_seconds"] = wall / len(admm_p_hist)
+        runs["block_admm_processes"] = {"history": admm_p_hist, "seconds": wall,
+                                        "initial_accuracy": init_acc,
+                                        "accuracy": admm_p_hist[-1]["accuracy"]}
+        print(f"  {'block_admm_processes':<24} accuracy "
+              f"{runs['block_admm_processes']['accuracy']:.4f} in {wall:.1f} s", flush=True)
 
         with torch.random.fork_rng():
             torch.manual_seed(args.seed)
@@ -191,6 +204,8 @@ def main(argv=None) -> dict:
         return [h["seconds"] for h in run["history"] if h["phase"] == "parallel"]
 
     per_epoch = sum(epoch_seconds(al_serial)) / sum(epoch_seconds(al))
+    admm_epochs = [h["seconds"] for h in runs["block_admm"]["history"]]
+    admm_p_epochs = [h["seconds"] for h in runs["block_admm_processes"]["history"]]
     headline = {
         "acc_backprop": runs["backprop"]["accuracy"],
         "acc_hybrid_penalty": runs["hybrid_penalty"]["accuracy"],
@@ -201,6 +216,9 @@ def main(argv=None) -> dict:
         "speedup_vs_layer_serial": speedup,
         "speedup_per_epoch_vs_layer_serial": per_epoch,
         "launch_seconds": al["parallel_phase_seconds"] - sum(epoch_seconds(al)),
+        "admm_speedup_per_epoch_processes": sum(admm_epochs) / sum(admm_p_epochs),
+        "admm_speedup_processes": runs["block_admm"]["seconds"]
+        / runs["block_admm_processes"]["seconds"],
         "seconds_backprop": runs["backprop"]["seconds"],
         "seconds_hybrid_al": runs["hybrid_al"]["seconds"],
         "images": len(x), "epochs": epochs,

@@ -191,3 +191,32 @@ def test_one_process_per_block_equals_the_layer_serial_sweeps(data, one_thread, 
     assert [h["residuals"] for h in serial.history] == \
         [h["residuals"] for h in parallel.history]
     assert parallel.history[-1]["processes"] == 3 and parallel.rho == serial.rho
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["batch", "online"])
+def test_block_admm_with_one_process_per_block_equals_one_process(data, one_thread, mode):
+    """3 processes (conv block, NMF block, classifier): the same numbers as BlockADMM."""
+    x, y, _, _ = data
+    x, y = x[:256], y[:256]
+
+    def facto():
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            return nn.Sequential(
+                nn.Sequential(nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.ReLU(),
+                              nn.MaxPool2d(2), nn.Flatten()),
+                NMFBlock(196, 12, seed=0), nn.Sequential(nn.Linear(12, 10)))
+
+    cfg = ADMMConfig(epochs=2, mode=mode, iters=2, z_steps=2, batch_size=64, seed=3)
+    one = BlockADMM(facto(), x, y, cfg)
+    one.fit(progress=False)
+    many = BlockADMM(facto(), x, y, cfg)
+    many.fit(progress=False, processes=True, timeout_s=120)
+    for (name, a), b in zip(one.blocks.state_dict().items(),
+                            many.blocks.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    for a, b in zip(one.aux.z + one.aux.lam, many.aux.z + many.aux.lam, strict=True):
+        assert torch.equal(a, b)
+    assert [h["residuals"] for h in one.history] == [h["residuals"] for h in many.history]
+    assert many.history[-1]["processes"] == 3 and many.history[-1]["bytes"] > 0

@@ -165,55 +165,79 @@ class BlockADMM:
             return inp.flatten(1).clamp_min(0) - z @ block.W
         return z - block(inp)
 
+    # -- one iteration, block by block (the process-per-block schedule calls the same pieces) --
+    def block_step(self, k: int, inp: torch.Tensor, zk, uk, y: torch.Tensor) -> float | None:
+        """Block k's own update (SGD step, or the NMF block's multiplicative W step); the last
+        block returns its mean loss."""
+        block, B = self.blocks[k], len(y)
+        if isinstance(block, NMFBlock):  # multiplicative step: W stays >= 0
+            block.update_W((inp.flatten(1).clamp_min(0) + uk).clamp_min(0), zk)
+            return None
+        term = self._term(k, inp, zk, uk, y)
+        scale = B if k == self.K - 1 else B * zk[0].numel()  # step size free of state size
+        self.opts[k].zero_grad(set_to_none=True)
+        (term / scale).backward()
+        self.opts[k].step()
+        return float(term.detach()) / B if k == self.K - 1 else None
+
+    def input_grad(self, k: int, iterate: torch.Tensor, zk, uk, y: torch.Tensor) -> torch.Tensor:
+        """d(block k's term)/d(its input) at ``iterate``: what block k tells block k-1."""
+        iterate = iterate.detach().requires_grad_(True)
+        return torch.autograd.grad(self._term(k, iterate, zk, uk, y), iterate)[0]
+
+    def pre_step(self, k: int, inp: torch.Tensor, zk: torch.Tensor, uk) -> torch.Tensor:
+        """NMF codes: multiplicative steps on their own term (>= 0, fast); others: unchanged."""
+        if not isinstance(self.blocks[k], NMFBlock):
+            return zk
+        with torch.no_grad():
+            target = (inp.flatten(1).clamp_min(0) + uk).clamp_min(0)
+            return self.blocks[k].codes(target, c=zk.clamp_min(1e-8),
+                                        iters=self.cfg.nmf_code_iters)
+
+    def z_step(self, k: int, inp: torch.Tensor, zk: torch.Tensor, uk, y: torch.Tensor,
+               g_next: torch.Tensor) -> torch.Tensor:
+        """``z_k``'s gradient step: its own term's gradient (NMF: projection instead) plus the
+        next block's ``g_next``."""
+        step = self.cfg.z_lr / self.cfg.rho
+        if isinstance(self.blocks[k], NMFBlock):
+            return (zk - step * g_next).clamp_min(0).detach()  # projected: codes stay >= 0
+        zk = zk.detach().requires_grad_(True)
+        g_own = torch.autograd.grad(self._term(k, inp, zk, uk, y), zk)[0]
+        return (zk - step * (g_own + g_next)).detach()
+
+    @torch.no_grad()
+    def dual_step(self, k: int, inp: torch.Tensor, zk: torch.Tensor, uk
+                  ) -> tuple[torch.Tensor, float]:
+        r = self._residual(k, inp, zk)
+        ref = inp.flatten(1) if isinstance(self.blocks[k], NMFBlock) else zk
+        return uk + r, float((r * r).sum() / (ref ** 2).sum().clamp_min(1e-12))
+
     def iteration(self, x, y, z: list[torch.Tensor], u: list[torch.Tensor]
                   ) -> tuple[list[torch.Tensor], list[torch.Tensor], float, list[float]]:
         """One ADMM iteration on a batch; returns the new ``z``, ``u``, loss and residuals."""
-        B = len(y)
+        K = self.K
         inputs = [x] + z
-        loss, residuals = 0.0, []
-        for k in range(self.K):  # block updates: independent of each other
-            block = self.blocks[k]
-            if isinstance(block, NMFBlock):  # multiplicative step: W stays >= 0
-                block.update_W((inputs[k].flatten(1).clamp_min(0) + u[k]).clamp_min(0), z[k])
-                continue
-            term = self._term(k, inputs[k], z[k] if k < self.K - 1 else None,
-                              u[k] if k < self.K - 1 else None, y)
-            if k == self.K - 1:
-                loss = float(term.detach()) / B
-            scale = B if k == self.K - 1 else B * z[k][0].numel()  # step size free of state size
-            self.opts[k].zero_grad(set_to_none=True)
-            (term / scale).backward()
-            self.opts[k].step()
+        own = [(z[k], u[k]) if k < K - 1 else (None, None) for k in range(K)]
+        loss = 0.0
+        for k in range(K):  # block updates: independent of each other
+            out = self.block_step(k, inputs[k], *own[k], y)
+            if out is not None:
+                loss = out
         new_z = []
-        for k in range(self.K - 1):  # auxiliary variables: steps on the two terms of each
+        for k in range(K - 1):  # auxiliary variables: steps on the two terms of each
             zk = z[k].clone()
-            nmf = isinstance(self.blocks[k], NMFBlock)
             for _ in range(self.cfg.z_steps):
-                if nmf:  # own term: multiplicative NMF steps (stay >= 0, converge fast)
-                    with torch.no_grad():
-                        target = (inputs[k].flatten(1).clamp_min(0) + u[k]).clamp_min(0)
-                        zk = self.blocks[k].codes(target, c=zk.clamp_min(1e-8),
-                                                  iters=self.cfg.nmf_code_iters)
-                zk.requires_grad_(True)
-                total = self._term(k + 1, zk, z[k + 1] if k + 1 < self.K - 1 else None,
-                                   u[k + 1] if k + 1 < self.K - 1 else None, y)
-                if not nmf:
-                    total = total + self._term(k, inputs[k], zk, u[k], y)
-                g = torch.autograd.grad(total, zk)[0]
-                with torch.no_grad():
-                    zk = zk - self.cfg.z_lr / self.cfg.rho * g
-                    if nmf:
-                        zk = zk.clamp_min(0)  # projected: codes stay >= 0
-            new_z.append(zk.detach())
+                zk = self.pre_step(k, inputs[k], zk, u[k])
+                g_next = self.input_grad(k + 1, zk, *own[k + 1], y)
+                zk = self.z_step(k, inputs[k], zk, u[k], y, g_next)
+            new_z.append(zk)
         for p in self.blocks.parameters():
             p.grad = None
-        new_u = []
-        with torch.no_grad():
-            for k in range(self.K - 1):  # dual ascent on the new residuals
-                r = self._residual(k, inputs[k], new_z[k])
-                new_u.append(u[k] + r)
-                ref = inputs[k].flatten(1) if isinstance(self.blocks[k], NMFBlock) else new_z[k]
-                residuals.append(float((r * r).sum() / (ref ** 2).sum().clamp_min(1e-12)))
+        new_u, residuals = [], []
+        for k in range(K - 1):  # dual ascent on the new residuals
+            uk, r = self.dual_step(k, inputs[k], new_z[k], u[k])
+            new_u.append(uk)
+            residuals.append(r)
         return new_z, new_u, loss, residuals
 
     @torch.no_grad()
@@ -284,9 +308,29 @@ class BlockADMM:
                 record["nmf_min_code"] = float(c.min())
         return record
 
-    def fit(self, evaluate=None, progress: bool = True,
-            checkpoint: str | Path | None = None) -> list[dict[str, Any]]:
+    def fit(self, evaluate=None, progress: bool = True, checkpoint: str | Path | None = None,
+            processes: bool = False, timeout_s: float = 300.0) -> list[dict[str, Any]]:
+        """Run the remaining epochs. ``processes=True``: one process per block
+        (``block_admm_parallel.py``; identical numbers), as one launch: evaluation, constraints
+        and the checkpoint follow the whole run."""
         from tqdm.auto import tqdm
+
+        if processes and self.K > 1 and self.epoch < self.cfg.epochs:
+            from autoassist.boss.block_admm_parallel import run_parallel
+            from autoassist.boss.config import BossConfig
+
+            epochs = self.cfg.epochs - self.epoch
+            boss = BossConfig(epochs=epochs, optimizer=torch.optim.SGD, threads=1,
+                              timeout_s=timeout_s, progress=False)
+            records = run_parallel(self, epochs, boss)
+            records[-1].update(self.constraints())
+            if evaluate is not None:
+                records[-1]["accuracy"] = evaluate(self.blocks)
+            self.history.extend(records)
+            self.epoch += epochs
+            if checkpoint is not None:
+                self.save(checkpoint)
+            return self.history
 
         for _ in tqdm(range(self.epoch, self.cfg.epochs), desc=f"block-admm ({self.cfg.mode})",
                       disable=not progress, leave=False):
