@@ -14,6 +14,10 @@ Schedules, one file each: ``backprop`` (baseline), ``sequential_greedy`` (local 
 process), ``local_parallel`` (local losses, one process per stage), ``async_model_parallel``
 (full backprop across stage processes, bounded staleness). All share one checkpoint
 layout (``checkpoint.py``).
+
+Auxiliary-variable solvers, over the same launcher: ``hybrid.HybridTrainer`` (paper C: penalty /
+augmented Lagrangian, parallel then serial phase) and ``block_admm.BlockADMM`` (paper D,
+DeepFacto's ``NMFBlock``), each with ``fit(processes=True)`` for one process per block.
 """
 
 from __future__ import annotations
