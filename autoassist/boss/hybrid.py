@@ -285,7 +285,11 @@ class HybridTrainer:
             epochs = self.cfg.parallel_epochs - self.epoch
             boss = BossConfig(epochs=epochs, optimizer=torch.optim.SGD, threads=1,
                               timeout_s=timeout_s, progress=False)
+            t0 = time.perf_counter()
             records = run_parallel_phase(self, epochs, boss)
+            wall = time.perf_counter() - t0  # launch included, measurements below excluded
+            for r in records:
+                r["phase_wall_seconds"] = wall
             rho, self.rho = self.rho, records[-1]["rho"]  # the last epoch's weight
             records[-1].update(self.constraints())
             self.rho = rho
