@@ -18,13 +18,14 @@ single-process ``BlockADMM`` (tested).
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from autoassist.boss.block_processes import epoch_records, launch, restore
 from autoassist.boss.config import BossConfig
-from autoassist.boss.launch import run_stage_processes
 from autoassist.boss.stages import Stages
 
 TAG_Z, TAG_GRAD, TAG_ITERATE, TAG_FORWARD = 20, 21, 22, 23
@@ -130,30 +131,14 @@ def _block_process(rank: int, world: int, stages: Stages, cfg: BossConfig,
     return me.blocks[k], None, history, None, extra
 
 
-def run_parallel(admm, epochs: int, boss: BossConfig) -> list[dict[str, Any]]:
+def run_parallel(admm, epochs: int, timeout_s: float) -> list[dict[str, Any]]:
     """``epochs`` epochs of ``admm`` with one process per block; updates it in place."""
-    st = admm.state_dict()
-    K = admm.K
     shapes = [tuple(t.shape[1:]) for t in admm.aux.z]  # (online mode: empty tables, shapes)
-    shard = {"config": st["config"], "x": admm.x, "y": admm.y, "optimizers": st["optimizers"],
-             "generator": st["generator"], "z": admm.aux.z, "lam": admm.aux.lam,
+    shard = {"config": asdict(admm.cfg), "x": admm.x, "y": admm.y,
+             "optimizers": [None if o is None else o.state_dict() for o in admm.opts],
+             "generator": admm.gen.get_state(), "z": admm.aux.z, "lam": admm.aux.lam,
              "epoch": admm.epoch, "shapes": shapes,
-             "dual_shapes": [admm._dual_shape(k) for k in range(K - 1)]}
-    stages = Stages(list(admm.blocks), [None] * K)
-    out = run_stage_processes("block-admm", stages, _block_process, boss, shard, epochs)
-    extras = out["extras"]
-    for k, extra in enumerate(extras):
-        if admm.opts[k] is not None:
-            admm.opts[k].load_state_dict(extra["optimizer"])
-        if admm.cfg.mode == "batch" and k < K - 1:
-            admm.aux.z[k], admm.aux.lam[k] = extra["z"], extra["lam"]
-    admm.gen.set_state(extras[0]["generator"])
-    records = []
-    for i in range(epochs):
-        per = [e["history"][i] for e in extras]
-        records.append({"epoch": per[0]["epoch"], "mode": admm.cfg.mode, "loss": per[-1]["loss"],
-                        "residuals": [p["residual"] for p in per[:-1]],
-                        "seconds": max(p["seconds"] for p in per),
-                        "stage_seconds": [p["seconds"] for p in per], "processes": K,
-                        "bytes": sum(e["sent_bytes"] for e in extras) // epochs})
-    return records
+             "dual_shapes": [admm._dual_shape(k) for k in range(admm.K - 1)]}
+    extras, wall = launch("block-admm", admm, _block_process, shard, epochs, timeout_s)
+    restore(admm, extras, tables=admm.cfg.mode == "batch")
+    return epoch_records(extras, epochs, wall, mode=admm.cfg.mode)

@@ -13,15 +13,25 @@ from typing import Any
 import torch
 
 
-def save_stage(directory: str | os.PathLike, k: int, stage, head, optimizer, epoch: int) -> Path:
-    path = Path(directory) / f"stage{k}.pt"
+def save_atomic(state: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` through a temporary file: a crash mid-save leaves the previous one whole."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save({"epoch": epoch, "stage": stage.state_dict(),
-                "head": None if head is None else head.state_dict(),
-                "optimizer": optimizer.state_dict()}, tmp)
-    os.replace(tmp, path)  # a crash mid-save leaves the previous checkpoint whole
+    torch.save(state, tmp)
+    os.replace(tmp, path)
     return path
+
+
+def load_own(path: str | os.PathLike) -> Any:
+    """A state file this library wrote itself (it holds more than tensors)."""
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def save_stage(directory: str | os.PathLike, k: int, stage, head, optimizer, epoch: int) -> Path:
+    return save_atomic({"epoch": epoch, "stage": stage.state_dict(),
+                        "head": None if head is None else head.state_dict(),
+                        "optimizer": optimizer.state_dict()}, Path(directory) / f"stage{k}.pt")
 
 
 def load_stage(directory: str | os.PathLike, k: int, stage, head, optimizer) -> int:
@@ -39,17 +49,13 @@ def load_stage(directory: str | os.PathLike, k: int, stage, head, optimizer) -> 
 
 def save_loader(directory: str | os.PathLike, loader) -> None:
     if hasattr(loader, "state_dict"):
-        path = Path(directory) / "loader.pt"
-        tmp = path.with_suffix(".tmp")
-        torch.save(loader.state_dict(), tmp)
-        os.replace(tmp, path)
+        save_atomic(loader.state_dict(), Path(directory) / "loader.pt")
 
 
 def load_loader(directory: str | os.PathLike, loader) -> None:
     path = Path(directory) / "loader.pt"
     if path.is_file() and hasattr(loader, "load_state_dict"):
-        state: Any = torch.load(path, map_location="cpu", weights_only=False)  # our own file
-        loader.load_state_dict(state)
+        loader.load_state_dict(load_own(path))
 
 
 def finished_epochs(directory: str | os.PathLike | None, k: int = 0) -> int:

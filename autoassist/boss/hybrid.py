@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autoassist.boss import checkpoint as ckpt
 from autoassist.boss.aux_vars import AuxTables, ByteLedger
 from autoassist.boss.filters import make_filter
 
@@ -279,17 +280,10 @@ class HybridTrainer:
         from tqdm.auto import tqdm
 
         if processes and self.epoch < self.cfg.parallel_epochs and self.K > 1:
-            from autoassist.boss.config import BossConfig
             from autoassist.boss.hybrid_parallel import run_parallel_phase
 
             epochs = self.cfg.parallel_epochs - self.epoch
-            boss = BossConfig(epochs=epochs, optimizer=torch.optim.SGD, threads=1,
-                              timeout_s=timeout_s, progress=False)
-            t0 = time.perf_counter()
-            records = run_parallel_phase(self, epochs, boss)
-            wall = time.perf_counter() - t0  # launch included, measurements below excluded
-            for r in records:
-                r["phase_wall_seconds"] = wall
+            records = run_parallel_phase(self, epochs, timeout_s)  # timed: launch, no checks
             rho, self.rho = self.rho, records[-1]["rho"]  # the last epoch's weight
             records[-1].update(self.constraints())
             self.rho = rho
@@ -333,11 +327,7 @@ class HybridTrainer:
         self.history = list(state["history"])
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(self.state_dict(), tmp)
-        tmp.replace(path)
+        ckpt.save_atomic(self.state_dict(), path)
 
     def load(self, path: str | Path) -> None:
-        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=False))
+        self.load_state_dict(ckpt.load_own(path))

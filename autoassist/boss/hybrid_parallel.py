@@ -19,13 +19,14 @@ to the single-process sweep (tested), and the bytes each process sends are count
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from autoassist.boss.block_processes import epoch_records, launch, restore
 from autoassist.boss.config import BossConfig
-from autoassist.boss.launch import run_stage_processes
 from autoassist.boss.stages import Stages
 
 TAG_Z, TAG_GRAD, TAG_ITERATE = 10, 11, 12
@@ -134,35 +135,19 @@ def _block_process(rank: int, world: int, stages: Stages, cfg: BossConfig,
     return blocks[k], None, history, None, extra
 
 
-def run_parallel_phase(trainer, epochs: int, boss: BossConfig) -> list[dict[str, Any]]:
+def run_parallel_phase(trainer, epochs: int, timeout_s: float) -> list[dict[str, Any]]:
     """``epochs`` parallel epochs of ``trainer`` in ``K`` processes; updates it in place."""
-    state = trainer.state_dict()
-    shard = {"config": state["config"], "x": trainer.x, "y": trainer.y,
-             "optimizers": state["optimizers"], "generator": state["generator"],
-             "rho": state["rho"], "z": trainer.aux.z, "lam": trainer.aux.lam,
-             "epoch": trainer.epoch}
-    stages = Stages(list(trainer.blocks), [None] * len(trainer.blocks))
-    out = run_stage_processes("hybrid parallel phase", stages, _block_process, boss, shard,
-                              epochs)
-    extras = out["extras"]
-    for k, extra in enumerate(extras):
-        trainer.opts[k].load_state_dict(extra["optimizer"])
-        if k < trainer.K - 1:
-            trainer.aux.z[k] = extra["z"]
-            if trainer.aux.lam is not None:
-                trainer.aux.lam[k] = extra["lam"]
-    trainer.gen.set_state(extras[0]["generator"])
+    shard = {"config": asdict(trainer.cfg), "x": trainer.x, "y": trainer.y,
+             "optimizers": [o.state_dict() for o in trainer.opts],
+             "generator": trainer.gen.get_state(), "rho": trainer.rho, "z": trainer.aux.z,
+             "lam": trainer.aux.lam, "epoch": trainer.epoch}
+    extras, wall = launch("hybrid parallel phase", trainer, _block_process, shard, epochs,
+                          timeout_s)
+    restore(trainer, extras, tables=True)
     trainer.rho = extras[0]["rho"]
-    records = []
-    for i in range(epochs):
-        per = [e["history"][i] for e in extras]
-        records.append({"epoch": per[0]["epoch"], "phase": "parallel", "rho": per[0]["rho"],
-                        "loss": per[-1]["loss"],
-                        "residuals": [p["residual"] for p in per[:-1]],
-                        "seconds": max(p["seconds"] for p in per),
-                        "stage_seconds": [p["seconds"] for p in per], "processes": len(per)})
-    total = sum(e["sent_bytes"] for e in extras)
-    trainer.ledger.add_bytes(total)
-    for r in records:  # the phase's bytes, spread evenly (epochs send alike)
-        r["bytes"] = total // epochs
+    trainer.ledger.add_bytes(sum(e["sent_bytes"] for e in extras))
+    rhos = [h["rho"] for h in extras[0]["history"]]
+    records = epoch_records(extras, epochs, wall, phase="parallel")
+    for r, rho in zip(records, rhos, strict=True):
+        r["rho"] = rho
     return records
