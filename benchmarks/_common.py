@@ -8,9 +8,20 @@ from typing import Any
 
 from autoassist.provenance import git_commit, machine_info, thread_info
 
-__all__ = ["RESULTS", "git_commit", "machine_info", "thread_info", "write_result"]
+__all__ = ["RESULTS", "git_commit", "machine_info", "repo_path", "thread_info", "write_result"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = RESULTS.parent.parent
+
+
+def repo_path(path: Path | None) -> str | None:
+    """``path`` relative to the repository root: results files carry no machine paths."""
+    if path is None:
+        return None
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
 
 
 def write_result(name: str, result: dict[str, Any]) -> Path:

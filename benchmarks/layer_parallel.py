@@ -10,9 +10,12 @@ In one run, from the same initial weights, on the same training subset:
   serial correction phase with augmentation;
 - the same AL parallel phase run layer-serially in one process (the speedup's reference), and
   its bytes per epoch without the downsampling filter (the filter's saving);
+- the WideResNet variant (``--widen`` times the channels): backprop and the AL hybrid, its
+  parallel phase with one process per block and layer-serially;
 - Stochastic Block-ADMM (batch mode) on the same ResNet blocks, in one process and with one
-  process per block, and DeepFacto (a conv block, an
-  NMF block, a linear classifier) with its factorisation error and non-negativity.
+  process per block, and DeepFacto (a conv block, an NMF block, a linear classifier) with its
+  factorisation error, non-negativity and the class selectivity of its codes, against the
+  same network trained by backprop with a ReLU layer in the NMF layer's place.
 
 Last stdout line: JSON with ``acc_backprop``, ``acc_hybrid_penalty``, ``acc_hybrid_al``,
 ``acc_block_admm``, ``bytes_ratio_filters`` and ``speedup_vs_layer_serial`` (the parallel
@@ -30,7 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from benchmarks._common import RESULTS, git_commit, machine_info, thread_info
+from benchmarks._common import RESULTS, git_commit, machine_info, repo_path, thread_info
 
 
 def _accuracy(model, x, y) -> float:
@@ -47,7 +50,7 @@ def plot(result: dict, path: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+    fig, axes = plt.subplots(1, 4, figsize=(21, 4.2))
     ax = axes[0]
     for name, run in result["runs"].items():
         t, acc = [0.0], [run["initial_accuracy"]]
@@ -62,7 +65,8 @@ def plot(result: dict, path: Path) -> Path | None:
     ax.legend(fontsize=8)
     ax = axes[1]
     for name, run in result["runs"].items():
-        if name in ("hybrid_al", "hybrid_penalty", "block_admm_processes"):  # identical runs
+        if name in ("hybrid_al", "hybrid_penalty", "hybrid_al_wide",
+                    "block_admm_processes"):  # identical to their layer-serial runs
             continue
         res = [h["residuals_end"] for h in run["history"] if h.get("residuals_end")]
         if res:
@@ -74,6 +78,16 @@ def plot(result: dict, path: Path) -> Path | None:
     ax.set_title("constraint residuals after each epoch")
     ax.legend(fontsize=7)
     ax = axes[2]
+    for name, run in result["runs"].items():
+        key = "objective" if name.endswith("layer_serial") else "lagrangian"
+        values = [h[key] for h in run["history"] if key in h]
+        if len(values) > 1:
+            ax.plot(range(1, len(values) + 1), values, marker=".", label=name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("per instance, all instances")
+    ax.set_title("augmented Lagrangian after each epoch")
+    ax.legend(fontsize=7)
+    ax = axes[3]
     df = result["deepfacto"]["history"]
     ax.plot(range(1, len(df) + 1), [h["nmf_reconstruction_error"] for h in df], marker="o",
             label="NMF relative reconstruction error")
@@ -91,9 +105,10 @@ def plot(result: dict, path: Path) -> Path | None:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(prog="python -m benchmarks.layer_parallel",
                                 description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="4,000 images, narrow net (~3 min)")
+    p.add_argument("--quick", action="store_true", help="4,000 images, narrow net (~4 min)")
     p.add_argument("--images", type=int, default=12_000)
     p.add_argument("--width", type=int, default=16)
+    p.add_argument("--widen", type=int, default=2, help="WideResNet: this many times --width")
     p.add_argument("--parallel-epochs", type=int, default=4)
     p.add_argument("--serial-epochs", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
@@ -101,6 +116,7 @@ def main(argv=None) -> dict:
     if args.quick:
         args.images, args.width, args.parallel_epochs, args.serial_epochs = 4000, 8, 3, 1
     from autoassist.boss.block_admm import ADMMConfig, BlockADMM, NMFBlock
+    from autoassist.boss.disentangling import class_selectivity, sparsity
     from autoassist.boss.hybrid import HybridConfig, HybridTrainer
     from autoassist.boss.resnet import resnet_blocks
     from autoassist.datasets import FashionMNIST
@@ -113,10 +129,10 @@ def main(argv=None) -> dict:
         x, y, xt, yt = train.images, train.labels, test.images, test.labels
         epochs = args.parallel_epochs + args.serial_epochs
 
-        def blocks():
+        def blocks(width=args.width):
             with torch.random.fork_rng():
                 torch.manual_seed(args.seed)
-                return resnet_blocks(blocks=2, units_per_block=2, width=args.width)
+                return resnet_blocks(blocks=2, units_per_block=2, width=width)
 
         def evaluate(model):
             return _accuracy(model, xt, yt)
@@ -124,12 +140,12 @@ def main(argv=None) -> dict:
         runs = {}
         init_acc = evaluate(blocks())
 
-        def hybrid(name, solver, parallel, processes, filt=2, serial=None):
+        def hybrid(name, solver, parallel, processes, filt=2, serial=None, width=args.width):
             cfg = HybridConfig(solver=solver, parallel_epochs=parallel,
                                serial_epochs=args.serial_epochs if serial is None else serial,
                                batch_size=128, filter=filt, seed=args.seed)
             t0 = time.perf_counter()
-            tr = HybridTrainer(blocks(), x, y, cfg)
+            tr = HybridTrainer(blocks(width), x, y, cfg)
             setup = time.perf_counter() - t0
             t0 = time.perf_counter()
             hist = tr.fit(evaluate=evaluate, progress=True, processes=processes)
@@ -142,7 +158,9 @@ def main(argv=None) -> dict:
                         h["phase_seconds"] = phase_wall / parallel
                 phase = phase_wall
             runs[name] = {"history": hist, "seconds": total, "setup_seconds": setup,
-                          "parallel_phase_seconds": phase, "initial_accuracy": init_acc,
+                          "parallel_phase_seconds": phase, "width": width,
+                          "initial_accuracy": init_acc if width == args.width
+                          else evaluate(blocks(width)),
                           "accuracy": hist[-1].get("accuracy"), "bytes": tr.ledger.bytes}
             print(f"  {name:<24} accuracy {runs[name]['accuracy']:.4f} in {total:.1f} s "
                   f"(parallel phase {phase:.1f} s, {tr.ledger.bytes / 1e6:.1f} MB exchanged)",
@@ -158,6 +176,12 @@ def main(argv=None) -> dict:
         al_serial = hybrid("hybrid_al_layer_serial", "al", args.parallel_epochs, False)
         nofilter = hybrid("al_no_filter_1_epoch", "al", 1, False, filt=None, serial=0)
         per_epoch_filtered = al_serial["bytes"] / args.parallel_epochs
+        wide = args.width * args.widen
+        print(f"WideResNet variant: width {wide}")
+        hybrid("backprop_wide", "penalty", 0, False, serial=epochs, width=wide)
+        al_wide = hybrid("hybrid_al_wide", "al", args.parallel_epochs, True, width=wide)
+        al_wide_serial = hybrid("hybrid_al_wide_layer_serial", "al", args.parallel_epochs, False,
+                                width=wide)
         bytes_ratio = per_epoch_filtered / nofilter["bytes"]
 
         admm = BlockADMM(blocks(), x, y, ADMMConfig(epochs=epochs, mode="batch",
@@ -183,20 +207,41 @@ def main(argv=None) -> dict:
         print(f"  {'block_admm_processes':<24} accuracy "
               f"{runs['block_admm_processes']['accuracy']:.4f} in {wall:.1f} s", flush=True)
 
-        with torch.random.fork_rng():
-            torch.manual_seed(args.seed)
-            facto = nn.Sequential(
-                nn.Sequential(nn.Conv2d(1, 8, 3, stride=2, padding=1), nn.ReLU(),
-                              nn.MaxPool2d(2), nn.Flatten()),
-                NMFBlock(392, 24, seed=args.seed), nn.Sequential(nn.Linear(24, 10)))
+        def facto_net(middle):
+            with torch.random.fork_rng():
+                torch.manual_seed(args.seed)
+                return nn.Sequential(
+                    nn.Sequential(nn.Conv2d(1, 8, 3, stride=2, padding=1), nn.ReLU(),
+                                  nn.MaxPool2d(2), nn.Flatten()),
+                    middle, nn.Sequential(nn.Linear(24, 10)))
+
+        facto = facto_net(NMFBlock(392, 24, seed=args.seed))
         df = BlockADMM(facto, x, y, ADMMConfig(epochs=epochs, batch_size=64, seed=args.seed))
         df_hist = df.fit(evaluate=evaluate)
+        # the same network by backprop (one-block Block-ADMM is plain SGD), ReLU in NMF's place
+        relu_net = facto_net(nn.Sequential(nn.Linear(392, 24), nn.ReLU()))
+        bp = BlockADMM(nn.Sequential(relu_net), x, y,
+                       ADMMConfig(epochs=epochs, batch_size=64, seed=args.seed))
+        bp_hist = bp.fit(evaluate=evaluate)
+        with torch.no_grad():
+            codes = facto[1](facto[0](xt))
+            relu_features = relu_net[1](relu_net[0](xt))
+        sel_nmf, sel_relu = class_selectivity(codes, yt), class_selectivity(relu_features, yt)
         deepfacto = {"history": df_hist, "accuracy": df_hist[-1]["accuracy"],
                      "reconstruction_error": df_hist[-1]["nmf_reconstruction_error"],
                      "min_W": float(facto[1].W.min()),
-                     "min_code": min(h["nmf_min_code"] for h in df_hist)}
+                     "min_code": min(h["nmf_min_code"] for h in df_hist),
+                     "selectivity": sel_nmf.tolist(),
+                     "mean_selectivity": float(sel_nmf.mean()),
+                     "sparsity": sparsity(codes),
+                     "backprop_relu": {"history": bp_hist, "accuracy": bp_hist[-1]["accuracy"],
+                                       "selectivity": sel_relu.tolist(),
+                                       "mean_selectivity": float(sel_relu.mean()),
+                                       "sparsity": sparsity(relu_features)}}
         print(f"  deepfacto: accuracy {deepfacto['accuracy']:.4f}, NMF relative error "
-              f"{deepfacto['reconstruction_error']:.3f}, min W {deepfacto['min_W']:.3g}")
+              f"{deepfacto['reconstruction_error']:.3f}, min W {deepfacto['min_W']:.3g}, "
+              f"class selectivity {deepfacto['mean_selectivity']:.3f} (backprop ReLU layer: "
+              f"{sel_relu.mean():.3f}, accuracy {bp_hist[-1]['accuracy']:.4f})")
     finally:
         torch.set_num_threads(threads)
     speedup = al_serial["parallel_phase_seconds"] / al["parallel_phase_seconds"]
@@ -205,6 +250,7 @@ def main(argv=None) -> dict:
         return [h["seconds"] for h in run["history"] if h["phase"] == "parallel"]
 
     per_epoch = sum(epoch_seconds(al_serial)) / sum(epoch_seconds(al))
+    per_epoch_wide = sum(epoch_seconds(al_wide_serial)) / sum(epoch_seconds(al_wide))
     admm_epochs = [h["seconds"] for h in runs["block_admm"]["history"]]
     admm_p_epochs = [h["seconds"] for h in runs["block_admm_processes"]["history"]]
     headline = {
@@ -217,6 +263,13 @@ def main(argv=None) -> dict:
         "speedup_vs_layer_serial": speedup,
         "speedup_per_epoch_vs_layer_serial": per_epoch,
         "launch_seconds": al["parallel_phase_seconds"] - sum(epoch_seconds(al)),
+        "acc_backprop_wide": runs["backprop_wide"]["accuracy"],
+        "acc_hybrid_al_wide": al_wide["accuracy"],
+        "speedup_wide_vs_layer_serial": (al_wide_serial["parallel_phase_seconds"]
+                                         / al_wide["parallel_phase_seconds"]),
+        "speedup_wide_per_epoch_vs_layer_serial": per_epoch_wide,
+        "deepfacto_selectivity": deepfacto["mean_selectivity"],
+        "backprop_relu_selectivity": deepfacto["backprop_relu"]["mean_selectivity"],
         "admm_speedup_per_epoch_processes": sum(admm_epochs) / sum(admm_p_epochs),
         "admm_speedup_processes": sum(admm_epochs) / runs["block_admm_processes"]["seconds"],
         "seconds_backprop": runs["backprop"]["seconds"],
@@ -229,7 +282,7 @@ def main(argv=None) -> dict:
               "config": vars(args), "commit": git_commit(), "machine": machine_info(),
               "threads": {**thread_info(), "per_process": 1}}
     png = plot(result, RESULTS / f"{name}.png")
-    result["png"] = str(png) if png else None
+    result["png"] = repo_path(png)
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(f"wrote {path}" + (f" and {png}" if png else ""))

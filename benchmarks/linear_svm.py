@@ -30,7 +30,7 @@ import time
 import numpy as np
 from numba import njit
 
-from benchmarks._common import RESULTS, git_commit, machine_info, thread_info
+from benchmarks._common import RESULTS, git_commit, machine_info, repo_path, thread_info
 
 TARGET = 1e-3
 SAMPLERS = ("uniform", "importance", "shrinking")
@@ -216,7 +216,7 @@ def main(argv=None) -> dict:
     result = {
         **headline, "summary": summary, "f_star": f_star, "reference_seconds": ref_seconds,
         "n": X.shape[0], "dim": X.shape[1], "floor": args.floor, "passes_budget": passes,
-        "lowest_raw_gap": lowest, "curves": runs, "png": str(png) if png else None,
+        "lowest_raw_gap": lowest, "curves": runs, "png": repo_path(png),
         "commit": git_commit(), "machine": machine_info(), "threads": thread_info(),
     }
     path = RESULTS / "linear_svm.json"

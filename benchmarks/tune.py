@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks._common import RESULTS, git_commit, machine_info, thread_info
+from benchmarks._common import RESULTS, git_commit, machine_info, repo_path, thread_info
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB = ROOT / "examples" / "tune" / "fashion_mnist_job.py"
@@ -141,7 +141,7 @@ def main(argv=None) -> dict:
     out = {**headline, "savings": savings, "savings_within_0.002": near,
            "validation": validation,
            "tune": result.headline, "rungs_table": (result.out / "tune.md").read_text(),
-           "png": str(png) if png else None, "commit": git_commit(),
+           "png": repo_path(png), "commit": git_commit(),
            "machine": machine_info(), "threads": {**thread_info(), "set": args.threads}}
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(out, indent=2, default=str) + "\n")

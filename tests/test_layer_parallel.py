@@ -220,3 +220,22 @@ def test_block_admm_with_one_process_per_block_equals_one_process(data, one_thre
         assert torch.equal(a, b)
     assert [h["residuals"] for h in one.history] == [h["residuals"] for h in many.history]
     assert many.history[-1]["processes"] == 3 and many.history[-1]["bytes"] > 0
+
+
+def test_class_selectivity_separates_class_features_from_class_blind_ones(data):
+    from autoassist.boss.disentangling import class_selectivity, sparsity
+
+    _, _, xt, yt = data
+    onehot = F.one_hot(yt, 10).float()  # each feature fires for one class only
+    brightness = xt.flatten(1).clamp_min(0)[:, ::49]  # pixels: shared by every class
+    sel = class_selectivity(torch.cat([onehot, brightness], 1), yt)
+    assert torch.allclose(sel[:10], torch.ones(10))
+    assert float(sel[10:].mean()) < 0.7
+    perm = torch.randperm(len(yt), generator=torch.Generator().manual_seed(0))
+    shuffled = class_selectivity(onehot[perm], yt)  # the same features, labels unrelated:
+    assert float(shuffled.max()) < 0.3  # only sampling noise (200 instances a class) is left
+    assert sparsity(onehot) == pytest.approx(0.9)
+    with pytest.raises(ValueError, match="non-negative"):
+        class_selectivity(xt.flatten(1), yt)
+    with pytest.raises(ValueError, match="no instance"):
+        class_selectivity(onehot[yt < 9], yt[yt < 9], num_classes=10)

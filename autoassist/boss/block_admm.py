@@ -195,16 +195,24 @@ class BlockADMM:
             return self.blocks[k].codes(target, c=zk.clamp_min(1e-8),
                                         iters=self.cfg.nmf_code_iters)
 
+    def own_grad(self, k: int, inp: torch.Tensor, zk: torch.Tensor, uk, y: torch.Tensor
+                 ) -> torch.Tensor | None:
+        """d(block k's own term)/d z_k (None for an NMF block: its codes are projected)."""
+        if isinstance(self.blocks[k], NMFBlock):
+            return None
+        zk = zk.detach().requires_grad_(True)
+        return torch.autograd.grad(self._term(k, inp, zk, uk, y), zk)[0]
+
     def z_step(self, k: int, inp: torch.Tensor, zk: torch.Tensor, uk, y: torch.Tensor,
-               g_next: torch.Tensor) -> torch.Tensor:
+               g_next: torch.Tensor, g_own: torch.Tensor | None = None) -> torch.Tensor:
         """``z_k``'s gradient step: its own term's gradient (NMF: projection instead) plus the
-        next block's ``g_next``."""
+        next block's ``g_next``. ``g_own``: ``own_grad``, if already computed."""
         step = self.cfg.z_lr / self.cfg.rho
         if isinstance(self.blocks[k], NMFBlock):
             return (zk - step * g_next).clamp_min(0).detach()  # projected: codes stay >= 0
-        zk = zk.detach().requires_grad_(True)
-        g_own = torch.autograd.grad(self._term(k, inp, zk, uk, y), zk)[0]
-        return (zk - step * (g_own + g_next)).detach()
+        if g_own is None:
+            g_own = self.own_grad(k, inp, zk, uk, y)
+        return (zk.detach() - step * (g_own + g_next)).detach()
 
     @torch.no_grad()
     def dual_step(self, k: int, inp: torch.Tensor, zk: torch.Tensor, uk

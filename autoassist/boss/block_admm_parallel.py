@@ -5,10 +5,12 @@ Process k owns block k, its optimiser and, in batch mode, the states and duals a
 calls, in the same order for each block:
 
 1. k sends its current ``z_k`` to k+1 and receives ``z_{k-1}`` (its input) from k-1;
-2. k's own update (SGD step, or the NMF block's multiplicative ``W`` step);
+2. k's own update (SGD step, or the NMF block's multiplicative ``W`` step); in batch mode, after
+   a batch's last iteration k already sends the *next* batch's ``z_k`` (batches within an epoch
+   are disjoint, so it is final): k+1 starts that batch while k finishes this one;
 3. k answers k-1: the gradient of its term with respect to its input, at each iterate of
    ``z_{k-1}`` (an NMF block's iterates always travel: they change before the first gradient);
-4. k moves ``z_k`` (with k+1's answers), then ``u_k``.
+4. k computes its own term's gradient, then takes k+1's answer and moves ``z_k``, then ``u_k``.
 
 Online mode first runs the batch forward through the processes to initialise the states.
 Every process draws the same batch order from the same seeded generator. Bit-identical to the
@@ -24,7 +26,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from autoassist.boss.block_processes import epoch_records, launch, restore
+from autoassist.boss.block_processes import SendQueue, epoch_records, launch, restore
 from autoassist.boss.config import BossConfig
 from autoassist.boss.stages import Stages
 
@@ -65,8 +67,11 @@ def _block_process(rank: int, world: int, stages: Stages, cfg: BossConfig,
     for epoch in range(state["epoch"], state["epoch"] + epochs):
         t0, losses, residuals = time.perf_counter(), [], []
         order = torch.randperm(len(x), generator=gen)
-        for start in range(0, len(order), acfg.batch_size):
-            ids = order[start:start + acfg.batch_size]
+        batches = [order[i:i + acfg.batch_size] for i in range(0, len(order), acfg.batch_size)]
+        queue = SendQueue()  # batch mode: my stored z_k of a batch, block k+1's first input
+        if batch and z_tab is not None:
+            sent += queue.isend(z_tab[batches[0]], k + 1, TAG_Z)
+        for b, ids in enumerate(batches):
             B, yb = len(ids), y[ids]
             if batch:
                 zk = z_tab[ids] if z_tab is not None else None
@@ -85,9 +90,9 @@ def _block_process(rank: int, world: int, stages: Stages, cfg: BossConfig,
                 else:
                     uk = None
             last_loss, last_r = None, None  # per batch: its last iteration's (as BlockADMM)
-            for _ in range(acfg.iters):
-                if k < K - 1:  # 1. my current z_k: block k+1's input
-                    send(zk, k + 1, TAG_Z)
+            for it_n in range(acfg.iters):
+                if k < K - 1 and not (batch and it_n == 0):  # 1. my current z_k (batch
+                    send(zk, k + 1, TAG_Z)  # mode's first iteration: prefetched)
                 if k > 0:
                     inp = torch.empty((B, *in_shape))
                     dist.recv(inp, k - 1, tag=TAG_Z)
@@ -96,6 +101,9 @@ def _block_process(rank: int, world: int, stages: Stages, cfg: BossConfig,
                 out = me.block_step(k, inp, zk, uk, yb)  # 2. my own update
                 if out is not None:
                     last_loss = out
+                if (batch and z_tab is not None and it_n == acfg.iters - 1
+                        and b + 1 < len(batches)):
+                    sent += queue.isend(z_tab[batches[b + 1]], k + 1, TAG_Z)
                 if k > 0:  # 3. answer block k-1 at each of its iterates
                     for step in range(acfg.z_steps):
                         it = inp
@@ -109,9 +117,10 @@ def _block_process(rank: int, world: int, stages: Stages, cfg: BossConfig,
                         z_new = me.pre_step(k, inp, z_new, uk)
                         if step > 0 or nmf_me:
                             send(z_new, k + 1, TAG_ITERATE)
+                        g_own = me.own_grad(k, inp, z_new, uk, yb)  # while k+1 computes
                         g_next = torch.empty((B, *my_shape))
                         dist.recv(g_next, k + 1, tag=TAG_GRAD)
-                        z_new = me.z_step(k, inp, z_new, uk, yb, g_next)
+                        z_new = me.z_step(k, inp, z_new, uk, yb, g_next, g_own)
                     for p in me.blocks.parameters():
                         p.grad = None
                     uk, last_r = me.dual_step(k, inp, z_new, uk)
@@ -122,6 +131,7 @@ def _block_process(rank: int, world: int, stages: Stages, cfg: BossConfig,
                 residuals.append(last_r)
             if batch and z_tab is not None:
                 z_tab[ids], u_tab[ids] = zk, uk
+        queue.wait()
         history.append({"epoch": epoch, "stage": k, "seconds": time.perf_counter() - t0,
                         "instances": len(order),
                         "loss": sum(losses) / len(losses) if losses else float("nan"),

@@ -2,7 +2,8 @@
 
 ``hybrid_parallel.py`` and ``block_admm_parallel.py`` differ in what a block process computes;
 launching the processes, putting their state back into the trainer and turning their
-per-process histories into per-epoch records is the same for both, and lives here.
+per-process histories into per-epoch records is the same for both, and lives here, with the
+small send queue both block processes use to pipeline the next batch's state.
 """
 
 from __future__ import annotations
@@ -15,6 +16,28 @@ import torch
 from autoassist.boss.config import BossConfig
 from autoassist.boss.launch import run_stage_processes
 from autoassist.boss.stages import Stages
+
+
+class SendQueue:
+    """Non-blocking sends in flight; each tensor stays referenced until its send completes."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Any, torch.Tensor]] = []
+
+    def isend(self, t: torch.Tensor, dst: int, tag: int) -> int:
+        """Start sending ``t`` to ``dst``; returns the bytes sent."""
+        import torch.distributed as dist
+
+        t = t.contiguous()
+        self.pending.append((dist.isend(t, dst, tag=tag), t))
+        while len(self.pending) > 1 and self.pending[0][0].is_completed():
+            self.pending.pop(0)
+        return t.numel() * t.element_size()
+
+    def wait(self) -> None:
+        for handle, _ in self.pending:
+            handle.wait()
+        self.pending.clear()
 
 
 def launch(name: str, trainer, body, shard: dict[str, Any], epochs: int,

@@ -3,17 +3,23 @@
 Process k owns block k, its optimiser and the auxiliary variables at its output (``z_k``,
 ``lam_k``). Per mini-batch, exactly the Jacobi sweep of ``HybridTrainer.sweep``:
 
-1. k sends its current ``z_k[batch]`` to k+1 and receives ``z_{k-1}[batch]`` from k-1 (the
-   filter's coarse size: what the downsampling saves);
+1. k receives ``z_{k-1}[batch]`` from k-1 (the filter's coarse size: what the downsampling
+   saves);
 2. k takes its parameter steps on its own term (no waiting on anyone);
-3. k answers k-1's requests: the gradient of its term with respect to ``z_{k-1}`` at each
+3. k sends ``z_k`` of the *next* batch to k+1 already (pipelining: batches within an epoch are
+   disjoint, so those values are final), so k+1 starts its next batch while k finishes this one;
+4. k answers k-1's requests: the gradient of its term with respect to ``z_{k-1}`` at each
    iterate k-1 sends (the first iterate is the one received in 1);
-4. k moves ``z_k`` with its own term's gradient and k+1's answers, then its multipliers.
+5. k computes its own term's gradient with respect to ``z_k``, then waits for k+1's answer,
+   moves ``z_k``, then its multipliers.
 
+Only the order of the work differs from the single-process sweep, never a value read: the
+result is bit-identical to it (tested). Without step 3 (the send at the start of each batch),
+k+1 sat idle through k's ``z`` step every batch.
 Every process draws the same batch order from the same seeded generator, so no ids travel.
 Blocking point-to-point sends and receives (gloo on CPU, NCCL on CUDA: untested here) over the
 Boss's launcher (``launch.py``: spawn or torchrun, timeouts, errors). The result is bit-identical
-to the single-process sweep (tested), and the bytes each process sends are counted.
+to the single-process sweep, and the bytes each process sends are counted.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from autoassist.boss.block_processes import epoch_records, launch, restore
+from autoassist.boss.block_processes import SendQueue, epoch_records, launch, restore
 from autoassist.boss.config import BossConfig
 from autoassist.boss.stages import Stages
 
@@ -63,16 +69,15 @@ def _block_process(rank: int, world: int, stages: Stages, cfg: BossConfig,
         me.rho = rho
         t0, losses, residuals = time.perf_counter(), [], []
         order = torch.randperm(len(me.x), generator=gen)
-        for start in range(0, len(order), hcfg.batch_size):
-            ids = order[start:start + hcfg.batch_size]
+        batches = [order[i:i + hcfg.batch_size] for i in range(0, len(order), hcfg.batch_size)]
+        queue = SendQueue()
+        if k < K - 1:  # my old z_k of the first batch: block k+1's input
+            sent += queue.isend(z_own[batches[0]], k + 1, TAG_Z)
+        for b, ids in enumerate(batches):
             B, y = len(ids), me.y[ids]
             target = z_own[ids] if z_own is not None else None
             lam = lam_own[ids] if lam_own is not None else None
-            send = None
-            if k < K - 1:  # 1. my old z_k: block k+1's input
-                send = dist.isend(target.contiguous(), k + 1, tag=TAG_Z)
-                sent += _nbytes(target)
-            if k > 0:
+            if k > 0:  # 1. block k-1's old z_{k-1}
                 z_in = torch.empty((B, *prev_shape))
                 dist.recv(z_in, k - 1, tag=TAG_Z)
                 inp = me.filter.up(z_in)
@@ -92,7 +97,9 @@ def _block_process(rank: int, world: int, stages: Stages, cfg: BossConfig,
                 opt.zero_grad(set_to_none=True)
                 (term / scale).backward()
                 opt.step()
-            if k > 0:  # 3. answer block k-1: d(my term)/d z_{k-1} at its iterates
+            if k < K - 1 and b + 1 < len(batches):  # 3. the next batch's input for k+1
+                sent += queue.isend(z_own[batches[b + 1]], k + 1, TAG_Z)
+            if k > 0:  # 4. answer block k-1: d(my term)/d z_{k-1} at its iterates
                 zi = z_in
                 for step in range(hcfg.z_steps):
                     if step > 0:
@@ -103,16 +110,16 @@ def _block_process(rank: int, world: int, stages: Stages, cfg: BossConfig,
                                             zi)[0].contiguous()
                     dist.send(g, k - 1, tag=TAG_GRAD)
                     sent += _nbytes(g)
-            if k < K - 1:  # 4. my z_k, then my multipliers
+            if k < K - 1:  # 5. my z_k (own gradient first: k+1 computes its part meanwhile)
                 z = target.clone()
                 for step in range(hcfg.z_steps):
                     if step > 0:
                         dist.send(z.contiguous(), k + 1, tag=TAG_ITERATE)
                         sent += _nbytes(z)
-                    g_next = torch.empty_like(z)
-                    dist.recv(g_next, k + 1, tag=TAG_GRAD)
                     z.requires_grad_(True)
                     g_own = torch.autograd.grad(me._term(k, inp, z, lam, y), z)[0]
+                    g_next = torch.empty_like(z)
+                    dist.recv(g_next, k + 1, tag=TAG_GRAD)
                     with torch.no_grad():
                         z = z - hcfg.z_lr / rho * (g_own + g_next)
                 z = z.detach()
@@ -122,8 +129,7 @@ def _block_process(rank: int, world: int, stages: Stages, cfg: BossConfig,
                     z_own[ids] = z
                     if lam_own is not None:
                         lam_own[ids] = lam + rho * (z - me.filter.down(blocks[k](inp)))
-            if send is not None:
-                send.wait()
+        queue.wait()
         history.append({"epoch": epoch, "stage": k, "seconds": time.perf_counter() - t0,
                         "instances": len(order),
                         "loss": sum(losses) / len(losses) if losses else float("nan"),
