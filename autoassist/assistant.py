@@ -139,6 +139,9 @@ def run_assistant(shm_name: str, num_instances: int, feature_dim: int, settings:
                 if memory is not None:
                     memory.update(ids, losses)
                 train_seconds += time.perf_counter() - t0
+            elif kind == "forget":  # the Boss reused these instances' slots (replay buffer)
+                if memory is not None:
+                    memory.forget(msg[1])
             elif kind == "score":
                 t0 = time.perf_counter()
                 state.publish(_score_all(model, state, memory, mean), epoch=int(msg[1]))

@@ -87,6 +87,11 @@ class ShrinkEngine:
                 config.feature_dim, config.label_buckets, config.seed, inputs=inputs
             )
             dim = self.extractor.dim
+        elif isinstance(features, int) and not isinstance(features, bool):
+            if features < 1:
+                raise ValueError(f"features={features}: a feature dimension must be >= 1")
+            self.extractor = None  # the caller writes rows with renew() (e.g. a replay buffer)
+            dim = features
         elif callable(features) and not isinstance(features, (torch.Tensor, np.ndarray)):
             self.extractor = CallableFeatures(features, config.feature_dim)
             dim = config.feature_dim
@@ -244,6 +249,24 @@ class ShrinkEngine:
             self._pending_batches += 1
             if self._pending_batches >= self.config.send_every:
                 self.flush()
+
+    def renew(self, ids: np.ndarray, features: np.ndarray) -> None:
+        """Instances ``ids`` now hold new data (a replay buffer overwrote their slots): store
+        their feature rows and make the Assistant forget their old losses."""
+        ids = np.asarray(ids, np.int64).reshape(-1)
+        rows = np.asarray(features, np.float32)
+        if rows.shape != (len(ids), self.dim):
+            raise ValueError(f"renew() got features of shape {rows.shape} for {len(ids)} ids; "
+                             f"expected ({len(ids)}, {self.dim})")
+        if not np.isfinite(rows).all():
+            raise ValueError("renew() got NaN or inf features; clean the transitions first")
+        if len(ids) and (ids.min() < 0 or ids.max() >= self.n):
+            raise IndexError(f"renew() ids must lie in [0, {self.n})")
+        self.state.features[ids] = rows
+        self.state.have[ids] = 1
+        if self.assistant is not None and not self.assistant.failed:
+            self.flush()  # losses reported before the overwrite belong to the old contents
+            self.assistant.send(("forget", ids.copy()), block=self.config.sync)
 
     def loss_weights(self, ids: np.ndarray, like: torch.Tensor) -> torch.Tensor | None:
         """Per-instance loss weights ``mean(P) / P_i`` (as ``like``'s device and dtype), or None

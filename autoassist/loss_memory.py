@@ -38,6 +38,11 @@ class LossMemory:
         self.last[ids] = losses  # repeated ids: the last occurrence wins, as in time
         self.seen[ids] = 1
 
+    def forget(self, ids: np.ndarray) -> None:
+        """The instances changed (a reused replay slot): their last loss no longer applies."""
+        self.last[ids] = 0.0
+        self.seen[ids] = 0
+
     def state_dict(self) -> dict:
         return {"last": self.last.copy(), "seen": self.seen.copy()}
 

@@ -10,8 +10,10 @@ the spawned Assistant process, never in forked DataLoader workers (see docs/ARCH
 - ``shuffle_kept``: seeded Fisher-Yates of the kept set.
 - ``ema_stream``, ``scatter_ema``: loss statistics from batches as they arrive.
 - ``batch_by_size``: batches under a token budget for variable-length instances.
+- ``sum_tree``: sum/min trees for proportional prioritised replay (update, draw).
 """
 
+from . import sum_tree
 from .batching import batch_by_size
 from .rng import STREAM_SELECT, STREAM_SHUFFLE, hash32_numpy, stream_keys, uniforms
 from .select import (
@@ -27,5 +29,5 @@ from .stats import ema_stream, scatter_ema
 __all__ = [
     "STREAM_SELECT", "STREAM_SHUFFLE", "batch_by_size", "ema_stream", "hash32_numpy",
     "index_dtype", "keep_mask", "keep_probabilities", "scatter_ema", "shrink_select",
-    "shrink_select_numpy", "shuffle_kept", "stream_keys", "uniforms",
+    "shrink_select_numpy", "shuffle_kept", "stream_keys", "sum_tree", "uniforms",
 ]

@@ -1,0 +1,204 @@
+"""Distributed data collection (Ape-X style): actor processes feed the learner through a queue.
+
+Each actor process runs its own environment with a copy of the policy and sends transitions in
+chunks through one bounded queue (when the learner falls behind, actors wait: the queue is the
+back-pressure). The learner publishes new policy weights into shared memory every few updates;
+an actor picks them up before its next chunk (a version counter says when they changed).
+
+Failure is never silent: an actor that raises sends its traceback and exits; the learner's
+``ActorPool.collect`` sees the dead process, restarts it (``max_restarts`` times in all) or
+raises an error naming the actor, its exit code and its traceback. Waiting for transitions has a
+deadline (``TimeoutError`` with every actor's state) instead of hanging.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import time
+import traceback
+import warnings
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import torch
+import torch.multiprocessing as mp
+
+from autoassist.rl.replay import FIELDS
+
+
+def _actor_main(idx: int, env_id: str, sac_cfg: dict, seed: int, shared: dict, version,
+                lock, out, errors, stop, chunk: int, random_steps: int, threads: int) -> None:
+    """One actor process: act, step, send chunks of transitions until told to stop."""
+    try:
+        torch.set_num_threads(threads)  # this process's own setting
+        from autoassist.rl.envs import check_spaces, make_env
+        from autoassist.rl.sac import SAC, SACConfig
+
+        env = make_env(env_id, seed=seed)
+        spec = check_spaces(env, env_id)
+        agent = SAC(spec.obs_dim, spec.act_dim, spec.act_low, spec.act_high,
+                    SACConfig(**sac_cfg), seed=seed)
+        seen = -1
+        obs, _ = env.reset(seed=seed)
+        ep_return, steps = 0.0, 0
+        while not stop.is_set():
+            if version.value != seen:  # fresh weights from the learner
+                with lock:
+                    seen = version.value
+                    agent.load_policy_state({k: v.clone() for k, v in shared.items()})
+            rows = {f: [] for f in FIELDS}
+            returns = []
+            for _ in range(chunk):
+                act = (env.action_space.sample() if steps < random_steps
+                       else agent.act(obs))
+                nxt, r, terminated, truncated, _ = env.step(act)
+                for f, v in zip(FIELDS, (obs, act, r, nxt, float(terminated)), strict=True):
+                    rows[f].append(v)
+                ep_return += float(r)
+                steps += 1
+                obs = nxt
+                if terminated or truncated:
+                    returns.append(ep_return)
+                    ep_return = 0.0
+                    obs, _ = env.reset()
+            msg = {f: np.asarray(v, np.float32) for f, v in rows.items()}
+            msg.update(actor=idx, returns=returns, policy_version=seen)
+            while not stop.is_set():
+                try:
+                    out.put(msg, timeout=0.5)
+                    break
+                except queue.Full:
+                    continue
+        env.close()
+    except BaseException:
+        errors.put((idx, traceback.format_exc()))
+        raise
+
+
+class ActorPool:
+    """``n`` actor processes and the learner's side of their queue."""
+
+    def __init__(self, env_id: str, n: int, sac_cfg, policy_state: dict[str, torch.Tensor],
+                 seed: int = 0, chunk: int = 50, queue_size: int = 32, random_steps: int = 0,
+                 max_restarts: int = 2, threads: int = 1):
+        if n < 1:
+            raise ValueError(f"actors={n}: need at least one actor process")
+        if chunk < 1 or queue_size < 1:
+            raise ValueError("chunk and queue_size must be >= 1")
+        self.env_id, self.n, self.seed, self.chunk = env_id, n, seed, chunk
+        self.sac_cfg = asdict(sac_cfg)
+        self.random_steps = random_steps // n
+        self.max_restarts, self.restarts, self.threads = max_restarts, 0, threads
+        self.ctx = mp.get_context("spawn")
+        self.shared = {k: v.detach().clone().share_memory_() for k, v in policy_state.items()}
+        self.version = self.ctx.Value("l", 0)
+        self.lock = self.ctx.Lock()
+        self.queue = self.ctx.Queue(maxsize=queue_size)
+        self.errors = self.ctx.Queue()
+        self.stop_event = self.ctx.Event()
+        self.procs: list[Any] = [None] * n
+        self.received = np.zeros(n, np.int64)  # transitions per actor
+        self.incarnation = [0] * n
+        for i in range(n):
+            self._start(i)
+
+    def _start(self, i: int) -> None:
+        seed = self.seed + 1000 * (i + 1) + 100_000 * self.incarnation[i]
+        p = self.ctx.Process(target=_actor_main, name=f"autoassist-actor-{i}", daemon=True,
+                             args=(i, self.env_id, self.sac_cfg, seed, self.shared, self.version,
+                                   self.lock, self.queue, self.errors, self.stop_event,
+                                   self.chunk, self.random_steps if not self.incarnation[i]
+                                   else 0, self.threads))
+        p.start()
+        self.procs[i] = p
+
+    def publish(self, policy_state: dict[str, torch.Tensor]) -> None:
+        """New policy weights for every actor (picked up before its next chunk)."""
+        with self.lock:
+            for k, v in policy_state.items():
+                self.shared[k].copy_(v)
+            self.version.value += 1
+
+    def check(self) -> None:
+        """Restart dead actors, or raise with their traceback once restarts are used up."""
+        for i, p in enumerate(self.procs):
+            if p.is_alive():
+                continue
+            why = self._error_text(i)
+            if self.restarts >= self.max_restarts:
+                self.close()
+                raise RuntimeError(f"actor process {i} died (exit code {p.exitcode}) and the "
+                                   f"{self.max_restarts} restarts are used up. Its error:\n"
+                                   f"{why or '(no traceback: killed from outside?)'}")
+            self.restarts += 1
+            self.incarnation[i] += 1
+            warnings.warn(f"autoassist: actor process {i} died (exit code {p.exitcode}); "
+                          f"restarting it ({self.restarts}/{self.max_restarts}). "
+                          f"{why.strip().splitlines()[-1] if why else ''}", RuntimeWarning,
+                          stacklevel=3)
+            self._start(i)
+
+    def _error_text(self, i: int) -> str:
+        texts = []
+        while True:
+            try:
+                idx, text = self.errors.get_nowait()
+            except queue.Empty:
+                break
+            if idx == i:
+                texts.append(text)
+        return "\n".join(texts)
+
+    def collect(self, wait_s: float = 0.0) -> list[dict[str, Any]]:
+        """Every chunk waiting in the queue (waiting up to ``wait_s`` for the first one)."""
+        self.check()
+        chunks = []
+        try:
+            chunks.append(self.queue.get(timeout=wait_s) if wait_s > 0
+                          else self.queue.get_nowait())
+            while True:
+                chunks.append(self.queue.get_nowait())
+        except queue.Empty:
+            pass
+        for c in chunks:
+            self.received[c["actor"]] += len(c["rew"])
+        return chunks
+
+    def wait(self, timeout_s: float = 60.0) -> list[dict[str, Any]]:
+        """At least one chunk, or a TimeoutError that says what every actor is doing."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            chunks = self.collect(wait_s=0.2)
+            if chunks:
+                return chunks
+        states = ", ".join(f"actor {i}: {'alive' if p.is_alive() else f'exit {p.exitcode}'}"
+                           for i, p in enumerate(self.procs))
+        raise TimeoutError(f"no transitions from the actor processes for {timeout_s:.0f} s "
+                           f"({states}); is the environment stuck?")
+
+    def close(self) -> None:
+        self.stop_event.set()
+        for p in self.procs:
+            if p is not None:
+                p.join(timeout=5)
+                if p.is_alive():
+                    p.kill()
+                    p.join(timeout=5)
+        for q in (self.queue, self.errors):
+            try:
+                while True:
+                    q.get_nowait()
+            except (queue.Empty, OSError, ValueError):
+                pass
+            q.close()
+            q.cancel_join_thread()
+
+    def pids(self) -> list[int | None]:
+        return [p.pid if p is not None else None for p in self.procs]
+
+    def kill(self, i: int) -> None:
+        """Kill actor ``i`` outright (for tests of the recovery path)."""
+        os.kill(self.procs[i].pid, 9)
+        self.procs[i].join(timeout=5)
