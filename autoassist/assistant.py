@@ -118,6 +118,8 @@ def run_assistant(shm_name: str, num_instances: int, feature_dim: int, settings:
             if kind == "losses":
                 t0 = time.perf_counter()
                 ids, losses = msg[1], msg[2]
+                if len(msg) > 3 and len(msg[3]) and memory is not None:
+                    memory.forget(msg[3])  # renewed slots (replay): before their new losses
                 before = mean  # the memory feature is relative to the mean before this batch
                 labels, mean = ema_stream(losses, mean, alpha)
                 have = state.have[ids].astype(bool)
@@ -139,9 +141,6 @@ def run_assistant(shm_name: str, num_instances: int, feature_dim: int, settings:
                 if memory is not None:
                     memory.update(ids, losses)
                 train_seconds += time.perf_counter() - t0
-            elif kind == "forget":  # the Boss reused these instances' slots (replay buffer)
-                if memory is not None:
-                    memory.forget(msg[1])
             elif kind == "score":
                 t0 = time.perf_counter()
                 state.publish(_score_all(model, state, memory, mean), epoch=int(msg[1]))

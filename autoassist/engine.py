@@ -126,6 +126,7 @@ class ShrinkEngine:
         self._pending_ids: list[np.ndarray] = []
         self._pending_losses: list[np.ndarray] = []
         self._pending_batches = 0
+        self._pending_forget: list[np.ndarray] = []  # renewed ids the Assistant must forget
         self.telemetry: list[dict[str, Any]] = []
         self._epoch_started = time.perf_counter()
         self._reported = 0
@@ -265,8 +266,9 @@ class ShrinkEngine:
         self.state.features[ids] = rows
         self.state.have[ids] = 1
         if self.assistant is not None and not self.assistant.failed:
-            self.flush()  # losses reported before the overwrite belong to the old contents
-            self.assistant.send(("forget", ids.copy()), block=self.config.sync)
+            if self._pending_ids and np.isin(ids, np.concatenate(self._pending_ids)).any():
+                self.flush()  # losses queued for the old contents go first
+            self._pending_forget.append(ids.copy())  # sent with the next losses, ahead of them
 
     def loss_weights(self, ids: np.ndarray, like: torch.Tensor) -> torch.Tensor | None:
         """Per-instance loss weights ``mean(P) / P_i`` (as ``like``'s device and dtype), or None
@@ -287,10 +289,15 @@ class ShrinkEngine:
             )
 
     def flush(self) -> None:
-        if not self._pending_ids or self.assistant is None:
+        if (not self._pending_ids and not self._pending_forget) or self.assistant is None:
             return
-        msg = ("losses", np.concatenate(self._pending_ids), np.concatenate(self._pending_losses))
+        empty = np.zeros(0, np.int64)
+        forget = np.concatenate(self._pending_forget) if self._pending_forget else empty
+        msg = ("losses", np.concatenate(self._pending_ids) if self._pending_ids else empty,
+               np.concatenate(self._pending_losses) if self._pending_losses
+               else np.zeros(0, np.float32), forget)
         self._pending_ids, self._pending_losses, self._pending_batches = [], [], 0
+        self._pending_forget = []
         self.assistant.send(msg, block=self.config.sync)
 
     def end_epoch(self, epoch: int, batches: int) -> dict[str, Any]:
@@ -351,6 +358,7 @@ class ShrinkEngine:
             "features": self.state.features[have].copy(),
             "pending": (list(self._pending_ids), list(self._pending_losses),
                         self._pending_batches),
+            "pending_forget": list(self._pending_forget),
             "telemetry": list(self.telemetry),
             "drops": self.assistant.drops if self.assistant else 0,
         }
@@ -378,6 +386,7 @@ class ShrinkEngine:
         ids, losses, batches = state["pending"]
         self._pending_ids, self._pending_losses = list(ids), list(losses)
         self._pending_batches = batches
+        self._pending_forget = list(state.get("pending_forget", []))
         self.telemetry = list(state["telemetry"])
         if self.assistant is not None:
             model = state["assistant"]
