@@ -236,3 +236,30 @@ def test_dead_actors_are_restarted_then_reported_with_their_error():
         assert "Traceback" in str(err.value) and "load_state_dict" in str(err.value)
     finally:
         pool.close()
+
+
+@pytest.mark.slow
+def test_training_resumes_from_its_checkpoint_with_assistant_replay(tmp_path):
+    from autoassist.rl.sac import SACConfig
+    from autoassist.rl.train import RLConfig, train
+
+    def cfg(steps, **kw):
+        return RLConfig(env_id="InvertedPendulum-v5", steps=steps, start_steps=300,
+                        update_after=300, replay="assistant", round_steps=200, eval_every=400,
+                        eval_episodes=1, threads=1, sac=SACConfig(units=32, batch_size=64),
+                        **kw)
+
+    ckpt = tmp_path / "run.pt"
+    first = train(cfg(800), progress=False, checkpoint=ckpt)
+    assert ckpt.exists()
+    saved = torch.load(ckpt, weights_only=False)
+    assert saved["buffer"]["added"] == 800 and saved["agent"]["updates"] == 501
+    assert saved["sampler"]["round"] >= 2  # the Assistant's rounds went into the checkpoint
+    more = train(cfg(1200), progress=False, checkpoint=ckpt, resume=True)
+    assert more.history[: len(first.history)] == first.history  # the past is kept as it was
+    assert more.history[-1]["env_steps"] == 1200
+    assert more.agent.updates == 901  # 501 before, 400 after: nothing redone, nothing lost
+    with pytest.raises(ValueError, match="replay: 'assistant' there, 'uniform' here"):
+        train(RLConfig(**{**cfg(1600).to_dict(), "replay": "uniform",
+                          "sac": SACConfig(units=32, batch_size=64)}),
+              progress=False, checkpoint=ckpt, resume=True)

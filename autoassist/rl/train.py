@@ -6,12 +6,18 @@ step, then ``updates_per_step`` updates, the usual SAC loop) or from ``actors`` 
 (``actors.py``), where the learner keeps the same replay ratio by doing ``updates_per_step``
 updates per transition received. Evaluation (the deterministic policy on fresh episodes) is
 timed apart and excluded from the training clock.
+
+With ``checkpoint=PATH`` the whole run (agent, buffer, sampler with its Assistant, clocks,
+history) is saved every ``checkpoint_every`` environment steps and at the end; ``resume=True``
+continues from it when it exists (a larger ``steps`` extends the run). Environments cannot be
+saved mid-episode, so a resumed run starts fresh episodes.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -97,8 +103,24 @@ class RLResult:
         return self.history[-1]["return"]
 
 
-def train(cfg: RLConfig, progress: bool = True) -> RLResult:
+def _check_resumable(saved: dict[str, Any], cfg: RLConfig) -> None:
+    now = cfg.to_dict()
+    diff = sorted(k for k in now if k != "steps" and saved.get(k) != now[k])
+    if diff:
+        raise ValueError("the checkpoint was written by a run with other settings ("
+                         + ", ".join(f"{k}: {saved.get(k)!r} there, {now[k]!r} here"
+                                     for k in diff)
+                         + "); resume with the same settings (only steps may grow)")
+
+
+def train(cfg: RLConfig, progress: bool = True, checkpoint: str | Path | None = None,
+          checkpoint_every: int | None = None, resume: bool = False) -> RLResult:
     from tqdm.auto import tqdm
+
+    from autoassist.boss.checkpoint import load_own, save_atomic
+
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs checkpoint=PATH")
 
     before = torch.get_num_threads()
     if cfg.threads is not None:
@@ -127,13 +149,35 @@ def train(cfg: RLConfig, progress: bool = True) -> RLResult:
             if pool is not None and agent.updates % cfg.publish_every == 0:
                 pool.publish(agent.policy_state())
 
+    def save() -> None:
+        save_atomic({"config": cfg.to_dict(), "agent": agent.state_dict(),
+                     "buffer": buffer.state_dict(), "sampler": sampler.state_dict(),
+                     "history": history, "episodes": episodes, "clock": clock,
+                     "eval_seconds": eval_seconds, "debt": debt, "next_eval": next_eval,
+                     "env_rng": env_rng.bit_generator.state}, checkpoint)
+
+    env_rng = np.random.default_rng(cfg.seed)
+    if resume and Path(checkpoint).exists():
+        state = load_own(checkpoint)
+        _check_resumable(state["config"], cfg)
+        agent.load_state_dict(state["agent"])
+        buffer.load_state_dict(state["buffer"])
+        sampler.load_state_dict(state["sampler"])
+        history, episodes = list(state["history"]), list(state["episodes"])
+        clock, eval_seconds = state["clock"], state["eval_seconds"]
+        debt, next_eval = state["debt"], state["next_eval"]
+        env_rng.bit_generator.state = state["env_rng"]
+        bar.update(buffer.added)
+    next_save = (buffer.added // checkpoint_every + 1) * checkpoint_every \
+        if checkpoint is not None and checkpoint_every else None
+
     def evaluate_now() -> None:
         nonlocal eval_seconds
         t0 = time.perf_counter()
         ret = evaluate(agent, cfg.env_id, cfg.eval_episodes, seed=10_000 + cfg.seed)
         eval_seconds += time.perf_counter() - t0
         row = {"env_steps": buffer.added, "seconds": clock, "return": ret,
-               "updates": agent.updates,
+               "updates": agent.updates, "eval_seconds": eval_seconds,  # so far, apart
                "train_return": (float(np.mean([e["return"] for e in episodes[-10:]]))
                                 if episodes else float("nan")),
                **{k: v for k, v in stats.items() if k != "td"}}
@@ -143,7 +187,6 @@ def train(cfg: RLConfig, progress: bool = True) -> RLResult:
         bar.set_postfix(ret=f"{ret:.0f}")
 
     try:
-        env_rng = np.random.default_rng(cfg.seed)
         if cfg.actors:
             env.close()
             from autoassist.rl.actors import ActorPool
@@ -151,7 +194,7 @@ def train(cfg: RLConfig, progress: bool = True) -> RLResult:
             pool = ActorPool(cfg.env_id, cfg.actors, cfg.sac, agent.policy_state(), cfg.seed,
                              random_steps=cfg.start_steps, threads=1)
         else:
-            obs, _ = env.reset(seed=cfg.seed)
+            obs, _ = env.reset(seed=cfg.seed + buffer.added)  # resumed: new episodes
             ep_return = 0.0
         while buffer.added < cfg.steps:
             t0 = time.perf_counter()
@@ -193,6 +236,11 @@ def train(cfg: RLConfig, progress: bool = True) -> RLResult:
             if buffer.added >= next_eval or buffer.added >= cfg.steps:
                 evaluate_now()
                 next_eval += cfg.eval_every
+            if next_save is not None and buffer.added >= next_save:
+                save()
+                next_save += checkpoint_every
+        if checkpoint is not None:
+            save()
         received = pool.received.tolist() if pool is not None else None
     finally:
         bar.close()
@@ -203,7 +251,5 @@ def train(cfg: RLConfig, progress: bool = True) -> RLResult:
         sampler.close()
         if cfg.threads is not None:
             torch.set_num_threads(before)
-    for row in history:
-        row["eval_seconds_total"] = eval_seconds
     return RLResult(cfg.to_dict(), history, episodes, agent, received,
                     {"name": sampler.name, "rounds": sampler_state})
