@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from autoassist.provenance import git_commit, machine_info, thread_info
 
-__all__ = ["RESULTS", "git_commit", "machine_info", "repo_path", "thread_info", "write_result"]
+__all__ = ["RESULTS", "git_commit", "machine_info", "pyplot", "repo_path", "thread_info",
+           "write_result"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = RESULTS.parent.parent
@@ -24,10 +26,30 @@ def repo_path(path: Path | None) -> str | None:
         return str(path)
 
 
-def write_result(name: str, result: dict[str, Any]) -> Path:
-    """Write ``benchmarks/results/<name>.json`` and print the result as the last stdout line."""
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend, or None without matplotlib (the
+    ``plots`` extra): a benchmark then writes its JSON and skips the picture."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write_result(name: str, result: dict[str, Any], headline: dict[str, Any] | None = None,
+                 plot: Callable[[Path], Path | None] | None = None) -> Path:
+    """Write ``benchmarks/results/<name>.json`` (after ``plot(png_path)``, whose repo-relative
+    path goes into ``result["png"]``) and print ``headline`` (default: the whole result) as the
+    last stdout line."""
     RESULTS.mkdir(parents=True, exist_ok=True)
+    png = plot(RESULTS / f"{name}.png") if plot is not None else None
+    if plot is not None:
+        result["png"] = repo_path(png)
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    print(json.dumps(result, default=str), flush=True)
+    print(f"wrote {repo_path(path)}" + (f" and {repo_path(png)}" if png else ""))
+    print(json.dumps(result if headline is None else headline, default=str), flush=True)
     return path

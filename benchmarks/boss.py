@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 from autoassist.boss import BossConfig, Stages, fit
 from autoassist.boss.stages import stage_step
 from autoassist.datasets import FashionMNIST
-from benchmarks._common import RESULTS, git_commit, machine_info, thread_info
+from benchmarks._common import RESULTS, git_commit, machine_info, pyplot, thread_info
 
 
 def balanced_cnn(width: int = 32) -> nn.Sequential:
@@ -143,12 +143,8 @@ def accuracy_curve(schedule: str, cut: int, factory, epochs: int, test) -> dict:
 
 
 def plot(curves: list[dict], path: Path) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
     for c in curves:

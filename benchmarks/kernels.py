@@ -26,7 +26,7 @@ import numba
 import numpy as np
 
 from autoassist.kernels import keep_mask, keep_probabilities, shrink_select, shrink_select_numpy
-from benchmarks._common import RESULTS, git_commit, machine_info, thread_info, write_result
+from benchmarks._common import RESULTS, git_commit, machine_info, pyplot, thread_info, write_result
 
 
 def _numpy_select(scores: np.ndarray, floor: float, rng: np.random.Generator):
@@ -41,12 +41,8 @@ def _time(fn) -> float:
 
 
 def _plot(medians: dict[str, float], path, title: str) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return
     names = list(medians)
     fig, ax = plt.subplots(figsize=(7, 3.6))

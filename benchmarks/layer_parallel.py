@@ -26,14 +26,20 @@ launch out).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from benchmarks._common import RESULTS, git_commit, machine_info, repo_path, thread_info
+from benchmarks._common import (
+    RESULTS,
+    git_commit,
+    machine_info,
+    pyplot,
+    thread_info,
+    write_result,
+)
 
 
 def _accuracy(model, x, y) -> float:
@@ -43,12 +49,8 @@ def _accuracy(model, x, y) -> float:
 
 
 def plot(result: dict, path: Path) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     fig, axes = plt.subplots(1, 4, figsize=(21, 4.2))
     ax = axes[0]
@@ -281,12 +283,7 @@ def main(argv=None) -> dict:
     result = {**headline, "runs": runs, "deepfacto": deepfacto,
               "config": vars(args), "commit": git_commit(), "machine": machine_info(),
               "threads": {**thread_info(), "per_process": 1}}
-    png = plot(result, RESULTS / f"{name}.png")
-    result["png"] = repo_path(png)
-    path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    print(f"wrote {path}" + (f" and {png}" if png else ""))
-    print(json.dumps(headline), flush=True)
+    write_result(name, result, headline, lambda path: plot(result, path))
     return result
 
 

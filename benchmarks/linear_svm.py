@@ -23,14 +23,20 @@ each sampler needs to reach ``1e-3`` relative sub-optimality.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
 import numpy as np
 from numba import njit
 
-from benchmarks._common import RESULTS, git_commit, machine_info, repo_path, thread_info
+from benchmarks._common import (
+    RESULTS,
+    git_commit,
+    machine_info,
+    pyplot,
+    thread_info,
+    write_result,
+)
 
 TARGET = 1e-3
 SAMPLERS = ("uniform", "importance", "shrinking")
@@ -130,12 +136,8 @@ def run_sampler(name: str, X, y, lam: float, passes: int, seed: int, f_star: flo
 
 
 def plot(runs: dict, path, lam: float):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     colors = {"uniform": "black", "importance": "tab:blue", "shrinking": "tab:red"}
@@ -202,7 +204,6 @@ def main(argv=None) -> dict:
         print(f"warning: an SGD iterate is {-lowest:.1e} below LinearSVC's objective; the "
               "reference optimum is not exact, raise its max_iter / lower its tol")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    png = plot(runs, RESULTS / "linear_svm.png", args.lam)
     u = summary["uniform"]["passes_to_target"]
     headline = {
         "passes_uniform": u,
@@ -216,13 +217,10 @@ def main(argv=None) -> dict:
     result = {
         **headline, "summary": summary, "f_star": f_star, "reference_seconds": ref_seconds,
         "n": X.shape[0], "dim": X.shape[1], "floor": args.floor, "passes_budget": passes,
-        "lowest_raw_gap": lowest, "curves": runs, "png": repo_path(png),
+        "lowest_raw_gap": lowest, "curves": runs,
         "commit": git_commit(), "machine": machine_info(), "threads": thread_info(),
     }
-    path = RESULTS / "linear_svm.json"
-    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    print(f"wrote {path}" + (f" and {png}" if png else ""))
-    print(json.dumps(headline), flush=True)
+    write_result("linear_svm", result, headline, lambda path: plot(runs, path, args.lam))
     return result
 
 

@@ -22,11 +22,16 @@ line: JSON with ``final_return`` per variant (mean over seeds) and the run's set
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
-from benchmarks._common import RESULTS, git_commit, machine_info, repo_path, thread_info
+from benchmarks._common import (
+    git_commit,
+    machine_info,
+    pyplot,
+    thread_info,
+    write_result,
+)
 
 NETWORKS = {
     "mlp": {"torso": "mlp", "layers": 2, "units": 256},
@@ -38,12 +43,8 @@ REPLAY = ("uniform", "prioritized", "assistant")
 
 
 def plot(result: dict, path):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     styles = {"uniform": "-", "prioritized": "--", "assistant": ":"}
@@ -130,14 +131,8 @@ def main(argv=None) -> dict:
     result = {**headline, "runs": runs, "config": vars(args),
               "wall_seconds": time.perf_counter() - t_all, "commit": git_commit(),
               "machine": machine_info(), "threads": {**thread_info(), "learner": 1}}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    name = "rl_quick" if args.quick else "rl"
-    png = plot(result, RESULTS / f"{name}.png")
-    result["png"] = repo_path(png)
-    path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    print(f"wrote {path}" + (f" and {png}" if png else ""))
-    print(json.dumps(headline), flush=True)
+    write_result("rl_quick" if args.quick else "rl", result, headline,
+                 lambda path: plot(result, path))
     return result
 
 

@@ -25,7 +25,7 @@ from autoassist import fairseq_runs as fr
 from autoassist.cli import fairseq_user_dir
 from autoassist.training import saving, time_to_target
 from autoassist.translation_corpus import CorpusSpec, prepare_corpus
-from benchmarks._common import RESULTS, git_commit, machine_info, thread_info
+from benchmarks._common import RESULTS, git_commit, machine_info, pyplot, thread_info
 
 AUTOASSIST = ["--aa-floor", "0.3", "--aa-reweight", "--aa-warmup-epochs", "1",
               "--aa-anneal-epochs", "1"]  # the recommended settings (issue 5's harness)
@@ -111,12 +111,8 @@ def _percent(value) -> str:
 
 
 def plot(runs: list[dict], path: Path) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for r in runs:

@@ -15,7 +15,6 @@ Last stdout line: JSON with ``saving_tuned``, ``saving_default`` (means over the
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -24,7 +23,14 @@ from pathlib import Path
 
 import torch
 
-from benchmarks._common import RESULTS, git_commit, machine_info, repo_path, thread_info
+from benchmarks._common import (
+    RESULTS,
+    git_commit,
+    machine_info,
+    pyplot,
+    thread_info,
+    write_result,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB = ROOT / "examples" / "tune" / "fashion_mnist_job.py"
@@ -44,12 +50,8 @@ def _first(run: dict, target: float) -> float | None:
 
 
 def plot(validation: dict, path: Path) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     seeds = sorted({r["seed"] for rs in validation.values() for r in rs})
     fig, axes = plt.subplots(1, len(seeds), figsize=(5.5 * len(seeds), 4), squeeze=False)
@@ -128,7 +130,6 @@ def main(argv=None) -> dict:
                 t = _first(validation[label][i], target)
                 out[label].append(0.0 if t is None else 1.0 - t / t_uniform)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    png = plot(validation, RESULTS / f"{name}.png")
     headline = {
         "saving_tuned": statistics.mean(savings["tuned"]),
         "saving_default": statistics.mean(savings["default"]),
@@ -141,12 +142,9 @@ def main(argv=None) -> dict:
     out = {**headline, "savings": savings, "savings_within_0.002": near,
            "validation": validation,
            "tune": result.headline, "rungs_table": (result.out / "tune.md").read_text(),
-           "png": repo_path(png), "commit": git_commit(),
+           "commit": git_commit(),
            "machine": machine_info(), "threads": {**thread_info(), "set": args.threads}}
-    path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps(out, indent=2, default=str) + "\n")
-    print(f"wrote {path}" + (f" and {png}" if png else ""))
-    print(json.dumps(headline, default=str), flush=True)
+    write_result(name, out, headline, lambda path: plot(validation, path))
     return out
 
 
