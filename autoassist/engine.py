@@ -77,21 +77,27 @@ class ShrinkEngine:
     """Selection, reporting and Assistant management for a data set of N instances."""
 
     def __init__(self, num_instances: int, config: ShrinkConfig, *, features=None, inputs=None,
-                 tensorboard: str | None = None):
+                 tensorboard: str | None = None, external_features: int | None = None):
+        """``features``: None (a random projection of each batch's inputs), a callable on the
+        batch, or a fixed ``[N, dim]`` table. ``external_features=dim`` instead: the caller
+        writes each instance's row with ``renew`` whenever its data changes (replay buffers)."""
         self.n = int(num_instances)
         self.config = config
         self.rank, self.world = _dist_rank_world()
         self._fixed_features: np.ndarray | None = None
-        if features is None:
+        if external_features is not None:
+            if features is not None:
+                raise ValueError("pass either features=... or external_features=dim, not both")
+            if int(external_features) < 1:
+                raise ValueError(f"external_features={external_features}: a feature "
+                                 "dimension must be >= 1")
+            self.extractor = None
+            dim = int(external_features)
+        elif features is None:
             self.extractor = RandomProjectionFeatures(
                 config.feature_dim, config.label_buckets, config.seed, inputs=inputs
             )
             dim = self.extractor.dim
-        elif isinstance(features, int) and not isinstance(features, bool):
-            if features < 1:
-                raise ValueError(f"features={features}: a feature dimension must be >= 1")
-            self.extractor = None  # the caller writes rows with renew() (e.g. a replay buffer)
-            dim = features
         elif callable(features) and not isinstance(features, (torch.Tensor, np.ndarray)):
             self.extractor = CallableFeatures(features, config.feature_dim)
             dim = config.feature_dim

@@ -176,6 +176,8 @@ def test_assistant_sampler_indices_weights_and_reused_slots(hopper):
         assert fresh.any() and np.allclose(w[fresh], mean_p)
         state = sampler.state_dict()
         assert state["round"] == sampler.round
+        with pytest.raises(ValueError, match=r"renew\(\) got features of shape \(1, 3\)"):
+            sampler.engine.renew(np.array([0]), np.zeros((1, 3)))
     finally:
         sampler.close()
 

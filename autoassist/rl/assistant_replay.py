@@ -59,7 +59,8 @@ class AssistantSampler:
             raise ValueError("anneal_epochs has no meaning for replay (rounds never end); "
                              "set it to 0")
         self.capacity, self.round_steps, self.beta = capacity, round_steps, beta
-        self.engine = ShrinkEngine(capacity, self.config, features=feature_dim(obs_dim, act_dim))
+        self.engine = ShrinkEngine(capacity, self.config,
+                                   external_features=feature_dim(obs_dim, act_dim))
         self.rng = np.random.default_rng(seed)
         self.round, self.steps = -1, 0
         self.candidates = np.zeros(capacity, np.int64)  # kept slots + slots written this round
