@@ -77,3 +77,26 @@ def test_boss_example_trains_two_stage_processes_on_the_shrinking_loader(fmnist_
     assert len(epochs) == 2 and "kept 100%" in epochs[0] and "kept 100%" not in epochs[1]
     acc = float(lines[-1].split("test accuracy ")[1].split()[0])
     assert acc > 0.6  # 10 classes: chance is 0.1
+
+
+@pytest.mark.slow
+def test_rl_example_trains_checkpoints_and_resumes(tmp_path):
+    pytest.importorskip("mujoco")
+    import json
+
+    common = ["--env", "InvertedPendulum-v5", "--eval-every", "400", "--units", "32",
+              "--start-steps", "200",
+              "--batch-size", "64", "--replay", "prioritized", "--out", str(tmp_path / "out"),
+              "--checkpoint", str(tmp_path / "run.pt")]
+    out = subprocess.run([sys.executable, str(ROOT / "examples/rl/train_sac.py"), *common,
+                          "--steps", "800"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert [line.split()[0] for line in out.stdout.splitlines() if "steps" in line
+            and "return" in line] == ["400", "800"]
+    out = subprocess.run([sys.executable, str(ROOT / "examples/rl/train_sac.py"), *common,
+                          "--steps", "1200", "--resume"], capture_output=True, text=True,
+                         timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    history = json.loads((tmp_path / "out" / "history.json").read_text())["history"]
+    assert [h["env_steps"] for h in history] == [400, 800, 1200]
+    assert history[-1]["updates"] == 1200 - 200 + 1  # one per step from step 200 on
