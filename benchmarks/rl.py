@@ -85,6 +85,7 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--networks", default=",".join(NETWORKS))
     p.add_argument("--replay", default=",".join(REPLAY))
+    p.add_argument("--tag", default="", help="results go to rl[_quick][_TAG].json")
     args = p.parse_args(argv)
     if args.quick:
         args.steps, args.seeds = 3000, 1
@@ -131,7 +132,8 @@ def main(argv=None) -> dict:
     result = {**headline, "runs": runs, "config": vars(args),
               "wall_seconds": time.perf_counter() - t_all, "commit": git_commit(),
               "machine": machine_info(), "threads": {**thread_info(), "learner": 1}}
-    write_result("rl_quick" if args.quick else "rl", result, headline,
+    name = ("rl_quick" if args.quick else "rl") + (f"_{args.tag}" if args.tag else "")
+    write_result(name, result, headline,
                  lambda path: plot(result, path))
     return result
 

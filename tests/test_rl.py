@@ -147,7 +147,8 @@ def test_assistant_sampler_indices_weights_and_reused_slots(hopper):
 
     n = 2000
     cfg = ShrinkConfig(floor=0.2, warmup_epochs=1, reweight=True, sync=True, seed=0)
-    sampler = AssistantSampler(n, hopper.obs_dim, hopper.act_dim, cfg, round_steps=20)
+    sampler = AssistantSampler(n, hopper.obs_dim, hopper.act_dim, cfg, round_steps=20,
+                               beta=0.4, beta_steps=10**12)  # beta stays 0.4 (to 1e-6)
     try:
         buf = ReplayBuffer(n, hopper.obs_dim, hopper.act_dim)
         fields = ("obs", "act", "rew", "next_obs", "done")
@@ -166,14 +167,14 @@ def test_assistant_sampler_indices_weights_and_reused_slots(hopper):
         assert hard[kept].mean() > 0.6  # the kept set leans to the informative transitions
         p = keep_probabilities(plan.scores[s], plan.floor)
         mean_p = keep_probabilities(plan.scores[:n], plan.floor).mean()
-        assert np.allclose(w, mean_p / p, rtol=1e-5)  # the engine's unbiased weights
-        # overwriting slots: kept with P = 1 until scored, weight mean(P)
+        assert np.allclose(w, (mean_p / p) ** 0.4, rtol=1e-5)  # (mean(P) / P)^beta
+        # overwriting slots: kept with P = 1 until scored, weight mean(P)^beta
         new = buf.add(*(hopper.batch(np.arange(2000, 2100))[f] for f in fields))
         sampler.inserted(new, buf)
         assert sampler.fresh[new].all() and sampler.member[new].all()
         s, w = sampler.sample(4096, buf.size)
         fresh = np.isin(s, new)
-        assert fresh.any() and np.allclose(w[fresh], mean_p)
+        assert fresh.any() and np.allclose(w[fresh], mean_p ** 0.4)
         state = sampler.state_dict()
         assert state["round"] == sampler.round
         with pytest.raises(ValueError, match=r"renew\(\) got features of shape \(1, 3\)"):

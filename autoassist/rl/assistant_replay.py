@@ -11,8 +11,11 @@ error. Replay runs in *rounds* of ``round_steps`` learner steps (the engine's ep
 - during the round, batches are drawn uniformly (with replacement) from the kept slots plus
   every slot written since the round began (new transitions are kept with ``P = 1`` until
   the Assistant has scored them);
-- with ``reweight``, a transition's loss weight is ``(mean(P) / P_i)^beta``: ``beta = 1`` is the
-  unbiased correction of the engine;
+- with ``reweight``, a transition's loss weight is ``(mean(P) / P_i)^beta``. ``beta = 1`` is the
+  engine's unbiased correction, and it makes the *expected* update exactly uniform replay's
+  (only its variance changes). So, as in prioritised replay, ``beta`` starts lower
+  (default 0.4) and is annealed linearly to 1 over ``beta_steps`` draws: early learning leans on
+  the informative transitions, and the end is unbiased;
 - at the end of a round, the engine asks the Assistant for fresh scores.
 
 Transition features for the Assistant: ``[obs, act, rew, done, next_obs - obs]``, squashed by
@@ -45,20 +48,22 @@ class AssistantSampler:
     name = "assistant"
 
     def __init__(self, capacity: int, obs_dim: int, act_dim: int,
-                 config: ShrinkConfig | None = None, round_steps: int = 1000, beta: float = 1.0,
-                 seed: int = 0):
+                 config: ShrinkConfig | None = None, round_steps: int = 1000, beta: float = 0.4,
+                 beta_steps: int = 100_000, seed: int = 0):
         from autoassist.engine import ShrinkEngine
 
         if round_steps < 1:
             raise ValueError(f"round_steps={round_steps}: must be >= 1")
-        if not 0.0 <= beta <= 1.0:
-            raise ValueError(f"beta={beta}: must lie in [0, 1]")
+        if not 0.0 <= beta <= 1.0 or beta_steps < 1:
+            raise ValueError(f"beta={beta}, beta_steps={beta_steps}: need 0 <= beta <= 1 and "
+                             "beta_steps >= 1")
         self.config = config or ShrinkConfig(floor=0.3, warmup_epochs=1, reweight=True,
                                              seed=seed)
         if self.config.anneal_epochs:
             raise ValueError("anneal_epochs has no meaning for replay (rounds never end); "
                              "set it to 0")
-        self.capacity, self.round_steps, self.beta = capacity, round_steps, beta
+        self.capacity, self.round_steps = capacity, round_steps
+        self.beta0, self.beta_steps, self.draws = beta, beta_steps, 0
         self.engine = ShrinkEngine(capacity, self.config,
                                    external_features=feature_dim(obs_dim, act_dim))
         self.rng = np.random.default_rng(seed)
@@ -69,6 +74,10 @@ class AssistantSampler:
         self.fresh = np.zeros(capacity, bool)  # written since the round's plan
         self.size = 0
         self.history: list[dict[str, Any]] = []
+
+    @property
+    def beta(self) -> float:
+        return min(1.0, self.beta0 + (1.0 - self.beta0) * self.draws / self.beta_steps)
 
     # -- protocol --------------------------------------------------------------------------------
     def inserted(self, slots: np.ndarray, buffer: ReplayBuffer) -> None:
@@ -87,6 +96,8 @@ class AssistantSampler:
         if self.round < 0 or self.steps >= self.round_steps:
             self._next_round()
         self.steps += 1
+        beta = self.beta
+        self.draws += batch_size
         slots = self.candidates[self.rng.integers(0, self.count, batch_size)]
         plan = self.engine.current
         if not self.config.reweight or plan.mask is None:
@@ -95,7 +106,7 @@ class AssistantSampler:
 
         p = keep_probabilities(plan.scores[slots], plan.floor)
         p = np.where(self.fresh[slots], 1.0, p)
-        w = (self._mean_keep / np.maximum(p, 1e-12)) ** self.beta
+        w = (self._mean_keep / np.maximum(p, 1e-12)) ** beta
         return slots, w.astype(np.float32)
 
     def update(self, slots: np.ndarray, td_errors: np.ndarray) -> None:
@@ -138,7 +149,7 @@ class AssistantSampler:
     # -- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"engine": self.engine.state_dict(), "rng": self.rng.bit_generator.state,
-                "round": self.round, "steps": self.steps, "size": self.size,
+                "round": self.round, "steps": self.steps, "size": self.size, "draws": self.draws,
                 "candidates": self.candidates[: self.count].copy(), "fresh": self.fresh.copy(),
                 "mean_keep": getattr(self, "_mean_keep", 1.0), "history": list(self.history)}
 
@@ -148,6 +159,7 @@ class AssistantSampler:
         self.engine.load_state_dict(state["engine"])
         self.rng.bit_generator.state = state["rng"]
         self.round, self.steps, self.size = state["round"], state["steps"], state["size"]
+        self.draws = state["draws"]
         self.count = len(state["candidates"])
         self.candidates[: self.count] = state["candidates"]
         self.member[:] = False

@@ -50,7 +50,7 @@ class RLConfig:
     round_steps: int = 1_000
     warmup_rounds: int = 1
     assistant: str = "logistic"
-    assistant_beta: float = 1.0
+    assistant_beta: float = 0.4  # annealed to 1, as prioritized replay's beta
     # prioritized replay
     per_alpha: float = 0.6
     per_beta: float = 0.4
@@ -78,15 +78,20 @@ def make_sampler(cfg: RLConfig, obs_dim: int, act_dim: int):
         from autoassist.rl.prioritized import PrioritizedSampler
 
         return PrioritizedSampler(cfg.capacity, cfg.per_alpha, cfg.per_beta,
-                                  beta_steps=max(1, int(cfg.steps * cfg.updates_per_step))
-                                  * cfg.sac.batch_size, seed=cfg.seed)
+                                  beta_steps=_draws(cfg), seed=cfg.seed)
     from autoassist.config import ShrinkConfig
     from autoassist.rl.assistant_replay import AssistantSampler
 
     shrink = ShrinkConfig(floor=cfg.floor, warmup_epochs=cfg.warmup_rounds, reweight=True,
                           assistant=cfg.assistant, seed=cfg.seed)
     return AssistantSampler(cfg.capacity, obs_dim, act_dim, shrink, cfg.round_steps,
-                            cfg.assistant_beta, seed=cfg.seed)
+                            cfg.assistant_beta, beta_steps=_draws(cfg), seed=cfg.seed)
+
+
+def _draws(cfg: RLConfig) -> int:
+    """Transitions drawn over the whole run: the horizon of both samplers' beta annealing."""
+    return max(1, int((cfg.steps - cfg.update_after) * cfg.updates_per_step)
+               * cfg.sac.batch_size)
 
 
 @dataclass
