@@ -116,7 +116,7 @@ def main(argv=None) -> dict:
                 res = train(cfg, progress=True)
                 name = f"{net} / {replay}"
                 runs.setdefault(name, []).append(
-                    {"seed": seed, "history": res.history, "episodes": res.episodes,
+                    {"seed": seed, "history": res.history, "episodes": len(res.episodes),
                      "sampler": res.sampler})
                 h = res.history[-1]
                 print(f"  seed {seed} {name:<32} return {h['return']:8.1f} after "
