@@ -104,7 +104,7 @@ def main(argv=None) -> dict:
     from autoassist.rl.train import RLConfig, train
 
     runs: dict[str, list[dict]] = {}
-    t_all = time.perf_counter()
+    t_all, commit = time.perf_counter(), git_commit()  # the code that runs: read at the start
     for seed in range(args.seeds):
         for net in nets:
             for replay in replays:
@@ -130,7 +130,7 @@ def main(argv=None) -> dict:
     headline = {"env": args.env, "steps": args.steps, "seeds": args.seeds,
                 "final_return": final, "train_seconds": seconds}
     result = {**headline, "runs": runs, "config": vars(args),
-              "wall_seconds": time.perf_counter() - t_all, "commit": git_commit(),
+              "wall_seconds": time.perf_counter() - t_all, "commit": commit,
               "machine": machine_info(), "threads": {**thread_info(), "learner": 1}}
     name = ("rl_quick" if args.quick else "rl") + (f"_{args.tag}" if args.tag else "")
     write_result(name, result, headline,
