@@ -266,3 +266,23 @@ def test_training_resumes_from_its_checkpoint_with_assistant_replay(tmp_path):
         train(RLConfig(**{**cfg(1600).to_dict(), "replay": "uniform",
                           "sac": SACConfig(units=32, batch_size=64)}),
               progress=False, checkpoint=ckpt, resume=True)
+
+
+def test_renewed_slots_are_forgotten_before_their_new_losses():
+    from autoassist.config import ShrinkConfig
+    from autoassist.engine import ShrinkEngine
+
+    engine = ShrinkEngine(8, ShrinkConfig(sync=True, send_every=1), external_features=3)
+    try:
+        engine.renew(np.arange(8), np.ones((8, 3)))
+        engine.observe(torch.full((8,), 2.0), np.arange(8))  # old contents' losses
+        engine.renew(np.array([3, 5]), np.zeros((2, 3)))  # slots 3 and 5 reused
+        engine.observe(torch.tensor([7.0]), np.array([5]))  # slot 5's new contents
+        engine.flush()
+        assert engine.assistant.wait_processed(timeout=60)
+        memory = engine.assistant.model_state()["memory"]
+        assert memory["seen"].tolist() == [1, 1, 1, 0, 1, 1, 1, 1]  # 3: forgotten
+        assert memory["last"][5] == 7.0 and memory["last"][0] == 2.0  # 5: its new loss
+        assert np.array_equal(engine.state.features[3], np.zeros(3))
+    finally:
+        engine.close()
