@@ -466,7 +466,7 @@ def run_benchmark(task_name: str = "fashion_mnist", *, seeds: int = 3, quick: bo
         limit = task.quick_limit
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
-    started = time.perf_counter()
+    started, commit = time.perf_counter(), git_commit()  # the code this run loads
     try:
         train, test = task.load(limit)
         _warm_up(task, train)
@@ -524,7 +524,7 @@ def run_benchmark(task_name: str = "fashion_mnist", *, seeds: int = 3, quick: bo
                      "selective_backprop": {"beta": 3.0, "history": 1024, "warmup_epochs": 1}},
         "summary": summary,
         "runs": runs,
-        "commit": git_commit(),
+        "commit": commit,
         "machine": machine_info(),
         "threads": info,
         "wall_seconds": time.perf_counter() - started,

@@ -168,6 +168,7 @@ def main(argv=None) -> dict:
     p.add_argument("--limit", type=int, default=None, help="training images (default 60000)")
     p.add_argument("--batch-size", type=int, default=128)
     args = p.parse_args(argv)
+    commit = git_commit()  # the code this run loads (a later commit may land meanwhile)
     epochs = args.epochs or (2 if args.quick else 5)
     limit = args.limit or (10000 if args.quick else 60000)
     before = torch.get_num_threads()
@@ -216,7 +217,7 @@ def main(argv=None) -> dict:
         "async_speedup_vs_backprop": throughput["async_model_parallel"] / throughput["backprop"],
     }
     result = {
-        "benchmark": name, "commit": git_commit(), "machine": machine_info(),
+        "benchmark": name, "commit": commit, "machine": machine_info(),
         "threads": {**thread_info(), "per_process": 1}, "epochs": epochs, "images": limit,
         "batch_size": args.batch_size, "cut": cut, "cut_step_seconds": cut_times,
         "throughput": throughput, "histories": histories, "ceiling_seconds": ceiling,

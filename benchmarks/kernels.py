@@ -66,6 +66,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--floor", type=float, default=0.3)
     ap.add_argument("--rounds", type=int, default=None)
     args = ap.parse_args(argv)
+    commit = git_commit()  # the code this run loads (a later commit may land meanwhile)
     rounds = args.rounds or (5 if args.quick else 25)
     rng = np.random.default_rng(0)
     scores = rng.beta(0.7, 0.7, args.n).astype(np.float32)  # Assistant-like: mass near 0 and 1
@@ -114,7 +115,7 @@ def main(argv=None) -> dict:
         "index_dtype": str(kept.dtype),
         "quick": args.quick,
         "thread_info": thread_info(),
-        "commit": git_commit(),
+        "commit": commit,
         "machine": machine_info(),
         "plot": os.path.relpath(png),
     }

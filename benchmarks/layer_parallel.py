@@ -115,6 +115,7 @@ def main(argv=None) -> dict:
     p.add_argument("--serial-epochs", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    commit = git_commit()  # the code this run loads (a later commit may land meanwhile)
     if args.quick:
         args.images, args.width, args.parallel_epochs, args.serial_epochs = 4000, 8, 3, 1
     from autoassist.boss.block_admm import ADMMConfig, BlockADMM, NMFBlock
@@ -281,7 +282,7 @@ def main(argv=None) -> dict:
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = "layer_parallel_quick" if args.quick else "layer_parallel"
     result = {**headline, "runs": runs, "deepfacto": deepfacto,
-              "config": vars(args), "commit": git_commit(), "machine": machine_info(),
+              "config": vars(args), "commit": commit, "machine": machine_info(),
               "threads": {**thread_info(), "per_process": 1}}
     write_result(name, result, headline, lambda path: plot(result, path))
     return result

@@ -170,6 +170,7 @@ def main(argv=None) -> dict:
     p.add_argument("--passes", type=int, default=60, help="passes per sampler and seed")
     p.add_argument("--floor", type=float, default=0.3, help="shrinking: keep rate of inactive")
     args = p.parse_args(argv)
+    commit = git_commit()  # the code this run loads (a later commit may land meanwhile)
     seeds, passes = (1, 30) if args.quick else (args.seeds, args.passes)
     from autoassist.datasets import load_adult
 
@@ -218,7 +219,7 @@ def main(argv=None) -> dict:
         **headline, "summary": summary, "f_star": f_star, "reference_seconds": ref_seconds,
         "n": X.shape[0], "dim": X.shape[1], "floor": args.floor, "passes_budget": passes,
         "lowest_raw_gap": lowest, "curves": runs,
-        "commit": git_commit(), "machine": machine_info(), "threads": thread_info(),
+        "commit": commit, "machine": machine_info(), "threads": thread_info(),
     }
     write_result("linear_svm", result, headline, lambda path: plot(runs, path, args.lam))
     return result

@@ -46,6 +46,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--instances", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=128)
     args = ap.parse_args(argv)
+    commit = git_commit()  # the code this run loads (a later commit may land meanwhile)
     rounds = args.rounds or (2 if args.quick else 4)
     n = args.instances or (10000 if args.quick else 30000)
     torch.set_num_threads(args.threads)
@@ -85,7 +86,7 @@ def main(argv=None) -> dict:
         "queue_drops": tele["queue_drops"],
         "quick": args.quick,
         "threads": thread_info(),
-        "commit": git_commit(),
+        "commit": commit,
         "machine": machine_info(),
     }
     write_result("overhead", result)

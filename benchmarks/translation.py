@@ -149,6 +149,7 @@ def main(argv=None) -> dict:
     p.add_argument("--workdir", default="runs/translation",
                    help="corpus and checkpoints (reused between runs)")
     args = p.parse_args(argv)
+    commit = git_commit()  # the code this run loads (a later commit may land meanwhile)
     args.train_pairs = args.train_pairs or (2000 if args.quick else 10000)
     args.epochs = args.epochs or (4 if args.quick else 10)
     args.warmup = 50 if args.quick else 200  # inverse-sqrt warm-up updates
@@ -172,7 +173,7 @@ def main(argv=None) -> dict:
     (RESULTS / f"{name}.md").write_text(markdown(runs, command))
     png = plot(runs, RESULTS / f"{name}.png")
     result = {
-        "benchmark": name, "command": command, "commit": git_commit(),
+        "benchmark": name, "command": command, "commit": commit,
         "machine": machine_info(), "threads": {**thread_info(), "fairseq_threads": args.threads},
         "corpus": json.loads((corpus / "corpus.json").read_text()),
         "model": fr.model_args(), "train": fr.train_args(args.epochs, warmup=args.warmup),

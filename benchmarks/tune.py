@@ -87,6 +87,7 @@ def main(argv=None) -> dict:
                    help="the tune's target: uniform's final accuracy less this")
     p.add_argument("--workdir", default="runs/tune", help="the tune's folder (its probe log)")
     args = p.parse_args(argv)
+    commit = git_commit()  # the code this run loads (a later commit may land meanwhile)
     if args.quick:
         args.images, args.candidates, args.min_epochs, args.max_epochs = 4000, 4, 2, 4
         args.fresh_seeds = 1
@@ -142,7 +143,7 @@ def main(argv=None) -> dict:
     out = {**headline, "savings": savings, "savings_within_0.002": near,
            "validation": validation,
            "tune": result.headline, "rungs_table": (result.out / "tune.md").read_text(),
-           "commit": git_commit(),
+           "commit": commit,
            "machine": machine_info(), "threads": {**thread_info(), "set": args.threads}}
     write_result(name, out, headline, lambda path: plot(validation, path))
     return out
