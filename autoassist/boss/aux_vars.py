@@ -12,6 +12,11 @@ from __future__ import annotations
 import torch
 
 
+def tensor_bytes(*tensors: torch.Tensor) -> int:
+    """Bytes of the tensors' elements: what sending (or storing) them costs."""
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
 class AuxTables:
     def __init__(self, n: int, shapes: list[tuple[int, ...]], duals: bool):
         self.n = int(n)
@@ -24,7 +29,7 @@ class AuxTables:
 
     def nbytes(self) -> int:
         tables = self.z + (self.lam or [])
-        return sum(t.numel() * t.element_size() for t in tables)
+        return tensor_bytes(*tables)
 
     def state_dict(self) -> dict:
         return {"z": [t.clone() for t in self.z],
@@ -49,7 +54,7 @@ class ByteLedger:
         self.bytes = 0
 
     def add(self, *tensors: torch.Tensor) -> None:
-        self.bytes += sum(t.numel() * t.element_size() for t in tensors)
+        self.bytes += tensor_bytes(*tensors)
 
     def add_bytes(self, n: int) -> None:
         self.bytes += int(n)

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from autoassist.boss.aux_vars import tensor_bytes
 from autoassist.boss.block_processes import SendQueue, epoch_records, launch, restore
 from autoassist.boss.config import BossConfig
 from autoassist.boss.stages import Stages
@@ -62,7 +63,7 @@ def _block_process(rank: int, world: int, stages: Stages, cfg: BossConfig,
     def send(t: torch.Tensor, dst: int, tag: int) -> None:
         nonlocal sent
         dist.send(t.contiguous(), dst, tag=tag)
-        sent += t.numel() * t.element_size()
+        sent += tensor_bytes(t)
 
     for epoch in range(state["epoch"], state["epoch"] + epochs):
         t0, losses, residuals = time.perf_counter(), [], []

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from autoassist.boss.aux_vars import tensor_bytes
 from autoassist.boss.config import BossConfig
 from autoassist.boss.launch import run_stage_processes
 from autoassist.boss.stages import Stages
@@ -32,7 +33,7 @@ class SendQueue:
         self.pending.append((dist.isend(t, dst, tag=tag), t))
         while len(self.pending) > 1 and self.pending[0][0].is_completed():
             self.pending.pop(0)
-        return t.numel() * t.element_size()
+        return tensor_bytes(t)
 
     def wait(self) -> None:
         for handle, _ in self.pending:

@@ -31,15 +31,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from autoassist.boss.aux_vars import tensor_bytes
 from autoassist.boss.block_processes import SendQueue, epoch_records, launch, restore
 from autoassist.boss.config import BossConfig
 from autoassist.boss.stages import Stages
 
 TAG_Z, TAG_GRAD, TAG_ITERATE = 10, 11, 12
-
-
-def _nbytes(t: torch.Tensor) -> int:
-    return t.numel() * t.element_size()
 
 
 def _block_process(rank: int, world: int, stages: Stages, cfg: BossConfig,
@@ -109,13 +106,13 @@ def _block_process(rank: int, world: int, stages: Stages, cfg: BossConfig,
                     g = torch.autograd.grad(me._term(k, me.filter.up(zi), target, lam, y),
                                             zi)[0].contiguous()
                     dist.send(g, k - 1, tag=TAG_GRAD)
-                    sent += _nbytes(g)
+                    sent += tensor_bytes(g)
             if k < K - 1:  # 5. my z_k (own gradient first: k+1 computes its part meanwhile)
                 z = target.clone()
                 for step in range(hcfg.z_steps):
                     if step > 0:
                         dist.send(z.contiguous(), k + 1, tag=TAG_ITERATE)
-                        sent += _nbytes(z)
+                        sent += tensor_bytes(z)
                     z.requires_grad_(True)
                     g_own = torch.autograd.grad(me._term(k, inp, z, lam, y), z)[0]
                     g_next = torch.empty_like(z)

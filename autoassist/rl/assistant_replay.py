@@ -73,7 +73,7 @@ class AssistantSampler:
         self.member = np.zeros(capacity, bool)
         self.fresh = np.zeros(capacity, bool)  # written since the round's plan
         self.size = 0
-        self.history: list[dict[str, Any]] = []
+        self._mean_keep = 1.0  # mean keep probability over the stored slots, this round
 
     @property
     def beta(self) -> float:
@@ -117,8 +117,7 @@ class AssistantSampler:
     def _next_round(self) -> None:
         if self.round >= 0:
             record = self.engine.end_epoch(self.round, self.steps)
-            record["candidates"] = self.count
-            self.history.append(record)
+            record["candidates"] = self.count  # the record is in engine.telemetry
         self.round += 1
         self.steps = 0
         plan = self.engine.plan(self.round)
@@ -143,6 +142,11 @@ class AssistantSampler:
             self.member[filled] = True
 
     @property
+    def history(self) -> list[dict[str, Any]]:
+        """One record per finished round (the engine's telemetry, with the candidate count)."""
+        return self.engine.telemetry
+
+    @property
     def kept_fraction(self) -> float:
         return self.count / max(1, self.size)
 
@@ -151,7 +155,7 @@ class AssistantSampler:
         return {"engine": self.engine.state_dict(), "rng": self.rng.bit_generator.state,
                 "round": self.round, "steps": self.steps, "size": self.size, "draws": self.draws,
                 "candidates": self.candidates[: self.count].copy(), "fresh": self.fresh.copy(),
-                "mean_keep": getattr(self, "_mean_keep", 1.0), "history": list(self.history)}
+                "mean_keep": self._mean_keep}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if len(state["fresh"]) != self.capacity:
@@ -166,7 +170,6 @@ class AssistantSampler:
         self.member[state["candidates"]] = True
         self.fresh[:] = state["fresh"]
         self._mean_keep = state["mean_keep"]
-        self.history = list(state["history"])
 
     def close(self) -> None:
         self.engine.close()

@@ -105,12 +105,11 @@ class SAC:
         return self
 
     # -- features --------------------------------------------------------------------------------
-    def _obs_in(self, obs: torch.Tensor, ofe=None) -> torch.Tensor:
-        ofe = ofe if ofe is not None else self.ofe
-        if ofe is None:
+    def _obs_in(self, obs: torch.Tensor) -> torch.Tensor:
+        if self.ofe is None:
             return obs
         with torch.no_grad():  # decoupled: RL losses never train the features
-            return ofe.features_o(obs)
+            return self.ofe.features_o(obs)
 
     def _critic_in(self, obs: torch.Tensor, act: torch.Tensor, ofe=None) -> torch.Tensor:
         ofe = ofe if ofe is not None else self.ofe
