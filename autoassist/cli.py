@@ -56,9 +56,9 @@ def _bench_parser(sub) -> None:
         import json
         from pathlib import Path
 
-        from autoassist.time_to_accuracy import run_cli
+        from autoassist.time_to_accuracy import result_stem, run_cli
 
-        result = run_cli(args, Path(args.out), f"time_to_accuracy_{args.task}")
+        result = run_cli(args, Path(args.out), result_stem(args))
         print(json.dumps(result["headline"]), flush=True)
         return 0
 

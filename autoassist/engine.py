@@ -22,6 +22,7 @@ import torch
 from autoassist import shared_state as ss
 from autoassist.assistant import AssistantProcess
 from autoassist.config import ShrinkConfig
+from autoassist.device_losses import DeviceLossQueue
 from autoassist.features import CallableFeatures, RandomProjectionFeatures
 
 
@@ -133,6 +134,7 @@ class ShrinkEngine:
         self._pending_losses: list[np.ndarray] = []
         self._pending_batches = 0
         self._pending_forget: list[np.ndarray] = []  # renewed ids the Assistant must forget
+        self._device_losses = DeviceLossQueue()  # CUDA losses still being copied to the host
         self.telemetry: list[dict[str, Any]] = []
         self._epoch_started = time.perf_counter()
         self._reported = 0
@@ -231,7 +233,19 @@ class ShrinkEngine:
                 f"report() got {len(per_sample)} losses for a batch of {len(ids)} instances; "
                 "pass one loss per instance of the batch just yielded (or ids=... to match)"
             )
-        losses = per_sample.detach().to(torch.float32).cpu().numpy().copy()
+        if self._device_losses.needs_deferral(per_sample):
+            # no .cpu() here: it would wait for the GPU on every batch (device_losses.py)
+            self._device_losses.push(per_sample, np.asarray(ids).copy(), batch)
+            self._take_device_losses(wait=self.config.sync)
+            return
+        self._accept(per_sample.detach().to(torch.float32).cpu().numpy().copy(), ids, batch)
+
+    def _take_device_losses(self, wait: bool) -> None:
+        """Accept the device losses whose copies have finished (all of them when ``wait``)."""
+        for losses, ids, batch in self._device_losses.ready(wait=wait):
+            self._accept(losses, ids, batch)
+
+    def _accept(self, losses: np.ndarray, ids: np.ndarray, batch: Any) -> None:
         finite = np.isfinite(losses)
         if not finite.all():
             bad = ids[~finite][:5].tolist()
@@ -271,6 +285,7 @@ class ShrinkEngine:
             raise IndexError(f"renew() ids must lie in [0, {self.n})")
         self.state.features[ids] = rows
         self.state.have[ids] = 1
+        self._take_device_losses(wait=True)  # losses of the old contents come first
         if self.assistant is not None and not self.assistant.failed:
             if self._pending_ids and np.isin(ids, np.concatenate(self._pending_ids)).any():
                 self.flush()  # losses queued for the old contents go first
@@ -282,7 +297,10 @@ class ShrinkEngine:
         plan = self.current
         if not self.config.reweight or plan is None or plan.mask is None:
             return None
-        return torch.from_numpy(plan.weights(ids)).to(like.device, like.dtype)
+        weights = torch.from_numpy(plan.weights(ids))
+        if like.device.type == "cuda":  # pinned + non-blocking: no wait for the GPU's queue
+            return weights.pin_memory().to(like.device, like.dtype, non_blocking=True)
+        return weights.to(like.device, like.dtype)
 
     def _warn_no_features(self) -> None:
         if not self._warned_features:
@@ -308,6 +326,7 @@ class ShrinkEngine:
 
     def end_epoch(self, epoch: int, batches: int) -> dict[str, Any]:
         """Ask for fresh scores (async: the Boss does not wait, unless ``sync``); log telemetry."""
+        self._take_device_losses(wait=True)  # the epoch's last device losses
         seconds = time.perf_counter() - self._epoch_started
         if self.assistant is not None and not self.assistant.failed:
             self.flush()
@@ -344,6 +363,7 @@ class ShrinkEngine:
 
     # -- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        self._take_device_losses(wait=True)  # no report in flight is lost from a checkpoint
         model_state = None
         if self.assistant is not None:
             if self.config.sync:

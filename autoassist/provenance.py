@@ -11,6 +11,9 @@ from typing import Any
 
 
 def git_commit() -> str | None:
+    """HEAD (``+dirty`` with uncommitted changes); ``AUTOASSIST_COMMIT`` where the code runs from
+    a copy without git history (e.g. a GPU machine that received the working tree)."""
+    fallback = os.environ.get("AUTOASSIST_COMMIT") or None
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                              cwd=Path(__file__).parent, timeout=10)
@@ -18,12 +21,15 @@ def git_commit() -> str | None:
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, cwd=Path(__file__).parent,
                                timeout=10).stdout.strip()
-        return f"{commit}+dirty" if commit and dirty else commit
+        if not commit:
+            return fallback
+        return f"{commit}+dirty" if dirty else commit
     except (OSError, subprocess.SubprocessError):
-        return None
+        return fallback
 
 
-def machine_info() -> dict[str, Any]:
+def machine_info(device=None) -> dict[str, Any]:
+    """Host facts, plus the accelerator's name when ``device`` is a CUDA device."""
     cpu = platform.processor() or ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -32,13 +38,21 @@ def machine_info() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {
+    info = {
         "hostname": platform.node(),
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
     }
+    if device is not None and str(device).startswith("cuda"):
+        import torch
+
+        info["device"] = str(device)
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+        info["torch"] = torch.__version__
+        info["cuda"] = torch.version.cuda
+    return info
 
 
 def thread_info() -> dict[str, Any]:

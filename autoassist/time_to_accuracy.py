@@ -42,6 +42,7 @@ from autoassist.training import (
     time_to_target,
 )
 
+CPU = torch.device("cpu")
 METHODS = ("uniform", "autoassist", "published", "infobatch", "selective_backprop")
 LABELS = {"uniform": "uniform (tuned)", "autoassist": "autoassist",
           "published": "AutoAssist as published", "infobatch": "InfoBatch-style",
@@ -64,12 +65,15 @@ PUBLISHED_SETTINGS: dict[str, Any] = {"floor": 0.3, "reweight": False, "warmup_e
 # Methods: each yields an epoch's batches and turns a batch into (loss, forwarded, backpropagated)
 # ------------------------------------------------------------------------------------------------
 class _Method:
-    def __init__(self, train, batch_size: int, seed: int, epochs: int):
+    def __init__(self, train, batch_size: int, seed: int, epochs: int,
+                 device: torch.device = CPU):
         self.train, self.batch_size, self.seed, self.epochs = train, batch_size, seed, epochs
+        self.device = device
 
     def _loader(self, **kwargs) -> DataLoader:
         return DataLoader(self.train, batch_size=self.batch_size, shuffle=True,
-                          generator=torch.Generator().manual_seed(self.seed), **kwargs)
+                          generator=torch.Generator().manual_seed(self.seed),
+                          pin_memory=self.device.type == "cuda", **kwargs)
 
     def epoch(self, epoch: int):
         raise NotImplementedError
@@ -161,14 +165,14 @@ class InfoBatchMethod(_Method):
     def epoch(self, epoch):
         ids = _IdBatches(self.selector.epoch_order(epoch), self.batch_size)
         self.kept.append(self.selector.kept_fraction)
-        loader = DataLoader(self.train, batch_sampler=ids)
+        loader = DataLoader(self.train, batch_sampler=ids, pin_memory=self.device.type == "cuda")
         return _Zipped(loader, ids.batches)
 
     def loss(self, model, batch):
         (x, y), ids = batch
         per_sample = F.cross_entropy(model(x), y, reduction="none")
-        self.selector.record(ids, per_sample.detach().numpy())
-        w = torch.from_numpy(self.selector.weights(ids))
+        self.selector.record(ids, per_sample.detach().cpu().numpy())  # its rule needs them now
+        w = torch.from_numpy(self.selector.weights(ids)).to(per_sample.device)
         return (per_sample * w).mean(), len(y), len(y)
 
     def info(self):
@@ -214,11 +218,11 @@ class SelectiveBackpropMethod(_Method):
         x, y = batch
         if self.current < self.warmup_epochs:
             per_sample = F.cross_entropy(model(x), y, reduction="none")
-            self.selector.observe(per_sample.detach().numpy())
+            self.selector.observe(per_sample.detach().cpu().numpy())
             return per_sample.mean(), len(y), len(y)
         with torch.no_grad():  # scoring pass in train mode, as in the paper and Composer:
             losses = F.cross_entropy(model(x), y, reduction="none")  # BatchNorm sees every batch
-        chosen = torch.from_numpy(self.selector.select(losses.numpy()))
+        chosen = torch.from_numpy(self.selector.select(losses.cpu().numpy())).to(x.device)
         self.pool_x.append(x[chosen])
         self.pool_y.append(y[chosen])
         self.pooled += int(chosen.sum())
@@ -240,8 +244,8 @@ class SelectiveBackpropMethod(_Method):
 
 
 def make_method(name: str, train, batch_size: int, seed: int, epochs: int,
-                settings: dict[str, Any] | None = None) -> _Method:
-    args = (train, batch_size, seed, epochs)
+                settings: dict[str, Any] | None = None, device: torch.device = CPU) -> _Method:
+    args = (train, batch_size, seed, epochs, device)
     if name == "uniform":
         return Uniform(*args)
     if name == "autoassist":
@@ -260,13 +264,18 @@ def make_method(name: str, train, batch_size: int, seed: int, epochs: int,
 # ------------------------------------------------------------------------------------------------
 def run_one(task: Task, method: str, train, test, *, seed: int, lr: float, epochs: int,
             progress: bool = True, settings: dict[str, Any] | None = None,
-            log=print) -> dict[str, Any]:
-    """Train ``task.model()`` (initialised from ``seed``) with ``method``; return its record."""
+            device: str | torch.device = "cpu", log=print) -> dict[str, Any]:
+    """Train ``task.model()`` (initialised from ``seed``) with ``method``; return its record.
+
+    On a CUDA ``device`` the clock waits for the GPU at each epoch's end, so seconds are real.
+    """
     from tqdm.auto import tqdm
 
-    with torch.random.fork_rng():  # same initial weights for every method; global RNG kept
-        torch.manual_seed(seed)
-        model = task.model()
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[]):  # same initial weights for every method (on CPU,
+        torch.manual_seed(seed)  # so every device starts alike); the global RNG is kept
+        model = task.model().to(device)
+    test = tuple(t.to(device) for t in test)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True,
                                 weight_decay=task.weight_decay)
     curve = Curve(LABELS.get(method, method))
@@ -275,8 +284,12 @@ def run_one(task: Task, method: str, train, test, *, seed: int, lr: float, epoch
     fwd = bwd = 0
     clock = Stopwatch()
     clock.start()
-    runner = make_method(method, train, task.batch_size, seed, epochs, settings)
+    runner = make_method(method, train, task.batch_size, seed, epochs, settings, device)
     setup_seconds = clock.pause()
+
+    def settle():  # queued GPU work belongs to the epoch that queued it
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
     def step(loss, progress_now):
         for group in optimizer.param_groups:
@@ -295,7 +308,7 @@ def run_one(task: Task, method: str, train, test, *, seed: int, lr: float, epoch
                        desc=f"{method} seed {seed} epoch {epoch + 1}/{epochs}",
                        mininterval=0.1 if sys.stderr.isatty() else 15.0, dynamic_ncols=True)
             for i, batch in enumerate(bar):
-                loss, f, b = runner.loss(model, batch)
+                loss, f, b = runner.loss(model, _to_device(batch, device))
                 fwd, bwd = fwd + f, bwd + b
                 if loss is not None:
                     step(loss, (epoch + min(i / steps, 1.0)) / epochs)
@@ -303,6 +316,7 @@ def run_one(task: Task, method: str, train, test, *, seed: int, lr: float, epoch
             fwd, bwd = fwd + f, bwd + b
             if loss is not None:
                 step(loss, (epoch + 1.0) / epochs)
+            settle()
             seconds = clock.pause()
             t0 = time.perf_counter()
             acc = evaluate(model, *test)
@@ -321,20 +335,33 @@ def run_one(task: Task, method: str, train, test, *, seed: int, lr: float, epoch
     return record
 
 
-def _warm_up(task: Task, train, batches: int = 20) -> None:
+def _to_device(batch, device: torch.device):
+    """Tensors of a (nested) batch on ``device``; ids and other values as they are."""
+    if device.type == "cpu":
+        return batch
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_to_device(b, device) for b in batch)
+    return batch
+
+
+def _warm_up(task: Task, train, batches: int = 20, device: torch.device = CPU) -> None:
     """A few untimed steps first, so no method's clock pays for torch's one-time set-up."""
-    with torch.random.fork_rng():
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = task.model()
+        model = task.model().to(device)
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
         loader = DataLoader(train, batch_size=task.batch_size, shuffle=True)
         for i, (x, y) in enumerate(loader):
             if i == batches:
                 break
+            x, y = x.to(device), y.to(device)
             optimizer.zero_grad()
             F.cross_entropy(model(x), y).backward()
             optimizer.step()
-        evaluate(model, train.tensors()[0][:2000], train.tensors()[1][:2000])
+        x, y = train.tensors()
+        evaluate(model, x[:2000].to(device), y[:2000].to(device))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -445,7 +472,7 @@ def run_benchmark(task_name: str = "fashion_mnist", *, seeds: int = 3, quick: bo
                   methods: tuple[str, ...] = METHODS, threads: int = 2,
                   epochs: int | None = None, lrs: tuple[float, ...] | None = None,
                   sweep_seeds: int = 1, limit: int | None = None, progress: bool = True,
-                  log=print) -> dict[str, Any]:
+                  device: str = "cpu", log=print) -> dict[str, Any]:
     """Run the LR sweep, then every method on every seed; return the full record.
 
     The sweep runs uniform at each learning rate on the first ``sweep_seeds`` seeds and keeps the
@@ -460,6 +487,9 @@ def run_benchmark(task_name: str = "fashion_mnist", *, seeds: int = 3, quick: bo
     if seeds < 1 or not 1 <= sweep_seeds <= seeds:
         raise ValueError(f"need seeds >= 1 and 1 <= sweep_seeds <= seeds; got {seeds}, "
                          f"{sweep_seeds}")
+    device_ = torch.device(device)
+    if device_.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: torch sees no CUDA GPU here; use --device cpu")
     epochs = epochs or (task.quick_epochs if quick else task.epochs)
     lrs = tuple(lrs or (task.quick_lrs if quick and task.quick_lrs else task.lrs))
     if limit is None and quick:
@@ -469,14 +499,15 @@ def run_benchmark(task_name: str = "fashion_mnist", *, seeds: int = 3, quick: bo
     started, commit = time.perf_counter(), git_commit()  # the code this run loads
     try:
         train, test = task.load(limit)
-        _warm_up(task, train)
+        _warm_up(task, train, device=device_)
         log(f"{task.name}: {len(train)} train / {len(test[1])} test; {epochs} epochs, batch "
-            f"{task.batch_size}, LR sweep {lrs}, seeds {list(range(seeds))}, {threads} threads")
+            f"{task.batch_size}, LR sweep {lrs}, seeds {list(range(seeds))}, {threads} threads, "
+            f"on {device_}")
         runs: list[dict[str, Any]] = []
         for seed in range(sweep_seeds):
             for lr in lrs:
                 runs.append(run_one(task, "uniform", train, test, seed=seed, lr=lr, epochs=epochs,
-                                    progress=progress, log=log))
+                                    progress=progress, device=device_, log=log))
         finals: dict[float, list[float]] = {}
         for r in runs:
             finals.setdefault(r["lr"], []).append(r["accuracy"][-1])
@@ -488,7 +519,7 @@ def run_benchmark(task_name: str = "fashion_mnist", *, seeds: int = 3, quick: bo
                 if method == "uniform" and seed < sweep_seeds:
                     continue  # the sweep already ran it
                 runs.append(run_one(task, method, train, test, seed=seed, lr=lr, epochs=epochs,
-                                    progress=progress, log=log))
+                                    progress=progress, device=device_, log=log))
         summary = summarize(runs, lr)
     finally:
         torch.set_num_threads(previous_threads)
@@ -511,6 +542,7 @@ def run_benchmark(task_name: str = "fashion_mnist", *, seeds: int = 3, quick: bo
         "epochs": epochs,
         "lr": lr,
         "quick": quick,
+        "device": str(device_),
     }
     info["torch_threads"] = threads
     return {
@@ -525,7 +557,7 @@ def run_benchmark(task_name: str = "fashion_mnist", *, seeds: int = 3, quick: bo
         "summary": summary,
         "runs": runs,
         "commit": commit,
-        "machine": machine_info(),
+        "machine": machine_info(device_),
         "threads": info,
         "wall_seconds": time.perf_counter() - started,
     }
@@ -575,6 +607,14 @@ def add_arguments(p) -> None:
     p.add_argument("--lrs", default=None, help="override the LR sweep, e.g. 0.05,0.1,0.2")
     p.add_argument("--limit", type=int, default=None, help="use only N training instances")
     p.add_argument("--no-progress", action="store_true", help="hide the tqdm bars")
+    p.add_argument("--device", default="cpu",
+                   help="where the Boss trains: cpu or cuda[:N] (the Assistant stays on the CPU)")
+
+
+def result_stem(args) -> str:
+    """``time_to_accuracy_<task>``, with ``_cuda`` for GPU runs (CPU results stay apart)."""
+    suffix = "" if torch.device(args.device).type == "cpu" else f"_{torch.device(args.device).type}"
+    return f"time_to_accuracy_{args.task}{suffix}"
 
 
 def run_cli(args, directory: Path, stem: str) -> dict:
@@ -585,7 +625,7 @@ def run_cli(args, directory: Path, stem: str) -> dict:
         threads=args.threads, epochs=args.epochs,
         lrs=tuple(float(v) for v in args.lrs.split(",")) if args.lrs else None,
         sweep_seeds=min(args.sweep_seeds, seeds), limit=args.limit,
-        progress=not args.no_progress,
+        progress=not args.no_progress, device=args.device,
     )
     paths = write_outputs(result, directory, stem)
     print()

@@ -1,12 +1,17 @@
 """Boss throughput with the Assistant running (keep-all mode) vs the plain DataLoader.
 
-    python -m benchmarks.overhead [--quick] [--threads 2]
+    python -m benchmarks.overhead [--quick] [--threads 2] [--device cuda]
 
 Both loaders feed the same small CNN on Fashion-MNIST; runs alternate (plain, wrapped, plain,
 ...) so machine noise hits both alike. With ``floor=1`` nothing is shrunk, so any difference is the
 engine's cost: the id FIFO, ``report`` (detach, copy, feature projection on first sighting,
 queueing), and the Assistant process competing for the CPU. Last stdout line: JSON with
 ``throughput_ratio`` = wrapped / plain instances per second (goal >= 0.97).
+
+With ``--device cuda`` the Boss trains on the GPU from pinned batches, and a third arm measures
+what a report costs when it waits for the GPU (``losses.cpu()`` before ``report``, which is what
+``report`` itself did before its copies became asynchronous): ``blocking_ratio``. Results go to
+``overhead_cuda.json``.
 """
 
 from __future__ import annotations
@@ -25,16 +30,22 @@ from autoassist.models import small_cnn
 from benchmarks._common import git_commit, machine_info, thread_info, write_result
 
 
-def _epoch(model, opt, loader, shrinking: bool) -> tuple[int, float]:
+def _epoch(model, opt, loader, shrinking: bool, device: torch.device,
+           blocking: bool = False) -> tuple[int, float]:
     count = 0
     t0 = time.perf_counter()
     for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         per_sample = F.cross_entropy(model(x), y, reduction="none")
+        if blocking:
+            per_sample.detach().cpu()  # a report that waits for the GPU
         loss = loader.report(per_sample) if shrinking else per_sample.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         count += len(y)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return count, time.perf_counter() - t0
 
 
@@ -45,7 +56,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--instances", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--device", default="cpu", help="where the Boss trains: cpu or cuda[:N]")
     args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        ap.error(f"--device {args.device}: torch sees no CUDA GPU here")
+    gpu = device.type == "cuda"
     commit = git_commit()  # the code this run loads (a later commit may land meanwhile)
     rounds = args.rounds or (2 if args.quick else 4)
     n = args.instances or (10000 if args.quick else 30000)
@@ -53,33 +69,46 @@ def main(argv=None) -> dict:
     data = Subset(FashionMNIST("train"), range(n))
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        model = small_cnn()
+        model = small_cnn().to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    plain = DataLoader(data, batch_size=args.batch_size, shuffle=True)
-    wrapped = autoassist.wrap(DataLoader(data, batch_size=args.batch_size, shuffle=True),
-                              floor=1.0, warmup_epochs=0)
+    plain = DataLoader(data, batch_size=args.batch_size, shuffle=True, pin_memory=gpu)
+    wrapped = autoassist.wrap(DataLoader(data, batch_size=args.batch_size, shuffle=True,
+                                         pin_memory=gpu), floor=1.0, warmup_epochs=0)
     # untimed warm-up of both (JIT, allocator, first-sighting features)
-    _epoch(model, opt, plain, False)
+    _epoch(model, opt, plain, False, device)
     wrapped.set_epoch(0)
-    _epoch(model, opt, wrapped, True)
-    plain_rates, wrapped_rates = [], []
+    _epoch(model, opt, wrapped, True, device)
+    epoch = 1
+    plain_rates, wrapped_rates, blocking_rates = [], [], []
     for r in range(rounds):
-        c, s = _epoch(model, opt, plain, False)
+        c, s = _epoch(model, opt, plain, False, device)
         plain_rates.append(c / s)
-        wrapped.set_epoch(r + 1)
-        c, s = _epoch(model, opt, wrapped, True)
+        wrapped.set_epoch(epoch)
+        epoch += 1
+        c, s = _epoch(model, opt, wrapped, True, device)
         wrapped_rates.append(c / s)
-        print(f"round {r + 1}/{rounds}: plain {plain_rates[-1]:.0f}/s, "
-              f"autoassist keep-all {wrapped_rates[-1]:.0f}/s", flush=True)
+        line = (f"round {r + 1}/{rounds}: plain {plain_rates[-1]:.0f}/s, "
+                f"autoassist keep-all {wrapped_rates[-1]:.0f}/s")
+        if gpu:
+            wrapped.set_epoch(epoch)
+            epoch += 1
+            c, s = _epoch(model, opt, wrapped, True, device, blocking=True)
+            blocking_rates.append(c / s)
+            line += f", keep-all with a report that waits for the GPU {blocking_rates[-1]:.0f}/s"
+        print(line, flush=True)
     tele = wrapped.telemetry[-1]
     wrapped.close()
     ratio = statistics.median(wrapped_rates) / statistics.median(plain_rates)
     result = {
         "benchmark": "overhead",
+        "device": str(device),
         "throughput_ratio": ratio,
+        "blocking_ratio": (statistics.median(blocking_rates) / statistics.median(plain_rates)
+                           if blocking_rates else None),
         "goal": ">= 0.97",
         "plain_instances_per_s": plain_rates,
         "autoassist_instances_per_s": wrapped_rates,
+        "blocking_report_instances_per_s": blocking_rates,
         "instances_per_epoch": n,
         "batch_size": args.batch_size,
         "assistant_cpu_seconds": tele["assistant_cpu_seconds"],
@@ -87,9 +116,9 @@ def main(argv=None) -> dict:
         "quick": args.quick,
         "threads": thread_info(),
         "commit": commit,
-        "machine": machine_info(),
+        "machine": machine_info(device),
     }
-    write_result("overhead", result)
+    write_result("overhead_cuda" if gpu else "overhead", result)
     return result
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from autoassist.time_to_accuracy import add_arguments, run_cli
+from autoassist.time_to_accuracy import add_arguments, result_stem, run_cli
 from benchmarks._common import RESULTS
 
 
@@ -22,7 +22,7 @@ def main(argv=None) -> dict:
                                 description=__doc__.split("\n\n")[0])
     add_arguments(p)
     args = p.parse_args(argv)
-    result = run_cli(args, RESULTS, f"time_to_accuracy_{args.task}")
+    result = run_cli(args, RESULTS, result_stem(args))
     print(json.dumps(result["headline"]), flush=True)
     return result
 

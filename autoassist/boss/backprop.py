@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
@@ -33,7 +34,7 @@ def train(stages: Stages, make_loader, cfg: BossConfig) -> dict[str, Any]:
     for epoch in range(start, cfg.epochs):
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(epoch)
-        t0, seen, total = time.perf_counter(), 0, 0.0
+        t0, seen, sums = time.perf_counter(), 0, []
         for batch in tqdm(loader, desc=f"backprop epoch {epoch}", leave=False,
                           disable=not cfg.progress):
             x, y = split_batch(batch)
@@ -46,7 +47,8 @@ def train(stages: Stages, make_loader, cfg: BossConfig) -> dict[str, Any]:
             for opt in optimizers:
                 opt.step()
             seen += len(y)
-            total += float(per_sample.detach().sum())
+            sums.append(per_sample.detach().sum())  # no per-batch wait for a GPU
+        total = sum(torch.stack(sums).tolist(), 0.0) if sums else 0.0
         history.append({"epoch": epoch, "seconds": time.perf_counter() - t0, "instances": seen,
                         "loss": total / max(seen, 1)})
         if cfg.checkpoint_dir:
