@@ -1,7 +1,12 @@
 """The Assistant: a separate process that learns which instances are still informative.
 
-Boss -> Assistant: a bounded queue of ``("losses", ids, losses)`` messages; when it is full the
-Boss drops the *oldest* message and counts the drop, so the Boss never blocks. The Assistant
+Boss -> Assistant: a bounded queue of ``("losses", ids, losses)`` messages. When it is full (the
+Assistant is still starting, or a fast GPU Boss outruns it for a while) the Boss never blocks:
+it holds the messages in a backlog, merging consecutive loss messages into one, and hands them
+over as soon as the queue has room. Only a backlog beyond a memory bound loses its oldest
+losses, and those are counted (``queue_drops``); score and state requests are never dropped. The
+AutoAssist paper dropped messages at once; on a GPU that threw away the first epochs' losses
+while the Assistant process was still importing its modules. The Assistant
 labels each loss ``1[loss > running mean loss]``, trains its light model on the instance's
 features (which the Boss wrote into shared memory), and on request (or when idle after enough
 new evidence) scores all N instances and publishes them (``shared_state.SharedState``).
@@ -17,6 +22,7 @@ import os
 import queue
 import time
 import warnings
+from collections import deque
 from typing import Any
 
 import numpy as np
@@ -28,6 +34,7 @@ _POLL_SECONDS = 0.2
 _SCORE_CHUNK = 65536
 _ACCURACY_RATE = 0.001
 _MINIBATCH = 32  # the Assistant's own SGD batch: many cheap steps per message
+_BACKLOG_CAP = 1 << 22  # at most ~4M held losses (~50 MB), whatever the data set's size
 
 
 # ------------------------------------------------------------------------------------------------
@@ -178,6 +185,10 @@ class AssistantProcess:
         self.restarts = 0
         self.drops = 0
         self.sent = 0
+        self._backlog: deque[tuple] = deque()  # messages the full queue could not take yet
+        self._backlog_instances = 0
+        self.dropped_instances = 0  # losses lost to the backlog's bound
+        self.backlog_limit = min(max(4 * state.num_instances, 65536), _BACKLOG_CAP)
         self._ctx = mp.get_context("spawn")
         self._proc = None
         self._inbox = None
@@ -266,31 +277,62 @@ class AssistantProcess:
 
     # -- messages -------------------------------------------------------------------------------
     def send(self, message: tuple, block: bool = False) -> None:
-        """Queue a message; when the queue is full, drop the oldest one (never block the Boss)."""
+        """Queue a message after any held ones. ``block=False`` never waits: what the full queue
+        cannot take stays in the backlog (see the module docstring)."""
         if not self.check():
             return
-        if block:
-            self._inbox.put(message)
-            self.sent += 1
-            return
-        try:
-            self._inbox.put_nowait(message)
-        except queue.Full:
+        self._hold(message)
+        self.deliver(block=block)
+
+    def deliver(self, block: bool = False) -> None:
+        """Hand held messages to the queue, oldest first (all of them, waiting, when ``block``)."""
+        while self._backlog and self.alive:
             try:
-                self._inbox.get_nowait()
-                self.drops += 1
-                self.sent -= 1
-            except queue.Empty:
-                pass
-            try:
-                self._inbox.put_nowait(message)
+                if block:
+                    self._inbox.put(self._backlog[0])
+                else:
+                    self._inbox.put_nowait(self._backlog[0])
             except queue.Full:
-                self.drops += 1
                 return
-        self.sent += 1
+            message = self._backlog.popleft()
+            if message[0] == "losses":
+                self._backlog_instances -= len(message[1])
+            self.sent += 1
+
+    @property
+    def backlog_instances(self) -> int:
+        return self._backlog_instances
+
+    def _hold(self, message: tuple) -> None:
+        if message[0] != "losses":
+            self._backlog.append(message)
+            return
+        last = self._backlog[-1] if self._backlog else None
+        if (last is not None and last[0] == "losses"
+                and not (len(message[3]) and np.isin(message[3], last[1]).any())):
+            # one message for both; the new forgets may go first: they touch none of last's ids
+            message = ("losses", np.concatenate([last[1], message[1]]),
+                       np.concatenate([last[2], message[2]]),
+                       np.concatenate([last[3], message[3]]))
+            self._backlog.pop()
+            self._backlog_instances -= len(last[1])
+        self._backlog.append(message)
+        self._backlog_instances += len(message[1])
+        while self._backlog_instances > self.backlog_limit:  # bounded memory: oldest losses go
+            oldest = next(i for i, m in enumerate(self._backlog) if m[0] == "losses")
+            kind, ids, losses, forget = self._backlog[oldest]
+            cut = min(len(ids), self._backlog_instances - self.backlog_limit)
+            if cut == len(ids) and not len(forget):
+                del self._backlog[oldest]
+            else:  # its forgets still apply to the losses that follow
+                self._backlog[oldest] = (kind, ids[cut:], losses[cut:], forget)
+            self._backlog_instances -= cut
+            self.dropped_instances += cut
+            self.drops += 1
 
     def wait_processed(self, timeout: float) -> bool:
         """Wait until the Assistant has handled every message sent (sync mode, checkpoints)."""
+        self.deliver(block=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.alive:
@@ -327,5 +369,7 @@ class AssistantProcess:
             "assistant_trained_instances": int(self.state.header[ss.TRAINED]),
             "assistant_restarts": self.restarts,
             "queue_drops": self.drops,
+            "dropped_instances": self.dropped_instances,
+            "backlog_instances": self._backlog_instances,
             "score_version": int(self.state.header[ss.VERSION]),
         }

@@ -57,6 +57,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--instances", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--device", default="cpu", help="where the Boss trains: cpu or cuda[:N]")
+    ap.add_argument("--width", type=int, default=None,
+                    help="the CNN's channel width (default: small_cnn's); wider makes a GPU the "
+                         "bottleneck, where a report that waits for it costs the most")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -69,7 +72,7 @@ def main(argv=None) -> dict:
     data = Subset(FashionMNIST("train"), range(n))
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        model = small_cnn().to(device)
+        model = (small_cnn() if args.width is None else small_cnn(width=args.width)).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     plain = DataLoader(data, batch_size=args.batch_size, shuffle=True, pin_memory=gpu)
     wrapped = autoassist.wrap(DataLoader(data, batch_size=args.batch_size, shuffle=True,
@@ -110,6 +113,7 @@ def main(argv=None) -> dict:
         "autoassist_instances_per_s": wrapped_rates,
         "blocking_report_instances_per_s": blocking_rates,
         "instances_per_epoch": n,
+        "width": args.width,
         "batch_size": args.batch_size,
         "assistant_cpu_seconds": tele["assistant_cpu_seconds"],
         "queue_drops": tele["queue_drops"],
@@ -118,7 +122,8 @@ def main(argv=None) -> dict:
         "commit": commit,
         "machine": machine_info(device),
     }
-    write_result("overhead_cuda" if gpu else "overhead", result)
+    name = "overhead" + ("_cuda" if gpu else "") + (f"_w{args.width}" if args.width else "")
+    write_result(name, result)
     return result
 
 

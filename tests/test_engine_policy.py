@@ -75,26 +75,58 @@ def test_drop_last_batches_are_full_while_shrinking():
         assert plan.reason == "shrink"
 
 
-def test_full_queue_drops_the_oldest_message_never_blocks():
+def _stalled(proc):
+    """SIGSTOP the Assistant (stalled, or still starting) until the block ends."""
+    class _Stall:
+        def __enter__(self):
+            assert proc.wait_processed(60)
+            os.kill(proc.pid, signal.SIGSTOP)
+
+        def __exit__(self, *exc):
+            os.kill(proc.pid, signal.SIGCONT)
+
+    return _Stall()
+
+
+def test_a_full_queue_holds_losses_for_later_and_never_blocks():
     data, loss = _data()
     base = DataLoader(data, batch_size=100)
     with autoassist.wrap(base, features=data.tensors[0], queue_size=2, send_every=1) as loader:
         proc = loader.engine.assistant
         state = loader.engine.state
-        assert proc.wait_processed(60)
-        os.kill(proc.pid, signal.SIGSTOP)  # a stalled Assistant
-        try:
+        with _stalled(proc):
             t0 = time.perf_counter()
             for k in range(10):  # ten messages of 10 instances each into a queue of 2
                 ids = np.arange(10 * k, 10 * k + 10)
                 loader.report(loss[ids], ids=ids)
             assert time.perf_counter() - t0 < 5  # the Boss did not wait for the Assistant
-        finally:
-            os.kill(proc.pid, signal.SIGCONT)
+            # the queue took 2 messages; the other 8 wait merged into one held message
+            assert proc.backlog_instances == 80 and len(proc._backlog) == 1
+        record = loader.engine.end_epoch(7, batches=10)  # its score request follows the losses
         assert proc.wait_processed(60)
-        assert proc.drops == 8
-        assert int(state.header[ss.TRAINED]) == 20  # only the two newest messages arrived
-        assert loader.engine.end_epoch(0, batches=10)["queue_drops"] == 8
+        assert int(state.header[ss.TRAINED]) == 100  # every reported loss arrived, in order
+        assert record["queue_drops"] == 0 and proc.backlog_instances == 0
+        assert int(state.header[ss.PUBLISHED_EPOCH]) == 7  # nor was the score request
+
+
+def test_a_backlog_beyond_its_bound_loses_its_oldest_losses_and_counts_them():
+    data, loss = _data()
+    base = DataLoader(data, batch_size=100)
+    with autoassist.wrap(base, features=data.tensors[0], queue_size=1, send_every=1) as loader:
+        proc = loader.engine.assistant
+        proc.backlog_limit = 35
+        with _stalled(proc):
+            for k in range(10):
+                ids = np.arange(10 * k, 10 * k + 10)
+                loader.report(loss[ids], ids=ids)
+                if k == 4:
+                    loader.engine.end_epoch(7, batches=5)  # a score request between losses
+            assert proc.backlog_instances <= 35
+        assert proc.wait_processed(60)
+        assert proc.drops > 0 and proc.dropped_instances > 0
+        trained = int(loader.engine.state.header[ss.TRAINED])
+        assert trained == 100 - proc.dropped_instances  # the rest arrived
+        assert int(loader.engine.state.header[ss.PUBLISHED_EPOCH]) == 7  # the request survived
 
 
 def test_assistant_that_keeps_dying_is_given_up_and_training_goes_on():

@@ -29,7 +29,8 @@ from autoassist.rl.replay import FIELDS
 
 
 def _actor_main(idx: int, env_id: str, sac_cfg: dict, seed: int, shared: dict, version,
-                lock, out, errors, stop, chunk: int, random_steps: int, threads: int) -> None:
+                lock, out, errors, stop, chunk: int, random_steps: int, threads: int,
+                ready) -> None:
     """One actor process: act, step, send chunks of transitions until told to stop."""
     try:
         torch.set_num_threads(threads)  # this process's own setting
@@ -42,6 +43,8 @@ def _actor_main(idx: int, env_id: str, sac_cfg: dict, seed: int, shared: dict, v
                     SACConfig(**sac_cfg), seed=seed)
         seen = -1
         obs, _ = env.reset(seed=seed)
+        with ready.get_lock():  # this actor is set up: the pool starts when all of them are
+            ready.value += 1
         ep_return, steps = 0.0, 0
         while not stop.is_set():
             if version.value != seen:  # fresh weights from the learner
@@ -101,8 +104,23 @@ class ActorPool:
         self.procs: list[Any] = [None] * n
         self.received = np.zeros(n, np.int64)  # transitions per actor
         self.incarnation = [0] * n
+        self.ready = self.ctx.Value("l", 0)
         for i in range(n):
             self._start(i)
+        self._wait_ready()
+
+    def _wait_ready(self, timeout_s: float = 300.0) -> None:
+        """Return once every actor has its environment and policy: spawned processes start
+        seconds apart on a busy machine, and a learner that began with the first one would
+        train on its transitions alone."""
+        deadline = time.monotonic() + timeout_s
+        while self.ready.value < self.n:
+            self.check()  # a dead actor: restarted, or its error raised
+            if time.monotonic() > deadline:
+                self.close()
+                raise TimeoutError(f"only {self.ready.value} of {self.n} actor processes were "
+                                   f"set up after {timeout_s:.0f} s; is the machine overloaded?")
+            time.sleep(0.05)
 
     def _start(self, i: int) -> None:
         seed = self.seed + 1000 * (i + 1) + 100_000 * self.incarnation[i]
@@ -110,7 +128,7 @@ class ActorPool:
                              args=(i, self.env_id, self.sac_cfg, seed, self.shared, self.version,
                                    self.lock, self.queue, self.errors, self.stop_event,
                                    self.chunk, self.random_steps if not self.incarnation[i]
-                                   else 0, self.threads))
+                                   else 0, self.threads, self.ready))
         p.start()
         self.procs[i] = p
 

@@ -230,8 +230,8 @@ def train(cfg: RLConfig, progress: bool = True, checkpoint: str | Path | None = 
                     for ret in c["returns"]:
                         episodes.append({"return": ret, "env_steps": buffer.added,
                                          "actor": c["actor"]})
-            if buffer.added >= cfg.update_after:
-                debt += new * cfg.updates_per_step
+            if buffer.added >= cfg.update_after:  # owed only for transitions past update_after
+                debt += min(new, buffer.added - cfg.update_after) * cfg.updates_per_step
                 done = buffer.added >= cfg.steps  # actors: pay what is owed before the end
                 k = int(debt) if pool is None or done else min(int(debt), 8)  # keep collecting
                 learn(k)
