@@ -36,6 +36,7 @@ from autoassist.tasks import Task, get_task
 from autoassist.training import (
     Curve,
     Stopwatch,
+    accuracy_at,
     evaluate,
     one_cycle_lr,
     saving,
@@ -372,11 +373,14 @@ def summarize(runs: list[dict[str, Any]], lr: float) -> dict[str, Any]:
 
     A seed on which a method never reaches the target counts as saving 0 in the mean (it saved
     nothing: the user would still need a uniform run); ``reached`` says on how many seeds it did.
+    ``acc_at_half_time``: the accuracy each method had after half of uniform's training seconds
+    (its last evaluation by then), the equal-time view of the same curves.
     """
     main = [r for r in runs if r["method"] == "uniform" and r["lr"] == lr]
     targets = {r["seed"]: r["accuracy"][-1] for r in main}
     t_uniform = {r["seed"]: time_to_target(r["train_seconds"], r["accuracy"], targets[r["seed"]])
                  for r in main}
+    half = {r["seed"]: r["train_seconds"][-1] / 2 for r in main}
     per_method: dict[str, dict[str, Any]] = {}
     for r in runs:
         if r["seed"] not in targets or (r["method"] == "uniform" and r["lr"] != lr):
@@ -387,7 +391,7 @@ def summarize(runs: list[dict[str, Any]], lr: float) -> dict[str, Any]:
         m = per_method.setdefault(r["method"], {"seeds": [], "final": [], "train_seconds": [],
                                                 "time_to_target": [], "saving": [],
                                                 "forwarded": [], "backpropagated": [],
-                                                "eval_seconds": []})
+                                                "eval_seconds": [], "acc_at_half_time": []})
         m["seeds"].append(r["seed"])
         m["final"].append(r["accuracy"][-1])
         m["train_seconds"].append(r["train_seconds"][-1])
@@ -396,12 +400,16 @@ def summarize(runs: list[dict[str, Any]], lr: float) -> dict[str, Any]:
         m["forwarded"].append(r["forwarded"][-1])
         m["backpropagated"].append(r["backpropagated"][-1])
         m["eval_seconds"].append(r["eval_seconds"])
+        m["acc_at_half_time"].append(accuracy_at(r["train_seconds"], r["accuracy"],
+                                                 half[r["seed"]]))
     for m in per_method.values():
         m["final_mean"] = statistics.fmean(m["final"])
         m["final_sd"] = statistics.stdev(m["final"]) if len(m["final"]) > 1 else 0.0
         m["train_seconds_mean"] = statistics.fmean(m["train_seconds"])
         m["saving_mean"] = statistics.fmean(0.0 if s is None else s for s in m["saving"])
         m["reached"] = sum(s is not None for s in m["saving"])
+        halves = [a for a in m["acc_at_half_time"] if a is not None]
+        m["acc_at_half_time_mean"] = statistics.fmean(halves) if halves else None
     return {"targets": targets, "uniform_time_to_target": t_uniform, "methods": per_method}
 
 
@@ -411,18 +419,20 @@ def markdown_table(summary: dict[str, Any], task: Task, epochs: int, lr: float) 
         f"tuned max LR {lr:g} (one-cycle); target = each seed's tuned-uniform final accuracy.",
         "",
         "| method | final acc (mean ± sd) | train s | forwarded | backpropagated "
-        "| s to target | saving | reached |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| s to target | saving | reached | acc at ½ uniform's time |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, m in summary["methods"].items():
         times = [t for t in m["time_to_target"] if t is not None]
         t = f"{statistics.fmean(times):.1f}" if times else "never"
         n = len(m["seeds"])
+        mid = m.get("acc_at_half_time_mean")
+        half = "—" if mid is None else f"{mid:.4f}"
         lines.append(
             f"| {LABELS.get(name, name)} | {m['final_mean']:.4f} ± {m['final_sd']:.4f} "
             f"| {m['train_seconds_mean']:.1f} | {statistics.fmean(m['forwarded']):,.0f} "
             f"| {statistics.fmean(m['backpropagated']):,.0f} | {t} "
-            f"| {100 * m['saving_mean']:.0f}% | {m['reached']}/{n} |"
+            f"| {100 * m['saving_mean']:.0f}% | {m['reached']}/{n} | {half} |"
         )
     return "\n".join(lines) + "\n"
 

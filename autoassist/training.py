@@ -36,6 +36,12 @@ def time_to_target(seconds: list[float], accuracy: list[float], target: float) -
     return None
 
 
+def accuracy_at(seconds: list[float], accuracy: list[float], budget: float) -> float | None:
+    """Accuracy of the last evaluation finished within ``budget`` training seconds (None: none)."""
+    done = [a for t, a in zip(seconds, accuracy, strict=True) if t <= budget]
+    return done[-1] if done else None
+
+
 def saving(t_method: float | None, t_uniform: float | None) -> float | None:
     """``1 - t_method / t_uniform``; None when the method never reached the target."""
     if t_method is None or not t_uniform:
@@ -66,8 +72,7 @@ class Curve:
 
     def accuracy_at(self, seconds: float) -> float | None:
         """Accuracy of the last epoch finished within ``seconds`` of training (None if none)."""
-        done = [a for t, a in zip(self.train_seconds, self.accuracy, strict=True) if t <= seconds]
-        return done[-1] if done else None
+        return accuracy_at(self.train_seconds, self.accuracy, seconds)
 
     def as_dict(self) -> dict:
         return {

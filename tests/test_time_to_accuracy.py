@@ -57,6 +57,13 @@ def test_summary_targets_each_seeds_uniform_and_counts_never_as_no_saving():
     assert aa["reached"] == 1
     assert s["methods"]["uniform"]["seeds"] == [0, 1]  # the lr=0.2 sweep run is left out
     assert aa["final_mean"] == pytest.approx((0.90 + 0.915) / 2)
+    # equal time: after half of uniform's 40 s, autoassist had finished its 20 s epoch, uniform
+    # its 20 s one; a run with no epoch done by then has no accuracy there
+    assert aa["acc_at_half_time"] == [0.90, 0.915]
+    assert s["methods"]["uniform"]["acc_at_half_time"] == [0.85, 0.85]
+    late = summarize(runs + [_run("published", 0, [25, 50], [0.9, 0.95])], lr=0.1)
+    assert late["methods"]["published"]["acc_at_half_time"] == [None]
+    assert late["methods"]["published"]["acc_at_half_time_mean"] is None
 
 
 # -- InfoBatch rule ------------------------------------------------------------------------------
