@@ -99,4 +99,4 @@ def test_rl_example_trains_checkpoints_and_resumes(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     history = json.loads((tmp_path / "out" / "history.json").read_text())["history"]
     assert [h["env_steps"] for h in history] == [400, 800, 1200]
-    assert history[-1]["updates"] == 1200 - 200 + 1  # one per step from step 200 on
+    assert history[-1]["updates"] == 1200 - 200  # one per transition after the first 200
