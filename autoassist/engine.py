@@ -135,6 +135,10 @@ class ShrinkEngine:
         self._pending_batches = 0
         self._pending_forget: list[np.ndarray] = []  # renewed ids the Assistant must forget
         self._device_losses = DeviceLossQueue()  # CUDA losses still being copied to the host
+        # ranks > 0: reports (and first-seen feature rows) for rank 0's Assistant, gathered at
+        # the next plan(); rank 0: how many it received from the others this epoch
+        self._outgoing: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self._gathered = 0
         self.telemetry: list[dict[str, Any]] = []
         self._epoch_started = time.perf_counter()
         self._reported = 0
@@ -172,6 +176,8 @@ class ShrinkEngine:
     def plan(self, epoch: int) -> EpochPlan:
         if self.current is not None and self.current.epoch == epoch:
             return self.current
+        if self.world > 1:  # every rank plans each epoch once, at the same point: a collective
+            self._gather_reports()
         self._epoch_started = time.perf_counter()
         reason = self._keep_all_reason(epoch)
         if reason is not None:
@@ -254,15 +260,12 @@ class ShrinkEngine:
                 "the Boss diverged or the loss is wrong: lower the learning rate or check inputs"
             )
         self._reported += len(ids)
+        if self.rank != 0:  # rank 0's Assistant learns from every rank's reports (plan gathers)
+            new = self._write_features(ids, batch)
+            self._outgoing.append((ids.copy(), losses, ids[new], self.state.features[ids[new]]))
+            return
         if self.assistant is not None and not self.assistant.failed:
-            if self.extractor is not None:
-                missing = self.state.have[ids] == 0
-                if missing.any() and batch is None:
-                    self._warn_no_features()
-                elif missing.any():
-                    rows = np.flatnonzero(missing)
-                    self.state.features[ids[rows]] = self.extractor(batch, torch.from_numpy(rows))
-                    self.state.have[ids[rows]] = 1
+            self._write_features(ids, batch)
             if self._trace is not None:
                 self._trace.add(ids, losses, self.state.features[ids], self.state.have[ids])
             self._pending_ids.append(ids.copy())
@@ -270,6 +273,49 @@ class ShrinkEngine:
             self._pending_batches += 1
             if self._pending_batches >= self.config.send_every:
                 self.flush()
+
+    def _write_features(self, ids: np.ndarray, batch: Any) -> np.ndarray:
+        """Feature rows of the instances this process sees for the first time (from ``batch``);
+        returns their positions in ``ids``."""
+        if self.extractor is None:
+            return np.zeros(0, np.int64)
+        rows = np.flatnonzero(self.state.have[ids] == 0)
+        if len(rows) and batch is None:
+            self._warn_no_features()
+            return np.zeros(0, np.int64)
+        if len(rows):
+            self.state.features[ids[rows]] = self.extractor(batch, torch.from_numpy(rows))
+            self.state.have[ids[rows]] = 1
+        return rows
+
+    def _gather_reports(self) -> None:
+        """Bring every rank's reports since the last plan to rank 0's Assistant.
+
+        Without this, a data-parallel Assistant learns from 1/world of the losses, and the
+        instances only other ranks saw keep the "never seen" score of 1 (always kept).
+        """
+        dist = torch.distributed
+        out = self._outgoing
+        payload = (np.concatenate([o[0] for o in out]) if out else np.zeros(0, np.int64),
+                   np.concatenate([o[1] for o in out]) if out else np.zeros(0, np.float32),
+                   np.concatenate([o[2] for o in out]) if out else np.zeros(0, np.int64),
+                   np.concatenate([o[3] for o in out]) if out
+                   else np.zeros((0, self.dim), np.float32))
+        self._outgoing = []
+        received = [None] * self.world if self.rank == 0 else None
+        dist.gather_object(payload, received, dst=0)
+        if self.rank != 0 or self.assistant is None or self.assistant.failed:
+            return
+        for ids, losses, feature_ids, rows in received[1:]:
+            fresh = self.state.have[feature_ids] == 0
+            self.state.features[feature_ids[fresh]] = rows[fresh]
+            self.state.have[feature_ids[fresh]] = 1
+            if len(ids):
+                self._pending_ids.append(ids)
+                self._pending_losses.append(losses)
+                self._pending_batches += 1
+                self._gathered += len(ids)
+        self.flush()
 
     def renew(self, ids: np.ndarray, features: np.ndarray) -> None:
         """Instances ``ids`` now hold new data (a replay buffer overwrote their slots): store
@@ -348,9 +394,11 @@ class ShrinkEngine:
             "floor": plan.floor if plan else 1.0,
             "batches": batches,
             "reported_instances": self._reported,
+            "gathered_instances": self._gathered,  # rank 0: reports other ranks sent it
             "epoch_seconds": seconds,
         }
         self._reported = 0
+        self._gathered = 0
         if self.assistant is not None:
             record.update(self.assistant.telemetry())
         self.telemetry.append(record)
@@ -385,6 +433,7 @@ class ShrinkEngine:
             "pending": (list(self._pending_ids), list(self._pending_losses),
                         self._pending_batches),
             "pending_forget": list(self._pending_forget),
+            "outgoing": list(self._outgoing),
             "telemetry": list(self.telemetry),
             "drops": self.assistant.drops if self.assistant else 0,
         }
@@ -413,6 +462,7 @@ class ShrinkEngine:
         self._pending_ids, self._pending_losses = list(ids), list(losses)
         self._pending_batches = batches
         self._pending_forget = list(state.get("pending_forget", []))
+        self._outgoing = list(state.get("outgoing", []))
         self.telemetry = list(state["telemetry"])
         if self.assistant is not None:
             model = state["assistant"]

@@ -1,4 +1,5 @@
-"""Two gloo ranks: every rank selects the same subset and takes a disjoint, equal-length shard."""
+"""Two gloo ranks: every rank selects the same subset and takes a disjoint, equal-length shard,
+and rank 0's Assistant learns from both ranks' losses."""
 
 import datetime
 import json
@@ -22,7 +23,7 @@ def _rank_main(rank: int, world: int, init_file: str, out_dir: str) -> None:
     sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=5)
     loader = autoassist.wrap(DataLoader(data, batch_size=32, sampler=sampler), floor=0.3,
                              sync=True, warmup_epochs=1, seed=9)
-    record = {"ids": [], "masks": [], "lens": []}
+    record = {"ids": [], "masks": [], "lens": [], "have": []}
     for epoch in range(3):
         loader.set_epoch(epoch)
         record["lens"].append(len(loader))
@@ -34,7 +35,13 @@ def _rank_main(rank: int, world: int, init_file: str, out_dir: str) -> None:
         record["ids"].append(sum(ids, []))
         plan = loader.engine.current
         record["masks"].append(None if plan.mask is None else np.flatnonzero(plan.mask).tolist())
+        record["have"].append(int(loader.engine.state.have.sum()))
         dist.barrier()
+    from autoassist import shared_state as ss
+
+    record["telemetry"] = [{k: t[k] for k in ("reported_instances", "gathered_instances")}
+                           for t in loader.telemetry]
+    record["trained"] = int(loader.engine.state.header[ss.TRAINED])
     loader.close()
     with open(f"{out_dir}/rank{rank}.json", "w") as f:
         json.dump(record, f)
@@ -57,3 +64,11 @@ def test_two_gloo_ranks_share_selection_and_shard_it(tmp_path):
         union = set(a) | set(b)
         assert union == set(kept)
         assert len(set(a) & set(b)) <= 1  # disjoint up to one pad instance (odd kept count)
+    # rank 0's Assistant hears rank 1 too: each plan gathers rank 1's reports since the last one
+    gathered = [t["gathered_instances"] for t in r0["telemetry"]]
+    sent = [t["reported_instances"] for t in r1["telemetry"]]
+    assert gathered == [0, sent[0], sent[1]]
+    assert r0["have"][1] == N  # features of the instances only rank 1 saw reached rank 0
+    assert r1["have"][0] < N  # (rank 1 itself only computed its own shard's)
+    own = sum(t["reported_instances"] for t in r0["telemetry"])
+    assert r0["trained"] == own + sent[0] + sent[1]  # every loss it received, trained on
