@@ -2,6 +2,7 @@
 
     .venv/bin/python examples/fashion_mnist.py --epochs 6
     .venv/bin/python examples/fashion_mnist.py --epochs 6 --resume ckpt.pt   # resumes mid-run
+    python examples/fashion_mnist.py --device cuda     # the same loop on a GPU
 
 A small CNN on Fashion-MNIST (Debian's dataset-fashion-mnist). Each epoch prints test accuracy,
 the fraction of instances the shrinking loader kept and the Assistant's accuracy; a checkpoint
@@ -35,23 +36,28 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--checkpoint", default=None, help="save model+loader state here each epoch")
     ap.add_argument("--resume", default=None, help="resume from this checkpoint")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where the model trains")
     args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        ap.error(f"--device {args.device}: torch sees no CUDA GPU; use --device cpu")
 
     torch.set_num_threads(args.threads)
     train = FashionMNIST("train")
     if args.limit:
         train = Subset(train, range(args.limit))
-    x_test, y_test = FashionMNIST("test").tensors()
-    with torch.random.fork_rng():
+    x_test, y_test = (t.to(device) for t in FashionMNIST("test").tensors())
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(args.seed)
-        model = small_cnn()
+        model = small_cnn().to(device)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True,
                           weight_decay=5e-4)
-    base = DataLoader(train, batch_size=args.batch_size, shuffle=True)
+    base = DataLoader(train, batch_size=args.batch_size, shuffle=True,
+                      pin_memory=device.type == "cuda")
     loader = autoassist.wrap(base, floor=args.floor, seed=args.seed)  # autoassist
     start = 0
     if args.resume:
-        ckpt = torch.load(args.resume, weights_only=False)  # our own checkpoint
+        ckpt = torch.load(args.resume, map_location=device, weights_only=False)  # our own
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["opt"])
         loader.load_state_dict(ckpt["loader"])
@@ -65,11 +71,14 @@ def main(argv=None) -> dict:
             for step, (x, y) in enumerate(loader):
                 for group in opt.param_groups:  # schedule by progress: decays fully
                     group["lr"] = one_cycle_lr((epoch + step / steps) / args.epochs, args.lr)
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 per_sample = F.cross_entropy(model(x), y, reduction="none")
-                loss = loader.report(per_sample)  # autoassist
+                loss = loader.report(per_sample)  # autoassist (a CUDA tensor: no GPU wait)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)  # the epoch's queued GPU work, in its seconds
             seconds = time.perf_counter() - t0
             acc = evaluate(model, x_test, y_test)
             tele = loader.telemetry[-1]
