@@ -368,19 +368,28 @@ def _warm_up(task: Task, train, batches: int = 20, device: torch.device = CPU) -
 # ------------------------------------------------------------------------------------------------
 # Analysis: pure functions on curves (tested on hand-made ones)
 # ------------------------------------------------------------------------------------------------
-def summarize(runs: list[dict[str, Any]], lr: float) -> dict[str, Any]:
+TOLERANCE = 0.002  # about one seed-to-seed SD of the tuned baseline on both tasks
+
+
+def summarize(runs: list[dict[str, Any]], lr: float,
+              tolerance: float = TOLERANCE) -> dict[str, Any]:
     """Per-seed targets and savings, and per-method aggregates over seeds.
 
     A seed on which a method never reaches the target counts as saving 0 in the mean (it saved
     nothing: the user would still need a uniform run); ``reached`` says on how many seeds it did.
     ``acc_at_half_time``: the accuracy each method had after half of uniform's training seconds
-    (its last evaluation by then), the equal-time view of the same curves.
+    (its last evaluation by then), the equal-time view of the same curves. ``saving_tol``: the
+    same saving to ``target - tolerance`` (uniform's time to that lower target too): a method
+    as accurate as uniform, up to seed noise, reaches the exact target on only about half of the
+    seeds, so this says how much of a miss is noise.
     """
     main = [r for r in runs if r["method"] == "uniform" and r["lr"] == lr]
     targets = {r["seed"]: r["accuracy"][-1] for r in main}
     t_uniform = {r["seed"]: time_to_target(r["train_seconds"], r["accuracy"], targets[r["seed"]])
                  for r in main}
     half = {r["seed"]: r["train_seconds"][-1] / 2 for r in main}
+    t_uniform_tol = {r["seed"]: time_to_target(r["train_seconds"], r["accuracy"],
+                                               targets[r["seed"]] - tolerance) for r in main}
     per_method: dict[str, dict[str, Any]] = {}
     for r in runs:
         if r["seed"] not in targets or (r["method"] == "uniform" and r["lr"] != lr):
@@ -391,7 +400,8 @@ def summarize(runs: list[dict[str, Any]], lr: float) -> dict[str, Any]:
         m = per_method.setdefault(r["method"], {"seeds": [], "final": [], "train_seconds": [],
                                                 "time_to_target": [], "saving": [],
                                                 "forwarded": [], "backpropagated": [],
-                                                "eval_seconds": [], "acc_at_half_time": []})
+                                                "eval_seconds": [], "acc_at_half_time": [],
+                                                "saving_tol": []})
         m["seeds"].append(r["seed"])
         m["final"].append(r["accuracy"][-1])
         m["train_seconds"].append(r["train_seconds"][-1])
@@ -402,25 +412,32 @@ def summarize(runs: list[dict[str, Any]], lr: float) -> dict[str, Any]:
         m["eval_seconds"].append(r["eval_seconds"])
         m["acc_at_half_time"].append(accuracy_at(r["train_seconds"], r["accuracy"],
                                                  half[r["seed"]]))
+        t_tol = time_to_target(r["train_seconds"], r["accuracy"], targets[r["seed"]] - tolerance)
+        m["saving_tol"].append(saving(t_tol, t_uniform_tol[r["seed"]]))
     for m in per_method.values():
         m["final_mean"] = statistics.fmean(m["final"])
         m["final_sd"] = statistics.stdev(m["final"]) if len(m["final"]) > 1 else 0.0
         m["train_seconds_mean"] = statistics.fmean(m["train_seconds"])
         m["saving_mean"] = statistics.fmean(0.0 if s is None else s for s in m["saving"])
         m["reached"] = sum(s is not None for s in m["saving"])
+        m["saving_tol_mean"] = statistics.fmean(0.0 if s is None else s for s in m["saving_tol"])
+        m["reached_tol"] = sum(s is not None for s in m["saving_tol"])
         halves = [a for a in m["acc_at_half_time"] if a is not None]
         m["acc_at_half_time_mean"] = statistics.fmean(halves) if halves else None
-    return {"targets": targets, "uniform_time_to_target": t_uniform, "methods": per_method}
+    return {"targets": targets, "uniform_time_to_target": t_uniform, "tolerance": tolerance,
+            "methods": per_method}
 
 
 def markdown_table(summary: dict[str, Any], task: Task, epochs: int, lr: float) -> str:
+    tol = summary.get("tolerance", TOLERANCE)
     lines = [
         f"**{task.name}** — {task.description}; {epochs} epochs, batch {task.batch_size}, "
         f"tuned max LR {lr:g} (one-cycle); target = each seed's tuned-uniform final accuracy.",
         "",
         "| method | final acc (mean ± sd) | train s | forwarded | backpropagated "
-        "| s to target | saving | reached | acc at ½ uniform's time |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"| s to target | saving | reached | saving to target − {tol:g} (reached) "
+        "| acc at ½ uniform's time |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, m in summary["methods"].items():
         times = [t for t in m["time_to_target"] if t is not None]
@@ -432,7 +449,8 @@ def markdown_table(summary: dict[str, Any], task: Task, epochs: int, lr: float) 
             f"| {LABELS.get(name, name)} | {m['final_mean']:.4f} ± {m['final_sd']:.4f} "
             f"| {m['train_seconds_mean']:.1f} | {statistics.fmean(m['forwarded']):,.0f} "
             f"| {statistics.fmean(m['backpropagated']):,.0f} | {t} "
-            f"| {100 * m['saving_mean']:.0f}% | {m['reached']}/{n} | {half} |"
+            f"| {100 * m['saving_mean']:.0f}% | {m['reached']}/{n} "
+            f"| {100 * m['saving_tol_mean']:.0f}% ({m['reached_tol']}/{n}) | {half} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -548,6 +566,8 @@ def run_benchmark(task_name: str = "fashion_mnist", *, seeds: int = 3, quick: bo
         "final_acc_uniform": key("uniform", "final_mean"),
         "final_acc_autoassist": key("autoassist", "final_mean"),
         "reached_autoassist": key("autoassist", "reached"),
+        "saving_within_tolerance": key("autoassist", "saving_tol_mean"),
+        "tolerance": TOLERANCE,
         "seeds": seeds,
         "epochs": epochs,
         "lr": lr,

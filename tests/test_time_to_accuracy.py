@@ -61,6 +61,11 @@ def test_summary_targets_each_seeds_uniform_and_counts_never_as_no_saving():
     # its 20 s one; a run with no epoch done by then has no accuracy there
     assert aa["acc_at_half_time"] == [0.90, 0.915]
     assert s["methods"]["uniform"]["acc_at_half_time"] == [0.85, 0.85]
+    # within a tolerance of 0.006: seed 1's target is 0.914, which autoassist reached at 20 s
+    # and uniform at 30 s; seed 0's 0.904 at 15 s against uniform's 40 s
+    tol = summarize(runs, lr=0.1, tolerance=0.006)["methods"]["autoassist"]
+    assert tol["saving_tol"] == [pytest.approx(1 - 15 / 40), pytest.approx(1 - 20 / 30)]
+    assert tol["reached_tol"] == 2 and aa["reached_tol"] == 1  # the default 0.002: seed 0 only
     late = summarize(runs + [_run("published", 0, [25, 50], [0.9, 0.95])], lr=0.1)
     assert late["methods"]["published"]["acc_at_half_time"] == [None]
     assert late["methods"]["published"]["acc_at_half_time_mean"] is None
