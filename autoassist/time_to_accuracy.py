@@ -642,9 +642,11 @@ def add_arguments(p) -> None:
 
 
 def result_stem(args) -> str:
-    """``time_to_accuracy_<task>``, with ``_cuda`` for GPU runs (CPU results stay apart)."""
-    suffix = "" if torch.device(args.device).type == "cpu" else f"_{torch.device(args.device).type}"
-    return f"time_to_accuracy_{args.task}{suffix}"
+    """``time_to_accuracy_<task>``, with ``_cuda`` for GPU runs and ``_quick`` for quick ones, so
+    neither overwrites the full CPU results."""
+    kind = torch.device(args.device).type
+    return (f"time_to_accuracy_{args.task}" + ("" if kind == "cpu" else f"_{kind}")
+            + ("_quick" if args.quick else ""))
 
 
 def run_cli(args, directory: Path, stem: str) -> dict:

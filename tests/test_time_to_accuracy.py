@@ -197,6 +197,13 @@ def test_bench_command_and_bad_input(tmp_path, capsys, keel_available):
     assert last["task"] == "keel_magic" and last["lr"] in (0.05, 0.1)
     assert last["saving"] is None and isinstance(last["saving_infobatch"], float)
     assert (tmp_path / "time_to_accuracy_keel_magic.json").is_file()
+    from argparse import Namespace
+
+    from autoassist.time_to_accuracy import result_stem
+    # quick and GPU runs write beside the full CPU results, never over them
+    assert result_stem(Namespace(task="t", device="cpu", quick=True)) == "time_to_accuracy_t_quick"
+    assert result_stem(Namespace(task="t", device="cuda:1", quick=False)) == \
+        "time_to_accuracy_t_cuda"
     assert main(["bench", "--task", "keel_magic", "--methods", "autoassist", "--out",
                  str(tmp_path)]) == 2  # no uniform baseline: a clear error, not a traceback
     assert "must include 'uniform'" in capsys.readouterr().err
