@@ -33,7 +33,8 @@ class ShrinkConfig:
     assistant_lr: learning rate of the Assistant's online updates.
     assistant_threads: CPU threads the Assistant process may use (keeps the Boss's cores free).
     kernel_threads: Numba threads for the selection kernel in the Boss process (None = Numba's).
-    queue_size: bound of the Boss -> Assistant queue; when full the oldest message is dropped.
+    queue_size: bound of the Boss -> Assistant queue; when full, messages wait in a merged
+    backlog (the Boss never blocks; only losses beyond ~4N held are dropped, and counted).
     send_every: batches of losses grouped into one message (fewer, larger messages are cheaper).
     sync: wait for the Assistant at every epoch boundary: reproducible, slower. For tests/debug.
     seed: seed of the selection stream, the projection and the Assistant.
