@@ -23,9 +23,6 @@ class DeviceLossQueue:
     def __init__(self) -> None:
         self._in_flight: deque[tuple[Any, torch.Tensor, np.ndarray, Any]] = deque()
 
-    def __len__(self) -> int:
-        return len(self._in_flight)
-
     @staticmethod
     def needs_deferral(per_sample: torch.Tensor) -> bool:
         return per_sample.device.type == "cuda"

@@ -268,9 +268,7 @@ class ShrinkEngine:
             self._write_features(ids, batch)
             if self._trace is not None:
                 self._trace.add(ids, losses, self.state.features[ids], self.state.have[ids])
-            self._pending_ids.append(ids.copy())
-            self._pending_losses.append(losses)
-            self._pending_batches += 1
+            self._queue(ids.copy(), losses)
             if self._pending_batches >= self.config.send_every:
                 self.flush()
 
@@ -295,12 +293,10 @@ class ShrinkEngine:
         instances only other ranks saw keep the "never seen" score of 1 (always kept).
         """
         dist = torch.distributed
-        out = self._outgoing
-        payload = (np.concatenate([o[0] for o in out]) if out else np.zeros(0, np.int64),
-                   np.concatenate([o[1] for o in out]) if out else np.zeros(0, np.float32),
-                   np.concatenate([o[2] for o in out]) if out else np.zeros(0, np.int64),
-                   np.concatenate([o[3] for o in out]) if out
-                   else np.zeros((0, self.dim), np.float32))
+        none = (np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int64),
+                np.zeros((0, self.dim), np.float32))
+        payload = tuple(np.concatenate(part)
+                        for part in zip(*(self._outgoing or [none]), strict=True))
         self._outgoing = []
         received = [None] * self.world if self.rank == 0 else None
         dist.gather_object(payload, received, dst=0)
@@ -311,11 +307,15 @@ class ShrinkEngine:
             self.state.features[feature_ids[fresh]] = rows[fresh]
             self.state.have[feature_ids[fresh]] = 1
             if len(ids):
-                self._pending_ids.append(ids)
-                self._pending_losses.append(losses)
-                self._pending_batches += 1
+                self._queue(ids, losses)
                 self._gathered += len(ids)
         self.flush()
+
+    def _queue(self, ids: np.ndarray, losses: np.ndarray) -> None:
+        """One report's losses into the next message for the Assistant."""
+        self._pending_ids.append(ids)
+        self._pending_losses.append(losses)
+        self._pending_batches += 1
 
     def renew(self, ids: np.ndarray, features: np.ndarray) -> None:
         """Instances ``ids`` now hold new data (a replay buffer overwrote their slots): store

@@ -69,12 +69,12 @@ class _Method:
     def __init__(self, train, batch_size: int, seed: int, epochs: int,
                  device: torch.device = CPU):
         self.train, self.batch_size, self.seed, self.epochs = train, batch_size, seed, epochs
-        self.device = device
+        self.pin = device.type == "cuda"  # pinned batches: non-blocking copies to the GPU
 
     def _loader(self, **kwargs) -> DataLoader:
         return DataLoader(self.train, batch_size=self.batch_size, shuffle=True,
                           generator=torch.Generator().manual_seed(self.seed),
-                          pin_memory=self.device.type == "cuda", **kwargs)
+                          pin_memory=self.pin, **kwargs)
 
     def epoch(self, epoch: int):
         raise NotImplementedError
@@ -166,7 +166,7 @@ class InfoBatchMethod(_Method):
     def epoch(self, epoch):
         ids = _IdBatches(self.selector.epoch_order(epoch), self.batch_size)
         self.kept.append(self.selector.kept_fraction)
-        loader = DataLoader(self.train, batch_sampler=ids, pin_memory=self.device.type == "cuda")
+        loader = DataLoader(self.train, batch_sampler=ids, pin_memory=self.pin)
         return _Zipped(loader, ids.batches)
 
     def loss(self, model, batch):

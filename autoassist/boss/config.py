@@ -60,5 +60,12 @@ def split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
+def epoch_loss_sum(batch_sums: list[torch.Tensor]) -> float:
+    """The epoch's summed loss from per-batch sums kept on the device: one transfer at the
+    epoch's end instead of a wait for the GPU after every batch (same value as adding the
+    batches' ``float`` sums one by one)."""
+    return sum(torch.stack(batch_sums).tolist(), 0.0) if batch_sums else 0.0
+
+
 def is_shrinking(loader: Any) -> bool:
     return hasattr(loader, "report") and hasattr(loader, "loss_weights")

@@ -10,11 +10,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import torch
 from tqdm import tqdm
 
 from autoassist.boss import checkpoint as ckpt
-from autoassist.boss.config import BossConfig, is_shrinking, split_batch
+from autoassist.boss.config import BossConfig, epoch_loss_sum, is_shrinking, split_batch
 from autoassist.boss.launch import finish_loader
 from autoassist.boss.stages import Stages, stage_step
 
@@ -51,7 +50,7 @@ def train(stages: Stages, make_loader, cfg: BossConfig) -> dict[str, Any]:
                 loader.report(per_sample)
             seen += len(y)
             sums.append(per_sample.detach().sum())  # no per-batch wait for a GPU
-        total = sum(torch.stack(sums).tolist(), 0.0) if sums else 0.0
+        total = epoch_loss_sum(sums)
         history.append({"epoch": epoch, "seconds": time.perf_counter() - t0, "instances": seen,
                         "loss": total / max(seen, 1)})
         if cfg.checkpoint_dir:
