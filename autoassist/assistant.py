@@ -12,14 +12,19 @@ features (which the Boss wrote into shared memory), and on request (or when idle
 new evidence) scores all N instances and publishes them (``shared_state.SharedState``).
 
 The process is started with the *spawn* method: Numba's OpenMP layer and torch's threads do not
-survive ``fork`` safely. It lowers its own priority and thread count so it never starves the Boss.
+survive ``fork`` safely. Spawn would also re-run the caller's main module in the child; the
+Assistant's entry point lives in this package, so ``_main_module_hidden`` keeps the child from
+doing that. It lowers its own priority and thread count so it never starves the Boss.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import queue
+import sys
+import threading
 import time
 import warnings
 from collections import deque
@@ -174,6 +179,35 @@ def run_assistant(shm_name: str, num_instances: int, feature_dim: int, settings:
 # ------------------------------------------------------------------------------------------------
 # Boss side
 # ------------------------------------------------------------------------------------------------
+_START_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _main_module_hidden():
+    """Start a spawned child without it re-running the caller's ``__main__``.
+
+    Spawn makes the child import the parent's main module (by its ``__spec__`` name, else its
+    ``__file__``) unless the module has neither, as in an interactive session. The Assistant needs
+    nothing from it, and importing it costs the child a second torch import (~1.5 s of CPU taken
+    from the Boss on a small machine) and re-runs any unguarded script top to bottom. Both
+    attributes are hidden only while ``Process.start()`` pickles the child's preparation data,
+    and restored at once.
+    """
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    saved = {k: main.__dict__[k] for k in ("__spec__", "__file__") if k in main.__dict__}
+    with _START_LOCK:
+        try:
+            main.__spec__ = None
+            main.__dict__.pop("__file__", None)
+            yield
+        finally:
+            main.__dict__.pop("__spec__", None)
+            main.__dict__.update(saved)
+
+
 class AssistantProcess:
     """The Boss's handle on the Assistant process: start, send, restart, stop, state."""
 
@@ -212,7 +246,8 @@ class AssistantProcess:
             name="autoassist-assistant",
             daemon=True,
         )
-        self._proc.start()
+        with _main_module_hidden():
+            self._proc.start()
         self.sent = 0
         self.state.header[ss.PROCESSED] = 0
 
@@ -245,9 +280,7 @@ class AssistantProcess:
         warnings.warn(
             f"autoassist: the Assistant process died (exit code {code}); training continues on "
             f"the last scores and the Assistant is restarted "
-            f"({self.restarts}/{self.max_restarts}). "
-            "If your script lacks an `if __name__ == '__main__':` guard, add one: the Assistant is "
-            "started with multiprocessing's spawn method, which re-imports the main module.",
+            f"({self.restarts}/{self.max_restarts}).",
             RuntimeWarning, stacklevel=3,
         )
         self._discard_queues()

@@ -347,3 +347,39 @@ def test_shrinking_leaves_the_users_torch_thread_count_alone(fmnist_dir):
     threads, kept = out.stdout.split(maxsplit=1)
     assert kept.strip() != "[512, 512]"  # the selection kernel really ran in epoch 2
     assert threads == "1"
+
+
+_UNGUARDED_SCRIPT = """
+import os, sys, torch
+from torch.utils.data import DataLoader
+import autoassist
+from autoassist.datasets import FashionMNIST
+with open(sys.argv[2], "a") as marker:  # every process that runs this file's top level
+    marker.write(f"{os.getpid()}\\n")
+loader = autoassist.wrap(DataLoader(FashionMNIST("train", root=sys.argv[1], limit=512),
+                                    batch_size=64), floor=0.3, sync=True, seed=0)
+for epoch in range(2):
+    loader.set_epoch(epoch)
+    for x, y in loader:
+        loader.report(torch.rand(len(y)))
+tele = loader.telemetry[-1]
+loader.close()
+print(tele["assistant_restarts"], tele["score_version"], tele["kept"])
+"""
+
+
+def test_a_script_without_a_main_guard_works_and_is_not_rerun(fmnist_dir, tmp_path):
+    """Spawn re-runs the caller's main module in the child unless it is hidden; an unguarded
+    script used to crash the Assistant at start (and run its own top level once per try)."""
+    import subprocess
+    import sys
+
+    script, marker = tmp_path / "train.py", tmp_path / "ran.txt"
+    script.write_text(_UNGUARDED_SCRIPT)
+    out = subprocess.run([sys.executable, str(script), str(fmnist_dir), str(marker)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    restarts, version, kept = (int(v) for v in out.stdout.split())
+    assert restarts == 0, out.stderr[-3000:]
+    assert version >= 1 and kept < 512  # the Assistant scored and epoch 2 shrank
+    assert len(marker.read_text().split()) == 1  # only the script's own process ran it
