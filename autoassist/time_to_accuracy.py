@@ -368,6 +368,20 @@ def _warm_up(task: Task, train, batches: int = 20, device: torch.device = CPU) -
 # ------------------------------------------------------------------------------------------------
 # Analysis: pure functions on curves (tested on hand-made ones)
 # ------------------------------------------------------------------------------------------------
+def pick_learning_rate(finals: dict[float, list[float]]) -> tuple[float, float | None]:
+    """The LR with the best mean final accuracy (ties: the smaller), and the LR to try next when
+    that best is the grid's largest (twice it) or smallest (half it) of two or more; else None."""
+    grid = sorted(finals)
+    best = max(grid, key=lambda v: (statistics.fmean(finals[v]), -v))
+    if len(grid) < 2:
+        return best, None
+    if best == grid[-1]:
+        return best, best * 2
+    if best == grid[0]:
+        return best, best / 2
+    return best, None
+
+
 TOLERANCE = 0.002  # about one seed-to-seed SD of the tuned baseline on both tasks
 
 
@@ -428,11 +442,14 @@ def summarize(runs: list[dict[str, Any]], lr: float,
             "methods": per_method}
 
 
-def markdown_table(summary: dict[str, Any], task: Task, epochs: int, lr: float) -> str:
+def markdown_table(summary: dict[str, Any], task: Task, epochs: int, lr: float,
+                   sweep: list[float] | None = None) -> str:
     tol = summary.get("tolerance", TOLERANCE)
+    swept = f" of {', '.join(f'{v:g}' for v in sweep)}" if sweep else ""
     lines = [
         f"**{task.name}** — {task.description}; {epochs} epochs, batch {task.batch_size}, "
-        f"tuned max LR {lr:g} (one-cycle); target = each seed's tuned-uniform final accuracy.",
+        f"tuned max LR {lr:g}{swept} (one-cycle); target = each seed's tuned-uniform final "
+        "accuracy.",
         "",
         "| method | final acc (mean ± sd) | train s | forwarded | backpropagated "
         f"| s to target | saving | reached | saving to target − {tol:g} (reached) "
@@ -500,11 +517,14 @@ def run_benchmark(task_name: str = "fashion_mnist", *, seeds: int = 3, quick: bo
                   methods: tuple[str, ...] = METHODS, threads: int = 2,
                   epochs: int | None = None, lrs: tuple[float, ...] | None = None,
                   sweep_seeds: int = 1, limit: int | None = None, progress: bool = True,
-                  device: str = "cpu", log=print) -> dict[str, Any]:
+                  device: str = "cpu", max_extend: int = 2, log=print) -> dict[str, Any]:
     """Run the LR sweep, then every method on every seed; return the full record.
 
     The sweep runs uniform at each learning rate on the first ``sweep_seeds`` seeds and keeps the
-    best mean final accuracy; that LR is then used by every method on every seed.
+    best mean final accuracy; that LR is then used by every method on every seed. A best LR at
+    either end of the grid means the optimum may lie outside it, so the grid is extended by a
+    factor of 2 that way (at most ``max_extend`` times): the baseline must be tuned, not just
+    swept ("No Train No Gain").
     """
     from autoassist.provenance import git_commit, machine_info, thread_info
 
@@ -532,16 +552,26 @@ def run_benchmark(task_name: str = "fashion_mnist", *, seeds: int = 3, quick: bo
             f"{task.batch_size}, LR sweep {lrs}, seeds {list(range(seeds))}, {threads} threads, "
             f"on {device_}")
         runs: list[dict[str, Any]] = []
-        for seed in range(sweep_seeds):
-            for lr in lrs:
-                runs.append(run_one(task, "uniform", train, test, seed=seed, lr=lr, epochs=epochs,
-                                    progress=progress, device=device_, log=log))
         finals: dict[float, list[float]] = {}
-        for r in runs:
-            finals.setdefault(r["lr"], []).append(r["accuracy"][-1])
-        lr = max(lrs, key=lambda v: (statistics.fmean(finals[v]), -v))
+        pending = list(lrs)
+        while pending:  # the sweep, extended while its best LR sits at an end of the grid
+            for lr in pending:
+                for seed in range(sweep_seeds):
+                    runs.append(run_one(task, "uniform", train, test, seed=seed, lr=lr,
+                                        epochs=epochs, progress=progress, device=device_,
+                                        log=log))
+                    finals.setdefault(lr, []).append(runs[-1]["accuracy"][-1])
+            lr, beyond = pick_learning_rate(finals)
+            pending = [beyond] if beyond is not None and len(finals) < len(lrs) + max_extend \
+                else []
+            if pending:
+                log(f"best LR {lr:g} is at an end of the sweep: also trying {beyond:g}")
+        _, beyond = pick_learning_rate(finals)
+        lrs = tuple(sorted(finals))
         log(f"tuned learning rate: {lr:g} (sweep final accuracies "
-            f"{ {k: round(statistics.fmean(v), 4) for k, v in finals.items()} })")
+            f"{ {k: round(statistics.fmean(v), 4) for k, v in sorted(finals.items())} })"
+            + (f"; WARNING: still at an end of the sweep ({beyond:g} untried), so the "
+               "baseline may be under-tuned" if beyond is not None else ""))
         for seed in range(seeds):
             for method in methods:
                 if method == "uniform" and seed < sweep_seeds:
@@ -580,7 +610,8 @@ def run_benchmark(task_name: str = "fashion_mnist", *, seeds: int = 3, quick: bo
         "task": {"name": task.name, "description": task.description, "epochs": epochs,
                  "batch_size": task.batch_size, "lrs": list(lrs), "tuned_lr": lr,
                  "weight_decay": task.weight_decay, "train_instances": len(train),
-                 "test_instances": len(test[1]), "sweep_seeds": sweep_seeds},
+                 "test_instances": len(test[1]), "sweep_seeds": sweep_seeds,
+                 "lr_at_sweep_end": beyond is not None},
         "settings": {"autoassist": AUTOASSIST_SETTINGS, "published": PUBLISHED_SETTINGS,
                      "infobatch": {"ratio": 0.5, "delta": 0.875},
                      "selective_backprop": {"beta": 3.0, "history": 1024, "warmup_epochs": 1}},
@@ -598,7 +629,10 @@ def write_outputs(result: dict[str, Any], directory: Path, stem: str) -> dict[st
     directory.mkdir(parents=True, exist_ok=True)
     task = get_task(result["task"]["name"])
     lr, epochs = result["task"]["tuned_lr"], result["task"]["epochs"]
-    table = markdown_table(result["summary"], task, epochs, lr)
+    table = markdown_table(result["summary"], task, epochs, lr, result["task"].get("lrs"))
+    if result["task"].get("lr_at_sweep_end"):
+        table += (f"\nWARNING: the tuned LR {lr:g} is still at an end of the sweep "
+                  f"{result['task']['lrs']}: the baseline may be under-tuned.\n")
     result["table"] = table
     paths: dict[str, Path | None] = {"json": directory / f"{stem}.json",
                                      "md": directory / f"{stem}.md"}
@@ -635,6 +669,9 @@ def add_arguments(p) -> None:
     p.add_argument("--threads", type=int, default=2, help="torch threads for every method")
     p.add_argument("--epochs", type=int, default=None, help="override the task's epoch budget")
     p.add_argument("--lrs", default=None, help="override the LR sweep, e.g. 0.05,0.1,0.2")
+    p.add_argument("--max-extend", type=int, default=2,
+                   help="times the sweep may be extended (x2 or /2) while its best LR is at an "
+                        "end of the grid (default 2; 0: exactly --lrs)")
     p.add_argument("--limit", type=int, default=None, help="use only N training instances")
     p.add_argument("--no-progress", action="store_true", help="hide the tqdm bars")
     p.add_argument("--device", default="cpu",
@@ -657,7 +694,7 @@ def run_cli(args, directory: Path, stem: str) -> dict:
         threads=args.threads, epochs=args.epochs,
         lrs=tuple(float(v) for v in args.lrs.split(",")) if args.lrs else None,
         sweep_seeds=min(args.sweep_seeds, seeds), limit=args.limit,
-        progress=not args.no_progress, device=args.device,
+        progress=not args.no_progress, device=args.device, max_extend=args.max_extend,
     )
     paths = write_outputs(result, directory, stem)
     print()

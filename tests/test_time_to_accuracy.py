@@ -33,6 +33,16 @@ def test_time_to_target_takes_the_first_epoch_reaching_it():
     assert saving(None, 40.0) is None
 
 
+def test_learning_rate_pick_extends_a_sweep_whose_best_is_at_an_end():
+    from autoassist.time_to_accuracy import pick_learning_rate
+
+    assert pick_learning_rate({0.05: [0.90], 0.1: [0.92], 0.2: [0.91]}) == (0.1, None)
+    assert pick_learning_rate({0.05: [0.90], 0.1: [0.91], 0.2: [0.92, 0.93]}) == (0.2, 0.4)
+    assert pick_learning_rate({0.05: [0.93], 0.1: [0.91], 0.2: [0.92]}) == (0.05, 0.025)
+    assert pick_learning_rate({0.1: [0.92], 0.2: [0.92]}) == (0.1, 0.05)  # tie: the smaller
+    assert pick_learning_rate({0.1: [0.92]}) == (0.1, None)  # one LR: nothing to bracket
+
+
 def _run(method, seed, seconds, acc, lr=0.1):
     n = len(acc)
     return {"method": method, "seed": seed, "lr": lr, "train_seconds": seconds, "accuracy": acc,
@@ -190,11 +200,14 @@ def test_bench_command_and_bad_input(tmp_path, capsys, keel_available):
     from autoassist.cli import main
 
     rc = main(["bench", "--task", "keel_magic", "--epochs", "1", "--limit", "1000", "--lrs",
-               "0.05,0.1", "--methods", "uniform,infobatch", "--no-progress", "--out",
-               str(tmp_path)])
+               "0.05,0.1", "--max-extend", "1", "--methods", "uniform,infobatch",
+               "--no-progress", "--out", str(tmp_path)])
     assert rc == 0
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert last["task"] == "keel_magic" and last["lr"] in (0.05, 0.1)
+    swept = json.loads((tmp_path / "time_to_accuracy_keel_magic.json").read_text())["task"]["lrs"]
+    # of two LRs one is best and at an end of the grid: the sweep went one step beyond it
+    assert len(swept) == 3 and {0.05, 0.1} < set(swept) and ({0.025, 0.2} & set(swept))
+    assert last["task"] == "keel_magic" and last["lr"] in swept
     assert last["saving"] is None and isinstance(last["saving_infobatch"], float)
     assert (tmp_path / "time_to_accuracy_keel_magic.json").is_file()
     from argparse import Namespace
