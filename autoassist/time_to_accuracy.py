@@ -1,7 +1,8 @@
 """Time to accuracy: every method against a *tuned* uniform baseline, same run, same seeds.
 
 For each seed the uniform baseline's final test accuracy (best learning rate of a small sweep,
-one-cycle schedule decaying fully by the end of the budget) is the target; each method's saving is
+extended while its best is at an end of the grid; one-cycle schedule decaying fully by the end of
+the budget) is the target; each method's saving is
 ``1 - (its training seconds to first reach the target) / (uniform's)``. Training seconds exclude
 evaluation (reported apart) and include the method's own set-up (e.g. starting the Assistant).
 
