@@ -150,7 +150,14 @@ def _cli(out: Path, probe_log: Path) -> subprocess.Popen:
            "--threads", "1", "--no-progress", "--out", str(out)]
     env = {**os.environ, "AUTOASSIST_TEST_PROBE_LOG": str(probe_log)}
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=_default_sigint)
+
+
+def _default_sigint():
+    """A shell that starts jobs in the background makes them ignore SIGINT, and children inherit
+    that; Ctrl-C must reach the tune as it would from a terminal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.mark.slow
