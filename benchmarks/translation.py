@@ -31,6 +31,17 @@ AUTOASSIST = ["--aa-floor", "0.3", "--aa-reweight", "--aa-warmup-epochs", "1",
               "--aa-anneal-epochs", "1"]  # the recommended settings (issue 5's harness)
 
 
+def benchmark_corpus(work: Path, src: str, tgt: str, train_pairs: int,
+                     quick: bool) -> tuple[Path, Path]:
+    """The benchmark's bible.db corpus under ``work`` (reused when prepared): its folder and
+    its ``data-bin``."""
+    spec = CorpusSpec(src=src, tgt=tgt, train_pairs=train_pairs, max_words=40,
+                      valid_pairs=200 if quick else 400, vocab_size=2000 if quick else 4000)
+    corpus = work / f"corpus-{src}-{tgt}-{train_pairs}"
+    print(f"preparing {corpus} ...", flush=True)
+    return corpus, prepare_corpus(corpus, spec)
+
+
 def method_args(method: str) -> list[str]:
     if method == "uniform":
         return list(fr.UNIFORM)
@@ -180,13 +191,8 @@ def main(argv=None) -> dict:
     args.train_pairs = args.train_pairs or (2000 if args.quick else 10000)
     args.epochs = args.epochs or (4 if args.quick else 10)
     args.warmup = 50 if args.quick else 200  # inverse-sqrt warm-up updates
-    spec = CorpusSpec(src=args.src, tgt=args.tgt, train_pairs=args.train_pairs, max_words=40,
-                      valid_pairs=200 if args.quick else 400,
-                      vocab_size=2000 if args.quick else 4000)
     work = Path(args.workdir)
-    corpus = work / f"corpus-{args.src}-{args.tgt}-{args.train_pairs}"
-    print(f"preparing {corpus} ...", flush=True)
-    data_bin = prepare_corpus(corpus, spec)
+    corpus, data_bin = benchmark_corpus(work, args.src, args.tgt, args.train_pairs, args.quick)
     runs = []
     for seed in range(1, args.seeds + 1):
         for method in ("uniform", "autoassist"):
