@@ -197,8 +197,8 @@ def _main_module_hidden():
     if main is None:
         yield
         return
-    saved = {k: main.__dict__[k] for k in ("__spec__", "__file__") if k in main.__dict__}
-    with _START_LOCK:
+    with _START_LOCK:  # read under the lock: another thread may be hiding them right now
+        saved = {k: main.__dict__[k] for k in ("__spec__", "__file__") if k in main.__dict__}
         try:
             main.__spec__ = None
             main.__dict__.pop("__file__", None)

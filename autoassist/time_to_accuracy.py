@@ -567,7 +567,6 @@ def run_benchmark(task_name: str = "fashion_mnist", *, seeds: int = 3, quick: bo
                 else []
             if pending:
                 log(f"best LR {lr:g} is at an end of the sweep: also trying {beyond:g}")
-        _, beyond = pick_learning_rate(finals)
         lrs = tuple(sorted(finals))
         log(f"tuned learning rate: {lr:g} (sweep final accuracies "
             f"{ {k: round(statistics.fmean(v), 4) for k, v in sorted(finals.items())} })"
