@@ -22,6 +22,10 @@ class ShrinkConfig:
     warmup_epochs: leading epochs that keep every instance (the Assistant learns meanwhile).
     anneal_epochs: trailing epochs that keep every instance (needs ``epochs``).
     epochs: the training budget in epochs, only needed for ``anneal_epochs``.
+    first_scores_wait: when a shrinking epoch starts before the Assistant has published any
+        scores (it is still starting, on a fast Boss), wait up to this fraction of the previous
+        epoch's duration for them; otherwise that epoch keeps everything, which costs a whole
+        epoch's worth of extra work. 0 = never wait (the Boss then never waits for the Assistant).
     reweight: weight kept instances by ``mean(P) / P_i`` so the expected gradient is unbiased.
     assistant: "logistic" (online logistic regression), "sgd" (scikit-learn SGDClassifier),
         or "mlp" (a tiny torch net).
@@ -48,6 +52,7 @@ class ShrinkConfig:
     warmup_epochs: int = 1
     anneal_epochs: int = 0
     epochs: int | None = None
+    first_scores_wait: float = 0.25
     reweight: bool = False
     assistant: str = "logistic"
     loss_history: bool = True
@@ -77,6 +82,9 @@ class ShrinkConfig:
         for name in ("warmup_epochs", "anneal_epochs", "max_restarts"):
             if int(getattr(self, name)) != getattr(self, name) or getattr(self, name) < 0:
                 raise bad(name, "must be a non-negative integer")
+        if not (0.0 <= self.first_scores_wait <= 10.0) or math.isnan(self.first_scores_wait):
+            raise bad("first_scores_wait", "must lie in [0, 10] (a fraction of an epoch's time; "
+                      "0 never waits)")
         if self.anneal_epochs and self.epochs is None:
             raise bad("anneal_epochs", "needs the training budget: pass epochs=<total epochs>")
         if self.epochs is not None and self.epochs <= 0:

@@ -13,7 +13,7 @@ import time
 import warnings
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -39,14 +39,18 @@ class EpochPlan:
     mean_keep: float
     kept: int
 
+    _all_weights: np.ndarray | None = field(default=None, repr=False, compare=False)
+
     def weights(self, ids: np.ndarray) -> np.ndarray:
         """``mean(P) / P_i``: unbiased reweighting of kept instances (1 when keeping all)."""
         if self.mask is None:
             return np.ones(len(ids), np.float32)
-        from autoassist.kernels import keep_probabilities  # the P the selection kernel used
+        if self._all_weights is None:  # once per epoch for all N: a gather per batch after that
+            from autoassist.kernels import keep_probabilities  # the P the selection kernel used
 
-        p = keep_probabilities(self.scores[ids], self.floor)
-        return (self.mean_keep / np.maximum(p, 1e-12)).astype(np.float32)
+            p = keep_probabilities(self.scores, self.floor)
+            self._all_weights = (self.mean_keep / np.maximum(p, 1e-12)).astype(np.float32)
+        return self._all_weights[ids]
 
 
 _SINGLE_REPLICA: ContextVar[bool] = ContextVar("autoassist_single_replica", default=False)
@@ -141,6 +145,8 @@ class ShrinkEngine:
         self._gathered = 0
         self.telemetry: list[dict[str, Any]] = []
         self._epoch_started = time.perf_counter()
+        self._last_epoch_seconds = 0.0
+        self.first_scores_waited = 0.0  # seconds plan() waited for the Assistant's first scores
         self._reported = 0
         self._warned_features = False
         self._trace = None
@@ -186,11 +192,30 @@ class ShrinkEngine:
         if self.assistant is not None:
             self.assistant.check()
         scores, version = self.state.snapshot()
+        if version == 0:
+            scores, version = self._await_first_scores(scores, version)
         floor = self._floor()
         if self.world > 1:
             scores, floor = self._broadcast(scores, floor)
         self.current = self._make_plan(epoch, scores, version, floor)
         return self.current
+
+    def _await_first_scores(self, scores: np.ndarray, version: int) -> tuple[np.ndarray, int]:
+        """The one bounded wait: without any scores this epoch would keep everything (a whole
+        epoch of extra work), so give a still-starting Assistant a fraction of an epoch."""
+        limit = self.config.first_scores_wait * self._last_epoch_seconds
+        if self.assistant is None or self.assistant.failed or limit <= 0:
+            return scores, version
+        t0 = time.perf_counter()
+        deadline = t0 + limit
+        while time.perf_counter() < deadline and self.assistant.alive:
+            self.assistant.deliver()  # the score request may still be held in the backlog
+            if int(self.state.header[ss.VERSION]) > 0:
+                scores, version = self.state.snapshot()
+                break
+            time.sleep(0.001)
+        self.first_scores_waited += time.perf_counter() - t0
+        return scores, version
 
     def _make_plan(self, epoch, scores, version, floor) -> EpochPlan:
         from autoassist.kernels import keep_mask, keep_probabilities
@@ -374,6 +399,7 @@ class ShrinkEngine:
         """Ask for fresh scores (async: the Boss does not wait, unless ``sync``); log telemetry."""
         self._take_device_losses(wait=True)  # the epoch's last device losses
         seconds = time.perf_counter() - self._epoch_started
+        self._last_epoch_seconds = seconds
         if self.assistant is not None and not self.assistant.failed:
             self.flush()
             self.assistant.send(("score", epoch), block=self.config.sync)
@@ -396,6 +422,7 @@ class ShrinkEngine:
             "reported_instances": self._reported,
             "gathered_instances": self._gathered,  # rank 0: reports other ranks sent it
             "epoch_seconds": seconds,
+            "first_scores_waited": self.first_scores_waited,
         }
         self._reported = 0
         self._gathered = 0

@@ -195,3 +195,29 @@ def test_loss_memory_features_and_state():
     assert np.array_equal(other.features(np.arange(4), 2.0), m.features(np.arange(4), 2.0))
     with pytest.raises(ValueError, match="instances"):
         LossMemory(5).load_state_dict(m.state_dict())
+
+
+@pytest.mark.parametrize("wait", [10.0, 0.0])
+def test_first_shrink_epoch_waits_briefly_for_the_first_scores_instead_of_keeping_all(wait):
+    """A warm-up epoch shorter than the Assistant's start-up: without the bounded wait the first
+    shrinking epoch finds no scores and keeps everything (a whole epoch of extra work)."""
+    data, loss = _data()
+    base = DataLoader(data, batch_size=100, shuffle=True)
+    with autoassist.wrap(base, features=data.tensors[0], warmup_epochs=1, floor=0.2,
+                         first_scores_wait=wait) as loader:
+        kept = []
+        for epoch in range(2):
+            loader.set_epoch(epoch)
+            n = 0
+            for _x, idx in loader:
+                loader.report(loss[idx])
+                n += len(idx)
+                if epoch == 0 and wait:  # a ~0.2 s warm-up epoch (the wait is 10x that); without
+                    time.sleep(0.01)  # it, a few ms: either way the Assistant is still starting
+            kept.append(n)
+        waited = loader.telemetry[1]["first_scores_waited"]
+    assert kept[0] == N
+    if wait:
+        assert kept[1] < 0.8 * N and 0 < waited <= wait * loader.telemetry[0]["epoch_seconds"]
+    else:
+        assert kept[1] == N and waited == 0.0  # no scores yet: everything, but no wait
