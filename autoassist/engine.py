@@ -146,6 +146,7 @@ class ShrinkEngine:
         self.telemetry: list[dict[str, Any]] = []
         self._epoch_started = time.perf_counter()
         self._last_epoch_seconds = 0.0
+        self._features_complete = False
         self.first_scores_waited = 0.0  # seconds plan() waited for the Assistant's first scores
         self._reported = 0
         self._warned_features = False
@@ -185,6 +186,9 @@ class ShrinkEngine:
         if self.world > 1:  # every rank plans each epoch once, at the same point: a collective
             self._gather_reports()
         self._epoch_started = time.perf_counter()
+        # once every instance has its feature row, reports stop checking for new ones (renew()
+        # writes rows itself and never clears one)
+        self._features_complete = bool(self.state.have.all())
         reason = self._keep_all_reason(epoch)
         if reason is not None:
             self.current = EpochPlan(epoch, reason, None, None, -1, 1.0, 1.0, self.n)
@@ -269,7 +273,10 @@ class ShrinkEngine:
             self._device_losses.push(per_sample, np.asarray(ids).copy(), batch)
             self._take_device_losses(wait=self.config.sync)
             return
-        self._accept(per_sample.detach().to(torch.float32).cpu().numpy().copy(), ids, batch)
+        losses = per_sample.detach()
+        if losses.dtype != torch.float32 or losses.device.type != "cpu":
+            losses = losses.to(torch.float32).cpu()
+        self._accept(losses.numpy().copy(), ids, batch)  # few calls: each one costs in a loop
 
     def _take_device_losses(self, wait: bool) -> None:
         """Accept the device losses whose copies have finished (all of them when ``wait``)."""
@@ -277,8 +284,8 @@ class ShrinkEngine:
             self._accept(losses, ids, batch)
 
     def _accept(self, losses: np.ndarray, ids: np.ndarray, batch: Any) -> None:
-        finite = np.isfinite(losses)
-        if not finite.all():
+        if not math.isfinite(float(losses.sum(dtype=np.float64))):  # one call per batch
+            finite = np.isfinite(losses)  # (a finite sum means every loss is finite)
             bad = ids[~finite][:5].tolist()
             raise FloatingPointError(
                 f"{int((~finite).sum())} non-finite per-instance losses (instance ids {bad}...); "
@@ -300,7 +307,7 @@ class ShrinkEngine:
     def _write_features(self, ids: np.ndarray, batch: Any) -> np.ndarray:
         """Feature rows of the instances this process sees for the first time (from ``batch``);
         returns their positions in ``ids``."""
-        if self.extractor is None:
+        if self.extractor is None or self._features_complete:
             return np.zeros(0, np.int64)
         rows = np.flatnonzero(self.state.have[ids] == 0)
         if len(rows) and batch is None:
@@ -369,6 +376,8 @@ class ShrinkEngine:
         if not self.config.reweight or plan is None or plan.mask is None:
             return None
         weights = torch.from_numpy(plan.weights(ids))
+        if like.device.type == "cpu" and like.dtype == torch.float32:
+            return weights
         if like.device.type == "cuda":  # pinned + non-blocking: no wait for the GPU's queue
             return weights.pin_memory().to(like.device, like.dtype, non_blocking=True)
         return weights.to(like.device, like.dtype)
@@ -476,6 +485,7 @@ class ShrinkEngine:
         self.state.have[:] = 0
         self.state.have[state["feature_ids"]] = 1
         self.state.features[state["feature_ids"]] = state["features"]
+        self._features_complete = bool(self.state.have.all())
         scores, version = state["published"]
         self.state.load_scores(scores, version)
         p = state["plan"]
