@@ -87,12 +87,12 @@ def run_assistant(shm_name: str, num_instances: int, feature_dim: int, settings:
                   model_state: dict | None, inbox, outbox) -> None:
     """Entry point of the Assistant process (module-level so *spawn* can import it)."""
     threads = int(settings["threads"])
-    # Heavy imports (Numba, the kernels' cached code, scikit-learn) run before the process lowers
-    # its priority: at nice 10 beside a Boss using every core, they would take tens of seconds.
+    # Imports run before the process lowers its priority: at nice 10 beside a Boss using every
+    # core, they would take tens of seconds. Numba is not among them: ema_stream labels the usual
+    # small messages in plain Python and compiles only for a large one (kernels/stats.py), which
+    # keeps ~0.8 s of CPU out of the Boss's first epoch.
     from autoassist.assistant_models import make_assistant_model
     from autoassist.kernels import ema_stream
-
-    ema_stream(np.zeros(1), float("nan"), 0.5)  # load the compiled kernel now, not mid-training
     limiter = _limit_threads(threads)  # noqa: F841 - held for the process's lifetime
     if settings["kind"] == "mlp":  # this process is the Assistant's own: its torch, its threads
         import torch

@@ -3,6 +3,10 @@
 Imported as ``autoassist.kernels`` (the folder ``kernels/`` is mapped there by pyproject).
 Kernels compile lazily on first call (cached on disk) and run in the Boss's main process and in
 the spawned Assistant process, never in forked DataLoader workers (see docs/ARCHITECTURE.md).
+Names load lazily, and small inputs take NumPy or plain-Python paths with identical results:
+importing Numba and loading a cached kernel costs ~0.8 s of CPU, more than a small data set's
+whole run of selections and label updates (it would land in the first epochs, on the Boss's
+cores).
 
 - ``shrink_select``: scores -> kept indices + mask, counter-based RNG (any thread count, any rank);
   ``keep_mask``: the mask and count only.
@@ -13,21 +17,36 @@ the spawned Assistant process, never in forked DataLoader workers (see docs/ARCH
 - ``sum_tree``: sum/min trees for proportional prioritised replay (update, draw).
 """
 
-from . import sum_tree
-from .batching import batch_by_size
-from .rng import STREAM_SELECT, STREAM_SHUFFLE, hash32_numpy, stream_keys, uniforms
-from .select import (
-    index_dtype,
-    keep_mask,
-    keep_probabilities,
-    shrink_select,
-    shrink_select_numpy,
-)
-from .shuffle import shuffle_kept
-from .stats import ema_stream, scatter_ema
+from __future__ import annotations
 
-__all__ = [
-    "STREAM_SELECT", "STREAM_SHUFFLE", "batch_by_size", "ema_stream", "hash32_numpy",
-    "index_dtype", "keep_mask", "keep_probabilities", "scatter_ema", "shrink_select",
-    "shrink_select_numpy", "shuffle_kept", "stream_keys", "sum_tree", "uniforms",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "STREAM_SELECT": "rng", "STREAM_SHUFFLE": "rng", "hash32_numpy": "rng",
+    "stream_keys": "rng", "uniforms": "rng",
+    "index_dtype": "select", "keep_mask": "select", "keep_probabilities": "select",
+    "shrink_select": "select", "shrink_select_numpy": "select",
+    "shuffle_kept": "shuffle",
+    "ema_stream": "stats", "scatter_ema": "stats",
+    "batch_by_size": "batching",
+    "sum_tree": None,  # a module
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'autoassist.kernels' has no attribute {name!r}")
+    module = _EXPORTS[name]
+    if module is None:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

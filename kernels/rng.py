@@ -8,12 +8,14 @@ stream), so no thread or rank depends on what another one drew before it.
 The per-element hash is 32-bit (two rounds of Wellons' ``lowbias32`` finaliser, keyed), so it
 vectorises with plain 32-bit SIMD multiplies. It is a statistical generator, not a cryptographic
 one. Streams separate uses (selection, shuffling) so they never share random numbers.
+
+This module is the NumPy specification (no Numba import); ``rng_jit`` holds the same hash for
+the compiled kernels.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 STREAM_SELECT = 1
 STREAM_SHUFFLE = 2
@@ -37,28 +39,6 @@ def stream_keys(seed: int, epoch: int, stream: int) -> tuple[int, int]:
     h = _splitmix64(h ^ (int(epoch) & _MASK64))
     h = _splitmix64(h ^ (int(stream) & _MASK64))
     return h & 0xFFFFFFFF, h >> 32
-
-
-@njit(inline="always", cache=True)
-def _lowbias32(x):
-    x = _U32(x ^ (x >> _U32(16)))
-    x = _U32(x * _U32(0x7FEB352D))
-    x = _U32(x ^ (x >> _U32(15)))
-    x = _U32(x * _U32(0x846CA68B))
-    return _U32(x ^ (x >> _U32(16)))
-
-
-@njit(inline="always", cache=True)
-def hash32_parts(lo, hi, k1, k2):
-    """32 random bits for the index whose low and high 32-bit halves are ``lo``, ``hi``."""
-    h = _lowbias32(_U32(lo + k1))
-    return _lowbias32(_U32(h ^ _U32(hi + k2)))
-
-
-@njit(inline="always", cache=True)
-def hash32(index, k1, k2):
-    """32 random bits for ``index`` (int64) under keys ``k1``, ``k2`` (uint32)."""
-    return hash32_parts(_U32(index & 0xFFFFFFFF), _U32((index >> 32) & 0xFFFFFFFF), k1, k2)
 
 
 def hash32_numpy(index: np.ndarray, k1: int, k2: int) -> np.ndarray:

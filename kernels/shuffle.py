@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .rng import STREAM_SHUFFLE, hash32, stream_keys
+from .rng import STREAM_SHUFFLE, stream_keys
+from .rng_jit import hash32
 
 
 @njit(cache=True)

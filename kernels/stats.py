@@ -4,15 +4,30 @@
 exceeds the running mean of recent losses *before* it is folded in. ``scatter_ema`` keeps one
 moving average per instance from scattered batches (repeated ids are applied in order); the
 loss-history baselines (InfoBatch-, Selective-Backprop-style) build on it.
+
+Each loop is written once in plain Python and compiled with Numba on first need: ``ema_stream``
+runs it uncompiled for batches under ``COMPILE_AT`` losses until the compiled one is loaded
+(the same float64 operations in the same order, so the same labels and mean), which keeps Numba
+out of a starting Assistant: on a small data set its import and kernel load (~0.8 s of CPU) would
+land in the Boss's first epoch, on the Boss's cores.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+
+COMPILE_AT = 1 << 16  # losses in one call from which compiling pays off (Python: ~0.1 us each)
+_COMPILED: dict = {}
 
 
-@njit(cache=True)
+def _compiled(loop):
+    if loop not in _COMPILED:
+        from numba import njit
+
+        _COMPILED[loop] = njit(cache=True)(loop)
+    return _COMPILED[loop]
+
+
 def _ema_stream(losses, mean, alpha, labels):
     for i in range(losses.shape[0]):
         x = losses[i]
@@ -32,10 +47,23 @@ def ema_stream(losses: np.ndarray, mean: float, alpha: float) -> tuple[np.ndarra
     if not 0.0 < alpha <= 1.0:
         raise ValueError(f"alpha={alpha} must lie in (0, 1]")
     labels = np.empty(len(losses), np.uint8)
-    return labels, float(_ema_stream(losses, float(mean), float(alpha), labels))
+    if len(losses) >= COMPILE_AT or _ema_stream in _COMPILED:
+        return labels, float(_compiled(_ema_stream)(losses, float(mean), float(alpha), labels))
+    return labels, _ema_stream_python(losses, float(mean), float(alpha), labels)
 
 
-@njit(cache=True)
+def _ema_stream_python(losses, mean, alpha, labels):
+    """``_ema_stream`` on Python floats (IEEE doubles too), without per-element NumPy access."""
+    out = []
+    for x in losses.tolist():
+        if mean != mean:
+            mean = x
+        out.append(x > mean)
+        mean += alpha * (x - mean)
+    labels[:] = out
+    return mean
+
+
 def _scatter_ema(table, seen, ids, values, alpha):
     for k in range(ids.shape[0]):
         i = ids[k]
@@ -59,4 +87,4 @@ def scatter_ema(table: np.ndarray, seen: np.ndarray, ids: np.ndarray, values: np
         raise IndexError(f"ids must lie in [0, {len(table)})")
     if not 0.0 < alpha <= 1.0:
         raise ValueError(f"alpha={alpha} must lie in (0, 1]")
-    _scatter_ema(table, seen, ids, values, table.dtype.type(alpha))
+    _compiled(_scatter_ema)(table, seen, ids, values, table.dtype.type(alpha))
