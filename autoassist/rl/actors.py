@@ -30,7 +30,7 @@ from autoassist.rl.replay import FIELDS
 
 def _actor_main(idx: int, env_id: str, sac_cfg: dict, seed: int, shared: dict, version,
                 lock, out, errors, stop, chunk: int, random_steps: int, threads: int,
-                ready) -> None:
+                ready, go) -> None:
     """One actor process: act, step, send chunks of transitions until told to stop."""
     try:
         torch.set_num_threads(threads)  # this process's own setting
@@ -41,10 +41,16 @@ def _actor_main(idx: int, env_id: str, sac_cfg: dict, seed: int, shared: dict, v
         spec = check_spaces(env, env_id)
         agent = SAC(spec.obs_dim, spec.act_dim, spec.act_low, spec.act_high,
                     SACConfig(**sac_cfg), seed=seed)
-        seen = -1
+        with lock:  # the first policy too, so no actor's first chunk is slower than another's
+            seen = version.value
+            agent.load_policy_state({k: v.clone() for k, v in shared.items()})
         obs, _ = env.reset(seed=seed)
         with ready.get_lock():  # this actor is set up: the pool starts when all of them are
             ready.value += 1
+        while not go.wait(timeout=0.1):  # ... and so do the actors: one that began early would
+            if stop.is_set():  # fill the queue before a slower-starting one had sent anything
+                env.close()
+                return
         ep_return, steps = 0.0, 0
         while not stop.is_set():
             if version.value != seen:  # fresh weights from the learner
@@ -105,6 +111,7 @@ class ActorPool:
         self.received = np.zeros(n, np.int64)  # transitions per actor
         self.incarnation = [0] * n
         self.ready = self.ctx.Value("l", 0)
+        self.go = self.ctx.Event()  # set once every actor is set up (restarted ones find it set)
         for i in range(n):
             self._start(i)
         self._wait_ready()
@@ -121,6 +128,7 @@ class ActorPool:
                 raise TimeoutError(f"only {self.ready.value} of {self.n} actor processes were "
                                    f"set up after {timeout_s:.0f} s; is the machine overloaded?")
             time.sleep(0.05)
+        self.go.set()
 
     def _start(self, i: int) -> None:
         seed = self.seed + 1000 * (i + 1) + 100_000 * self.incarnation[i]
@@ -128,7 +136,7 @@ class ActorPool:
                              args=(i, self.env_id, self.sac_cfg, seed, self.shared, self.version,
                                    self.lock, self.queue, self.errors, self.stop_event,
                                    self.chunk, self.random_steps if not self.incarnation[i]
-                                   else 0, self.threads, self.ready))
+                                   else 0, self.threads, self.ready, self.go))
         p.start()
         self.procs[i] = p
 
