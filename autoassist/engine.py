@@ -39,18 +39,25 @@ class EpochPlan:
     mean_keep: float
     kept: int
 
-    _all_weights: np.ndarray | None = field(default=None, repr=False, compare=False)
+    # mean(P) / P for all N, made with the plan (P is the selection's): a gather per batch
+    all_weights: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.mask is not None and self.all_weights is None:
+            from autoassist.kernels import keep_probabilities  # the P the selection kernel used
+
+            self.all_weights = _loss_weights(keep_probabilities(self.scores, self.floor),
+                                             self.mean_keep)
 
     def weights(self, ids: np.ndarray) -> np.ndarray:
         """``mean(P) / P_i``: unbiased reweighting of kept instances (1 when keeping all)."""
         if self.mask is None:
             return np.ones(len(ids), np.float32)
-        if self._all_weights is None:  # once per epoch for all N: a gather per batch after that
-            from autoassist.kernels import keep_probabilities  # the P the selection kernel used
+        return self.all_weights[ids]
 
-            p = keep_probabilities(self.scores, self.floor)
-            self._all_weights = (self.mean_keep / np.maximum(p, 1e-12)).astype(np.float32)
-        return self._all_weights[ids]
+
+def _loss_weights(p: np.ndarray, mean_keep: float) -> np.ndarray:
+    return (mean_keep / np.maximum(p, 1e-12)).astype(np.float32)
 
 
 _SINGLE_REPLICA: ContextVar[bool] = ContextVar("autoassist_single_replica", default=False)
@@ -226,8 +233,10 @@ class ShrinkEngine:
 
         mask, kept = keep_mask(scores, floor, self.config.seed, epoch,
                                num_threads=self.config.kernel_threads)
-        mean_keep = float(keep_probabilities(scores, floor).mean(dtype=np.float64))
-        return EpochPlan(epoch, "shrink", mask, scores, version, floor, mean_keep, kept)
+        p = keep_probabilities(scores, floor)  # once: for the mean and for the loss weights
+        mean_keep = float(p.mean(dtype=np.float64))
+        return EpochPlan(epoch, "shrink", mask, scores, version, floor, mean_keep, kept,
+                         _loss_weights(p, mean_keep))
 
     def _broadcast(self, scores: np.ndarray, floor: float) -> tuple[np.ndarray, float]:
         """Every rank selects from rank 0's snapshot, so all ranks keep the same set."""

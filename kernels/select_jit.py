@@ -18,9 +18,9 @@ from numba import njit, prange
 from ._threads import numba_threads
 from .rng import STREAM_SELECT, stream_keys
 from .rng_jit import hash32_parts
+from .select import _TWO24
 
 CHUNK = 1 << 16
-_TWO24 = np.float32(16777216.0)
 
 
 @njit(inline="always", cache=True)
@@ -105,7 +105,6 @@ def _marked(scores, floor, seed, epoch, num_threads):
         _mark(scores, b, np.float32(1.0) - b, np.uint32(k1), np.uint32(k2), mask.view(np.uint8),
               counts)
     return mask, counts
-
 
 
 def keep_mask(scores, floor, seed, epoch, num_threads):

@@ -21,19 +21,27 @@ def _data(seed=0):
     return TensorDataset(x, torch.arange(N)), torch.nn.functional.softplus(3 * x[:, 0])
 
 
+def _instances_per_epoch(loader, loss, epochs, pause_in_first=0.0):
+    """Run ``epochs`` epochs reporting ``loss``; the instances each one trained on."""
+    counts = []
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        n = 0
+        for _x, idx in loader:
+            loader.report(loss[idx])
+            n += len(idx)
+            if epoch == 0 and pause_in_first:
+                time.sleep(pause_in_first)
+        counts.append(n)
+    return counts
+
+
 def test_warmup_shrink_anneal_schedule():
     data, loss = _data()
     base = DataLoader(data, batch_size=100, shuffle=True)
     with autoassist.wrap(base, features=data.tensors[0], sync=True, warmup_epochs=1,
                          epochs=4, anneal_epochs=1, floor=0.2) as loader:
-        counts = []
-        for epoch in range(4):
-            loader.set_epoch(epoch)
-            n = 0
-            for _x, idx in loader:
-                loader.report(loss[idx])
-                n += len(idx)
-            counts.append(n)
+        counts = _instances_per_epoch(loader, loss, 4)
         reasons = [t["reason"] for t in loader.telemetry]
     assert reasons == ["warmup", "shrink", "shrink", "anneal"]
     assert counts[0] == counts[3] == N and counts[1] < N and counts[2] < N
@@ -205,16 +213,9 @@ def test_first_shrink_epoch_waits_briefly_for_the_first_scores_instead_of_keepin
     base = DataLoader(data, batch_size=100, shuffle=True)
     with autoassist.wrap(base, features=data.tensors[0], warmup_epochs=1, floor=0.2,
                          first_scores_wait=wait) as loader:
-        kept = []
-        for epoch in range(2):
-            loader.set_epoch(epoch)
-            n = 0
-            for _x, idx in loader:
-                loader.report(loss[idx])
-                n += len(idx)
-                if epoch == 0 and wait:  # a ~0.2 s warm-up epoch (the wait is 10x that); without
-                    time.sleep(0.01)  # it, a few ms: either way the Assistant is still starting
-            kept.append(n)
+        # a ~0.2 s warm-up epoch (the wait is 10x that); without the pause, a few ms: either way
+        # the Assistant is still starting
+        kept = _instances_per_epoch(loader, loss, 2, pause_in_first=0.01 if wait else 0.0)
         waited = loader.telemetry[1]["first_scores_waited"]
     assert kept[0] == N
     if wait:

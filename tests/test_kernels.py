@@ -144,7 +144,7 @@ def test_ema_stream_python_and_compiled_paths_agree_exactly():
     rng = np.random.default_rng(1)
     losses = rng.lognormal(size=3000) * 1e-3
     python, compiled = np.empty(len(losses), np.uint8), np.empty(len(losses), np.uint8)
-    mean_python = stats._ema_stream_python(losses, float("nan"), 0.01, python)
+    mean_python = stats._ema_stream(losses, float("nan"), 0.01, python)  # the loop, uncompiled
     mean = stats._compiled(stats._ema_stream)(losses, float("nan"), 0.01, compiled)
     assert mean_python == mean and np.array_equal(python, compiled)
     labels, mean_public = ema_stream(losses, float("nan"), 0.01)  # whichever path it takes
