@@ -396,7 +396,10 @@ def summarize(runs: list[dict[str, Any]], lr: float,
     (its last evaluation by then), the equal-time view of the same curves. ``saving_tol``: the
     same saving to ``target - tolerance`` (uniform's time to that lower target too): a method
     as accurate as uniform, up to seed noise, reaches the exact target on only about half of the
-    seeds, so this says how much of a miss is noise.
+    seeds, so this says how much of a miss is noise. ``final_diff``: final accuracy minus the
+    same seed's uniform final (paired: both share the initial weights and the test set), with
+    its mean and standard error over seeds, which says whether a method ends *systematically*
+    below or above uniform, as the per-seed "reached" count cannot.
     """
     main = [r for r in runs if r["method"] == "uniform" and r["lr"] == lr]
     targets = {r["seed"]: r["accuracy"][-1] for r in main}
@@ -416,9 +419,10 @@ def summarize(runs: list[dict[str, Any]], lr: float,
                                                 "time_to_target": [], "saving": [],
                                                 "forwarded": [], "backpropagated": [],
                                                 "eval_seconds": [], "acc_at_half_time": [],
-                                                "saving_tol": []})
+                                                "saving_tol": [], "final_diff": []})
         m["seeds"].append(r["seed"])
         m["final"].append(r["accuracy"][-1])
+        m["final_diff"].append(r["accuracy"][-1] - targets[r["seed"]])
         m["train_seconds"].append(r["train_seconds"][-1])
         m["time_to_target"].append(t)
         m["saving"].append(s)
@@ -432,6 +436,9 @@ def summarize(runs: list[dict[str, Any]], lr: float,
     for m in per_method.values():
         m["final_mean"] = statistics.fmean(m["final"])
         m["final_sd"] = statistics.stdev(m["final"]) if len(m["final"]) > 1 else 0.0
+        m["final_diff_mean"] = statistics.fmean(m["final_diff"])
+        m["final_diff_se"] = (statistics.stdev(m["final_diff"]) / math.sqrt(len(m["final_diff"]))
+                              if len(m["final_diff"]) > 1 else None)
         m["train_seconds_mean"] = statistics.fmean(m["train_seconds"])
         m["saving_mean"] = statistics.fmean(0.0 if s is None else s for s in m["saving"])
         m["reached"] = sum(s is not None for s in m["saving"])
@@ -452,10 +459,11 @@ def markdown_table(summary: dict[str, Any], task: Task, epochs: int, lr: float,
         f"tuned max LR {lr:g}{swept} (one-cycle); target = each seed's tuned-uniform final "
         "accuracy.",
         "",
-        "| method | final acc (mean ± sd) | train s | forwarded | backpropagated "
+        "| method | final acc (mean ± sd) | final − uniform's (paired, ± se) | train s "
+        "| forwarded | backpropagated "
         f"| s to target | saving | reached | saving to target − {tol:g} (reached) "
         "| acc at ½ uniform's time |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, m in summary["methods"].items():
         times = [t for t in m["time_to_target"] if t is not None]
@@ -463,9 +471,12 @@ def markdown_table(summary: dict[str, Any], task: Task, epochs: int, lr: float,
         n = len(m["seeds"])
         mid = m.get("acc_at_half_time_mean")
         half = "—" if mid is None else f"{mid:.4f}"
+        se = m.get("final_diff_se")
+        diff = (f"{m['final_diff_mean']:+.4f}" + ("" if se is None else f" ± {se:.4f}")
+                if "final_diff_mean" in m else "—")
         lines.append(
             f"| {LABELS.get(name, name)} | {m['final_mean']:.4f} ± {m['final_sd']:.4f} "
-            f"| {m['train_seconds_mean']:.1f} | {statistics.fmean(m['forwarded']):,.0f} "
+            f"| {diff} | {m['train_seconds_mean']:.1f} | {statistics.fmean(m['forwarded']):,.0f} "
             f"| {statistics.fmean(m['backpropagated']):,.0f} | {t} "
             f"| {100 * m['saving_mean']:.0f}% | {m['reached']}/{n} "
             f"| {100 * m['saving_tol_mean']:.0f}% ({m['reached_tol']}/{n}) | {half} |"
@@ -595,6 +606,8 @@ def run_benchmark(task_name: str = "fashion_mnist", *, seeds: int = 3, quick: bo
         "saving_sb": key("selective_backprop", "saving_mean"),
         "final_acc_uniform": key("uniform", "final_mean"),
         "final_acc_autoassist": key("autoassist", "final_mean"),
+        "final_diff_autoassist": key("autoassist", "final_diff_mean"),
+        "final_diff_se_autoassist": key("autoassist", "final_diff_se"),
         "reached_autoassist": key("autoassist", "reached"),
         "saving_within_tolerance": key("autoassist", "saving_tol_mean"),
         "tolerance": TOLERANCE,

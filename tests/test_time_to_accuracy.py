@@ -67,6 +67,11 @@ def test_summary_targets_each_seeds_uniform_and_counts_never_as_no_saving():
     assert aa["reached"] == 1
     assert s["methods"]["uniform"]["seeds"] == [0, 1]  # the lr=0.2 sweep run is left out
     assert aa["final_mean"] == pytest.approx((0.90 + 0.915) / 2)
+    # paired with the same seed's uniform final: 0.90 - 0.91 and 0.915 - 0.92
+    assert aa["final_diff"] == [pytest.approx(-0.01), pytest.approx(-0.005)]
+    assert aa["final_diff_mean"] == pytest.approx(-0.0075)
+    assert aa["final_diff_se"] == pytest.approx(0.0025)  # sd 0.0035355 / sqrt(2)
+    assert s["methods"]["uniform"]["final_diff_mean"] == 0.0
     # equal time: after half of uniform's 40 s, autoassist had finished its 20 s epoch, uniform
     # its 20 s one; a run with no epoch done by then has no accuracy there
     assert aa["acc_at_half_time"] == [0.90, 0.915]
