@@ -495,13 +495,17 @@ def plot(runs: list[dict[str, Any]], summary: dict[str, Any], path: Path,
     except ImportError:
         return None
     seeds = sorted(summary["targets"])
-    fig, axes = plt.subplots(1, len(seeds), figsize=(5.2 * len(seeds), 4.2), squeeze=False,
+    cols = min(3, len(seeds))  # rows of three panels: six seeds stay readable
+    rows = -(-len(seeds) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.2 * rows), squeeze=False,
                              sharey=True)
+    for ax in axes.flat[len(seeds):]:
+        ax.set_visible(False)
     colors = dict(zip(METHODS, ("black", "tab:red", "tab:orange", "tab:blue", "tab:green"),
                       strict=True))
     accs = [a for r in runs for a in r["accuracy"]]
     top = max(accs)
-    for ax, seed in zip(axes[0], seeds, strict=True):
+    for ax, seed in zip(axes.flat, seeds, strict=False):
         for r in runs:
             if r["seed"] != seed or "saving" not in r:
                 continue
@@ -512,8 +516,9 @@ def plot(runs: list[dict[str, Any]], summary: dict[str, Any], path: Path,
         ax.set_xlabel("training wall-clock (s, evaluation excluded)")
         ax.set_ylim(top - 0.05, top + 0.005)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("test accuracy")
-    axes[0][-1].legend(fontsize=8, loc="lower right")
+    for row in axes:
+        row[0].set_ylabel("test accuracy")
+    axes.flat[len(seeds) - 1].legend(fontsize=8, loc="lower right")
     fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
