@@ -472,8 +472,7 @@ def markdown_table(summary: dict[str, Any], task: Task, epochs: int, lr: float,
         mid = m.get("acc_at_half_time_mean")
         half = "—" if mid is None else f"{mid:.4f}"
         se = m.get("final_diff_se")
-        diff = (f"{m['final_diff_mean']:+.4f}" + ("" if se is None else f" ± {se:.4f}")
-                if "final_diff_mean" in m else "—")
+        diff = f"{m['final_diff_mean']:+.4f}" + ("" if se is None else f" ± {se:.4f}")
         lines.append(
             f"| {LABELS.get(name, name)} | {m['final_mean']:.4f} ± {m['final_sd']:.4f} "
             f"| {diff} | {m['train_seconds_mean']:.1f} | {statistics.fmean(m['forwarded']):,.0f} "
