@@ -18,6 +18,10 @@ class ShrinkConfig:
     """How the shrinking loader chooses instances.
 
     floor: keep probability floor ``b`` in ``P_i = b + (1 - b) * p_i``.
+    rank_power: None: ``p_i`` is the Assistant's score. ``k``: ``p_i`` is the score's rank
+        percentile to the ``k``-th power, so selection follows the Assistant's ordering, not its
+        calibration, and each shrinking epoch keeps ``b + (1 - b) / (k + 1)`` of the data
+        whatever the scores (0.4 at ``b = 0.2, k = 3``).
     adaptive_floor: use ``b = max(floor, 1 - assistant accuracy)`` (the paper's translation rule).
     warmup_epochs: leading epochs that keep every instance (the Assistant learns meanwhile).
     anneal_epochs: trailing epochs that keep every instance (needs ``epochs``).
@@ -48,6 +52,7 @@ class ShrinkConfig:
     """
 
     floor: float = 0.3
+    rank_power: float | None = None
     adaptive_floor: bool = False
     warmup_epochs: int = 1
     anneal_epochs: int = 0
@@ -79,6 +84,10 @@ class ShrinkConfig:
 
         if not (0.0 <= self.floor <= 1.0) or math.isnan(self.floor):
             raise bad("floor", "must lie in [0, 1] (0.3 is the paper's image setting)")
+        if self.rank_power is not None and not (math.isfinite(self.rank_power)
+                                                 and self.rank_power > 0):
+            raise bad("rank_power", "must be a positive number (3 mirrors Selective Backprop's "
+                      "CDF ** 3) or None for the raw scores")
         for name in ("warmup_epochs", "anneal_epochs", "max_restarts"):
             if int(getattr(self, name)) != getattr(self, name) or getattr(self, name) < 0:
                 raise bad(name, "must be a non-negative integer")

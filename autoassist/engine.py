@@ -229,6 +229,16 @@ class ShrinkEngine:
         return scores, version
 
     def _make_plan(self, epoch, scores, version, floor) -> EpochPlan:
+        """Plan from the Assistant's published scores (``rank_power`` turns them into ranks)."""
+        if self.config.rank_power is not None:
+            from autoassist.kernels import rank_scores
+
+            scores = rank_scores(scores, self.config.rank_power)
+        return self._plan_from_keep_scores(epoch, scores, version, floor)
+
+    def _plan_from_keep_scores(self, epoch, scores, version, floor) -> EpochPlan:
+        """Plan from the ``p_i`` of ``P_i = b + (1 - b) * p_i``; the plan keeps them as
+        ``scores``, so weights and restarts use exactly the P the selection used."""
         from autoassist.kernels import keep_mask, keep_probabilities
 
         mask, kept = keep_mask(scores, floor, self.config.seed, epoch,
@@ -503,7 +513,8 @@ class ShrinkEngine:
         elif p["scores"] is None:
             self.current = EpochPlan(p["epoch"], p["reason"], None, None, -1, 1.0, 1.0, self.n)
         else:
-            self.current = self._make_plan(p["epoch"], p["scores"], p["score_version"], p["floor"])
+            self.current = self._plan_from_keep_scores(p["epoch"], p["scores"],
+                                                       p["score_version"], p["floor"])
         ids, losses, batches = state["pending"]
         self._pending_ids, self._pending_losses = list(ids), list(losses)
         self._pending_batches = batches

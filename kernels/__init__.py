@@ -10,7 +10,8 @@ cores).
 
 - ``shrink_select``: scores -> kept indices + mask, counter-based RNG (any thread count, any rank);
   ``keep_mask``: the mask and count only.
-- ``keep_probabilities``: ``b + (1 - b) * p``.
+- ``keep_probabilities``: ``b + (1 - b) * p``; ``rank_scores``: scores -> rank percentiles ** k
+  (the ``rank_power`` keep rule).
 - ``shuffle_kept``: seeded Fisher-Yates of the kept set.
 - ``ema_stream``, ``scatter_ema``: loss statistics from batches as they arrive.
 - ``batch_by_size``: batches under a token budget for variable-length instances.
@@ -26,7 +27,7 @@ _EXPORTS = {
     "STREAM_SELECT": "rng", "STREAM_SHUFFLE": "rng", "hash32_numpy": "rng",
     "stream_keys": "rng", "uniforms": "rng",
     "index_dtype": "select", "keep_mask": "select", "keep_probabilities": "select",
-    "shrink_select": "select", "shrink_select_numpy": "select",
+    "rank_scores": "select", "shrink_select": "select", "shrink_select_numpy": "select",
     "shuffle_kept": "shuffle",
     "ema_stream": "stats", "scatter_ema": "stats",
     "batch_by_size": "batching",

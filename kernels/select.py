@@ -11,6 +11,8 @@ Scores outside [0, 1] are clipped; a NaN score counts as 1 (informative: never d
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .rng import STREAM_SELECT, hash32_numpy, stream_keys
@@ -83,6 +85,32 @@ def keep_probabilities(scores: np.ndarray, floor: float) -> np.ndarray:
     np.clip(s, 0.0, 1.0, out=s)
     b = np.float32(floor)
     return b + (np.float32(1.0) - b) * s
+
+
+def rank_scores(scores: np.ndarray, power: float) -> np.ndarray:
+    """Each score's rank percentile among the finite scores, to the ``power``, float32 in (0, 1).
+
+    Used in place of the raw scores, the keep rule depends only on the Assistant's *ordering*:
+    a poorly calibrated Assistant (scores bunched near the running-mean threshold) still keeps
+    its top-ranked instances far more often than its bottom ones, and ``power`` > 1 spends the
+    budget on the top, as Selective Backprop's ``CDF(loss) ** 3`` does for losses. Ties share
+    their mid-rank (no order from the index); NaN stays NaN (kept with probability 1).
+    """
+    scores = np.asarray(scores, dtype=np.float32)
+    if scores.ndim != 1:
+        raise ValueError(f"scores must be a 1-D array, got shape {scores.shape}")
+    if not (math.isfinite(power) and power > 0):
+        raise ValueError(f"power={power} must be a positive finite number (1 = plain ranks)")
+    out = np.full(len(scores), np.nan, np.float32)
+    finite = np.isfinite(scores)
+    values = scores[finite]
+    if len(values):
+        ordered = np.sort(values)
+        below = np.searchsorted(ordered, values, side="left")
+        upto = np.searchsorted(ordered, values, side="right")
+        u = (below + upto).astype(np.float64) / (2.0 * len(values))  # mid-rank in (0, 1)
+        out[finite] = u ** float(power)
+    return out
 
 
 def _mask_numpy(scores: np.ndarray, floor: float, seed: int, epoch: int) -> np.ndarray:

@@ -15,6 +15,7 @@ from autoassist.kernels import (
     ema_stream,
     keep_mask,
     keep_probabilities,
+    rank_scores,
     scatter_ema,
     shrink_select,
     shrink_select_numpy,
@@ -88,6 +89,29 @@ def test_keep_frequencies_match_keep_probabilities_chi_square():
     dispersion = np.sum((c - epochs * q) ** 2 / (epochs * q * (1 - q)))
     assert stats.chi2.sf(dispersion, df=len(q)) > 1e-3
     assert stats.chi2.cdf(dispersion, df=len(q)) > 1e-3
+
+
+def test_rank_scores_are_mid_rank_percentiles_to_the_power():
+    rng = np.random.default_rng(5)
+    s = rng.integers(0, 50, 3000).astype(np.float32) / 7  # many ties
+    s[::11] = np.nan
+    finite = np.isfinite(s)
+    u = (stats.rankdata(s[finite], method="average") - 0.5) / finite.sum()
+    for power in (1.0, 3.0):
+        got = rank_scores(s, power)
+        assert np.isnan(got[~finite]).all()  # unseen stays "keep for sure"
+        np.testing.assert_allclose(got[finite], u ** power, rtol=1e-6)
+    # only the ordering matters: a monotone squashing of the scores selects the same way
+    np.testing.assert_array_equal(rank_scores(s, 3.0), rank_scores(0.5 + 0.001 * s, 3.0))
+    # distinct scores: the kept fraction is b + (1 - b) / (k + 1), whatever the scores
+    d = rng.random(100_000).astype(np.float32) * 0.02 + 0.49
+    for power in (1.0, 3.0):
+        mean_p = keep_probabilities(rank_scores(d, power), 0.2).mean(dtype=np.float64)
+        assert mean_p == pytest.approx(0.2 + 0.8 / (power + 1), abs=1e-3)
+    with pytest.raises(ValueError, match="power"):
+        rank_scores(s, 0.0)
+    with pytest.raises(ValueError, match="1-D"):
+        rank_scores(np.zeros((2, 2)), 3.0)
 
 
 def test_uniforms_are_uniform_and_neighbours_uncorrelated():

@@ -107,7 +107,8 @@ def test_assistant_learns_and_selection_accounts_for_every_instance(fmnist_train
         assert scores[hard].mean() > scores[~hard].mean() + 0.05
 
 
-def test_resume_mid_epoch_is_bit_identical(small_train):
+@pytest.mark.parametrize("rank_power", [None, 3.0])
+def test_resume_mid_epoch_is_bit_identical(small_train, rank_power):
     def make():
         return DataLoader(small_train, batch_size=50, shuffle=True)  # no generator: ours is seeded
 
@@ -123,7 +124,7 @@ def test_resume_mid_epoch_is_bit_identical(small_train):
                     return got, loader.state_dict()
         return got, None
 
-    opts = dict(floor=0.3, sync=True, seed=11, warmup_epochs=1)
+    opts = dict(floor=0.3, sync=True, seed=11, warmup_epochs=1, rank_power=rank_power)
     with autoassist.wrap(make(), **opts) as a:
         full, _ = run(a, None)
     with autoassist.wrap(make(), **opts) as b:
@@ -215,10 +216,12 @@ def test_weighted_sampler_and_custom_batch_sampler():
     assert [g[:3].tolist() for g in got] == [[0, 2, 4], [1, 3, 5]]
 
 
-def test_reweighting_is_unbiased_on_average():
+@pytest.mark.parametrize("rank_power", [None, 3.0])
+def test_reweighting_is_unbiased_on_average(rank_power):
     data = TensorDataset(torch.randn(4000, 5), torch.randint(0, 3, (4000,)))
     base = DataLoader(data, batch_size=4000)
-    with autoassist.wrap(base, reweight=True, floor=0.3, warmup_epochs=0, sync=True) as loader:
+    with autoassist.wrap(base, reweight=True, floor=0.3, warmup_epochs=0, sync=True,
+                         rank_power=rank_power) as loader:
         # publish uneven scores by hand, then check E[weighted mean] = full-data mean
         scores = np.linspace(0, 1, 4000, dtype=np.float32)
         values = torch.linspace(1, 2, 4000)
@@ -232,6 +235,23 @@ def test_reweighting_is_unbiased_on_average():
                 estimates.append(float(loader.report(values[ids])))
     assert abs(np.mean(estimates) - float(values.mean())) < 0.01
     assert np.mean(plain) > float(values.mean()) + 0.03  # without weights: biased to high scores
+
+
+def test_rank_power_selects_by_the_assistants_order_not_its_calibration():
+    data = TensorDataset(torch.randn(6000, 5), torch.randint(0, 3, (6000,)))
+    order = np.random.default_rng(0).permutation(6000)
+    kept = {}
+    for name, scores in {"spread": order / 6000, "bunched": 0.5 + 0.001 * order / 6000}.items():
+        base = DataLoader(data, batch_size=500)
+        with autoassist.wrap(base, floor=0.2, rank_power=3, warmup_epochs=0, sync=True) as loader:
+            loader.engine.state.publish(scores.astype(np.float32))
+            loader.set_epoch(0)
+            kept[name] = np.concatenate([loader._last_ids.copy() for _ in loader])
+    assert np.array_equal(kept["spread"], kept["bunched"])  # same order, same selection
+    top = np.isin(kept["bunched"], np.flatnonzero(order >= 5400)).sum() / 600  # top tenth
+    bottom = np.isin(kept["bunched"], np.flatnonzero(order < 600)).sum() / 600
+    assert len(kept["bunched"]) / 6000 == pytest.approx(0.2 + 0.8 / 4, abs=0.02)
+    assert top > 0.85 and bottom < 0.25  # P ~ 0.2 + 0.8 * u**3: ~0.9 vs ~0.2
 
 
 def test_close_is_idempotent_and_stops_the_assistant(small_train):
