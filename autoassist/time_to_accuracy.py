@@ -10,6 +10,8 @@ Methods (same model, epoch budget, learning rate, seeds, thread settings):
 
 - ``uniform``: plain shuffled DataLoader.
 - ``autoassist``: this project through ``autoassist.wrap`` with ``AUTOASSIST_SETTINGS``.
+- ``random_subset``: the control for the Assistant: each epoch as many instances as autoassist
+  kept in that epoch on the same seed, but a fresh uniformly random subset (no scores).
 - ``published``: AutoAssist as published (logistic Assistant on raw inputs + class, b = 0.3, no
   reweighting), also through ``autoassist.wrap``.
 - ``infobatch``: ``peers.InfoBatch`` (prune half of the below-mean-loss instances, rescale, full
@@ -45,8 +47,10 @@ from autoassist.training import (
 )
 
 CPU = torch.device("cpu")
-METHODS = ("uniform", "autoassist", "published", "infobatch", "selective_backprop")
+METHODS = ("uniform", "autoassist", "random_subset", "published", "infobatch",
+           "selective_backprop")
 LABELS = {"uniform": "uniform (tuned)", "autoassist": "autoassist",
+          "random_subset": "random subset (control)",
           "published": "AutoAssist as published", "infobatch": "InfoBatch-style",
           "selective_backprop": "Selective-Backprop-style"}
 
@@ -155,6 +159,67 @@ class _IdBatches:
         return (b.tolist() for b in self.batches)
 
 
+def expected_keep_fraction(settings: dict[str, Any]) -> float | None:
+    """What a shrinking epoch keeps in expectation when the rule fixes it (``rank_power``:
+    ``b + (1 - b) / (k + 1)``); None when it depends on the Assistant's scores."""
+    k = settings.get("rank_power")
+    if k is None:
+        return None
+    b = float(settings.get("floor", 0.3))
+    return b + (1.0 - b) / (float(k) + 1.0)
+
+
+class RandomSubsetMethod(_Method):
+    """The control that says what the Assistant's choices are worth: each epoch trains on as
+    many instances as autoassist's run of the same seed kept in that epoch (its warm-up and
+    anneal epochs keep all), chosen uniformly at random, fresh each epoch. Uniform subsets need
+    no reweighting."""
+
+    def __init__(self, *args, kept: list[int]):
+        super().__init__(*args)
+        n = len(self.train)
+        if len(kept) < self.epochs or not all(0 < k <= n for k in kept):
+            raise ValueError(f"random_subset needs a kept count in (0, {n}] for each of the "
+                             f"{self.epochs} epochs; got {kept}")
+        self.kept_counts = [int(k) for k in kept]
+        self.kept: list[float] = []
+
+    def epoch(self, epoch):
+        n = len(self.train)
+        order = np.random.default_rng([self.seed, epoch]).permutation(n)
+        order = order[: self.kept_counts[epoch]]
+        self.kept.append(len(order) / n)
+        return DataLoader(self.train, batch_sampler=_IdBatches(order, self.batch_size),
+                          pin_memory=self.pin)
+
+    def loss(self, model, batch):
+        x, y = batch
+        return F.cross_entropy(model(x), y), len(y), len(y)
+
+    def info(self):
+        return {"kept_fraction": self.kept}
+
+
+def matched_kept_counts(n: int, epochs: int, settings: dict[str, Any],
+                        autoassist_run: dict[str, Any] | None = None) -> list[int]:
+    """The random-subset control's budget: the kept counts of ``autoassist_run`` (its
+    telemetry), else the counts ``settings`` fix in advance (``rank_power``), else an error."""
+    if autoassist_run is not None:
+        kept = [t["kept"] for t in autoassist_run.get("telemetry", [])]
+        if len(kept) != epochs:
+            raise ValueError(f"the autoassist run has telemetry for {len(kept)} epochs, not "
+                             f"{epochs}: cannot match its budget")
+        return kept
+    fraction = expected_keep_fraction(settings)
+    if fraction is None:
+        raise ValueError("random_subset matches autoassist's kept counts: run it with "
+                         "'autoassist' in --methods (before it), or set rank_power, which "
+                         "fixes the kept fraction in advance")
+    warmup, anneal = settings.get("warmup_epochs", 1), settings.get("anneal_epochs", 0)
+    return [n if e < warmup or e >= epochs - anneal else max(1, round(fraction * n))
+            for e in range(epochs)]
+
+
 class InfoBatchMethod(_Method):
     def __init__(self, *args, ratio: float = 0.5, delta: float = 0.875):
         super().__init__(*args)
@@ -246,12 +311,18 @@ class SelectiveBackpropMethod(_Method):
 
 
 def make_method(name: str, train, batch_size: int, seed: int, epochs: int,
-                settings: dict[str, Any] | None = None, device: torch.device = CPU) -> _Method:
+                settings: dict[str, Any] | None = None, device: torch.device = CPU,
+                matched_run: dict[str, Any] | None = None) -> _Method:
+    """``matched_run``: for ``random_subset``, the same seed's autoassist run to match."""
     args = (train, batch_size, seed, epochs, device)
     if name == "uniform":
         return Uniform(*args)
     if name == "autoassist":
         return AutoAssist(*args, settings=settings or AUTOASSIST_SETTINGS)
+    if name == "random_subset":
+        kept = matched_kept_counts(len(train), epochs, settings or AUTOASSIST_SETTINGS,
+                                   matched_run)
+        return RandomSubsetMethod(*args, kept=kept)
     if name == "published":
         return AutoAssist(*args, settings=PUBLISHED_SETTINGS, raw_features=True)
     if name == "infobatch":
@@ -266,7 +337,8 @@ def make_method(name: str, train, batch_size: int, seed: int, epochs: int,
 # ------------------------------------------------------------------------------------------------
 def run_one(task: Task, method: str, train, test, *, seed: int, lr: float, epochs: int,
             progress: bool = True, settings: dict[str, Any] | None = None,
-            device: str | torch.device = "cpu", log=print) -> dict[str, Any]:
+            device: str | torch.device = "cpu", log=print,
+            matched_run: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train ``task.model()`` (initialised from ``seed``) with ``method``; return its record.
 
     On a CUDA ``device`` the clock waits for the GPU at each epoch's end, so seconds are real.
@@ -286,7 +358,8 @@ def run_one(task: Task, method: str, train, test, *, seed: int, lr: float, epoch
     fwd = bwd = 0
     clock = Stopwatch()
     clock.start()
-    runner = make_method(method, train, task.batch_size, seed, epochs, settings, device)
+    runner = make_method(method, train, task.batch_size, seed, epochs, settings, device,
+                         matched_run)
     setup_seconds = clock.pause()
 
     def settle():  # queued GPU work belongs to the epoch that queued it
@@ -500,8 +573,8 @@ def plot(runs: list[dict[str, Any]], summary: dict[str, Any], path: Path,
                              sharey=True)
     for ax in axes.flat[len(seeds):]:
         ax.set_visible(False)
-    colors = dict(zip(METHODS, ("black", "tab:red", "tab:orange", "tab:blue", "tab:green"),
-                      strict=True))
+    colors = dict(zip(METHODS, ("black", "tab:red", "tab:grey", "tab:orange", "tab:blue",
+                                "tab:green"), strict=True))
     accs = [a for r in runs for a in r["accuracy"]]
     top = max(accs)
     for ax, seed in zip(axes.flat, seeds, strict=False):
@@ -548,6 +621,11 @@ def run_benchmark(task_name: str = "fashion_mnist", *, seeds: int = 3, quick: bo
     unknown = [m for m in methods if m not in METHODS]
     if unknown or "uniform" not in methods:
         raise ValueError(f"methods must include 'uniform' and come from {METHODS}; got {methods}")
+    if "random_subset" in methods and expected_keep_fraction(AUTOASSIST_SETTINGS) is None and (
+            "autoassist" not in methods
+            or methods.index("autoassist") > methods.index("random_subset")):
+        raise ValueError("random_subset matches autoassist's kept counts on the same seed: "
+                         "list 'autoassist' before it in methods")
     if seeds < 1 or not 1 <= sweep_seeds <= seeds:
         raise ValueError(f"need seeds >= 1 and 1 <= sweep_seeds <= seeds; got {seeds}, "
                          f"{sweep_seeds}")
@@ -591,8 +669,11 @@ def run_benchmark(task_name: str = "fashion_mnist", *, seeds: int = 3, quick: bo
             for method in methods:
                 if method == "uniform" and seed < sweep_seeds:
                     continue  # the sweep already ran it
+                matched = next((r for r in runs if r["method"] == "autoassist"
+                                and r["seed"] == seed), None)
                 runs.append(run_one(task, method, train, test, seed=seed, lr=lr, epochs=epochs,
-                                    progress=progress, device=device_, log=log))
+                                    progress=progress, device=device_, log=log,
+                                    matched_run=matched))
         summary = summarize(runs, lr)
     finally:
         torch.set_num_threads(previous_threads)
@@ -608,6 +689,7 @@ def run_benchmark(task_name: str = "fashion_mnist", *, seeds: int = 3, quick: bo
         "saving_published": key("published", "saving_mean"),
         "saving_infobatch": key("infobatch", "saving_mean"),
         "saving_sb": key("selective_backprop", "saving_mean"),
+        "saving_random_subset": key("random_subset", "saving_mean"),
         "final_acc_uniform": key("uniform", "final_mean"),
         "final_acc_autoassist": key("autoassist", "final_mean"),
         "final_diff_autoassist": key("autoassist", "final_diff_mean"),
@@ -630,6 +712,7 @@ def run_benchmark(task_name: str = "fashion_mnist", *, seeds: int = 3, quick: bo
                  "test_instances": len(test[1]), "sweep_seeds": sweep_seeds,
                  "lr_at_sweep_end": beyond is not None},
         "settings": {"autoassist": AUTOASSIST_SETTINGS, "published": PUBLISHED_SETTINGS,
+                     "random_subset": {"kept": "autoassist's per-epoch kept counts, same seed"},
                      "infobatch": {"ratio": 0.5, "delta": 0.875},
                      "selective_backprop": {"beta": 3.0, "history": 1024, "warmup_epochs": 1}},
         "summary": summary,

@@ -3,7 +3,8 @@
     python -m benchmarks.time_to_accuracy [--task fashion_mnist|keel_magic] [--seeds 3] [--quick]
 
 Writes ``benchmarks/results/time_to_accuracy_<task>[_cuda][_quick]{.json,.png,.md}`` and prints
-the headline (``saving``, ``saving_published``, ``saving_infobatch``, ``saving_sb``, final
+the headline (``saving``, ``saving_published``, ``saving_infobatch``, ``saving_sb``,
+``saving_random_subset`` (the same-budget random control), final
 accuracies, ``saving_within_tolerance``) as one JSON object on the last line. The harness lives
 in ``autoassist.time_to_accuracy`` (also behind ``autoassist bench``).
 """

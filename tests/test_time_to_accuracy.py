@@ -174,6 +174,34 @@ def test_keel_bad_name_and_non_numeric_columns_are_named(tmp_path, keel_availabl
         load_keel("mixed", root=tmp_path)
 
 
+def test_random_subset_control_matches_autoassists_kept_counts_at_random():
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from autoassist.time_to_accuracy import expected_keep_fraction, make_method
+
+    data = TensorDataset(torch.arange(1000).float()[:, None], torch.zeros(1000, dtype=torch.long))
+    autoassist_run = {"telemetry": [{"kept": k} for k in (1000, 430, 380, 415, 1000)]}
+    control = make_method("random_subset", data, 64, 7, 5, matched_run=autoassist_run)
+
+    def ids(method, epoch):
+        return np.concatenate([x[:, 0].long().numpy() for x, _y in method.epoch(epoch)])
+
+    epochs = [ids(control, e) for e in range(5)]
+    assert [len(e) for e in epochs] == [1000, 430, 380, 415, 1000]  # autoassist's, epoch by epoch
+    assert all(len(set(e.tolist())) == len(e) for e in epochs)  # no instance twice in an epoch
+    assert len(set(epochs[1]) & set(epochs[2])) < 250  # a fresh draw each epoch (~160 shared)
+    again = make_method("random_subset", data, 64, 7, 5, matched_run=autoassist_run)
+    assert np.array_equal(ids(again, 2), epochs[2])  # seeded
+    # without an autoassist run: only a rule that fixes the fraction in advance can be matched
+    settings = {"floor": 0.2, "rank_power": 3, "warmup_epochs": 1, "anneal_epochs": 1}
+    assert expected_keep_fraction(settings) == pytest.approx(0.4)
+    fixed = make_method("random_subset", data, 64, 7, 5, settings)
+    assert [len(ids(fixed, e)) for e in range(5)] == [1000, 400, 400, 400, 1000]
+    with pytest.raises(ValueError, match="autoassist"):
+        make_method("random_subset", data, 64, 7, 5, {"floor": 0.3})
+
+
 # -- the harness end to end on a tiny real budget ------------------------------------------------
 def test_harness_tiny_budget_records_every_method(tmp_path, keel_available):
     from autoassist.time_to_accuracy import run_benchmark, write_outputs
