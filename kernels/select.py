@@ -22,15 +22,20 @@ _TWO24 = np.float32(16777216.0)
 BACKENDS = ("auto", "numba", "numpy")
 
 
-def _check(scores: np.ndarray, floor: float) -> np.ndarray:
+def _as_scores(scores: np.ndarray) -> np.ndarray:
     scores = np.asarray(scores)
     if scores.ndim != 1:
         raise ValueError(f"scores must be a 1-D array, got shape {scores.shape}")
     if scores.dtype != np.float32:
         scores = scores.astype(np.float32)
+    return np.ascontiguousarray(scores)
+
+
+def _check(scores: np.ndarray, floor: float) -> np.ndarray:
+    scores = _as_scores(scores)
     if not 0.0 <= float(floor) <= 1.0:
         raise ValueError(f"floor={floor} must lie in [0, 1]")
-    return np.ascontiguousarray(scores)
+    return scores
 
 
 def _use_numpy(n: int, num_threads: int | None, backend: str) -> bool:
@@ -96,9 +101,7 @@ def rank_scores(scores: np.ndarray, power: float) -> np.ndarray:
     budget on the top, as Selective Backprop's ``CDF(loss) ** 3`` does for losses. Ties share
     their mid-rank (no order from the index); NaN stays NaN (kept with probability 1).
     """
-    scores = np.asarray(scores, dtype=np.float32)
-    if scores.ndim != 1:
-        raise ValueError(f"scores must be a 1-D array, got shape {scores.shape}")
+    scores = _as_scores(scores)
     if not (math.isfinite(power) and power > 0):
         raise ValueError(f"power={power} must be a positive finite number (1 = plain ranks)")
     out = np.full(len(scores), np.nan, np.float32)
