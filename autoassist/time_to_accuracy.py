@@ -18,6 +18,9 @@ Methods (same model, epoch budget, learning rate, seeds, thread settings):
   data for the last 12.5% of epochs).
 - ``selective_backprop``: ``peers.SelectiveBackprop`` (forward all, backprop with probability
   CDF(loss)^3; selected instances are pooled into full batches, as in the paper).
+- ``uniform_reshuffled`` (opt-in, ``--methods ...,uniform_reshuffled``): uniform again from the
+  same initial weights with another data order. Equally accurate by construction, it shows how
+  often a method *as good as* uniform reaches the strict per-seed target: the criterion's noise.
 """
 
 from __future__ import annotations
@@ -47,10 +50,17 @@ from autoassist.training import (
 )
 
 CPU = torch.device("cpu")
+RESHUFFLE_OFFSET = 1_000_003  # uniform_reshuffled's data-order seed is seed + this
 METHODS = ("uniform", "autoassist", "random_subset", "published", "infobatch",
            "selective_backprop")
+# Opt-in controls (not run by default): ``uniform_reshuffled`` is uniform again with another data
+# order, equally accurate by construction, so its "reached" count and paired final difference
+# measure the strict criterion's own noise floor.
+CONTROLS = ("uniform_reshuffled",)
+ALL_METHODS = METHODS + CONTROLS
 LABELS = {"uniform": "uniform (tuned)", "autoassist": "autoassist",
           "random_subset": "random subset (control)",
+          "uniform_reshuffled": "uniform, other data order (control)",
           "published": "AutoAssist as published", "infobatch": "InfoBatch-style",
           "selective_backprop": "Selective-Backprop-style"}
 
@@ -98,9 +108,11 @@ class _Method:
 
 
 class Uniform(_Method):
-    def __init__(self, *args):
+    def __init__(self, *args, order_seed: int | None = None):
         super().__init__(*args)
         self.loader = self._loader()
+        if order_seed is not None:  # same initial weights (run_one), another shuffle
+            self.loader.generator.manual_seed(order_seed)
 
     def epoch(self, epoch):
         return self.loader
@@ -317,6 +329,8 @@ def make_method(name: str, train, batch_size: int, seed: int, epochs: int,
     args = (train, batch_size, seed, epochs, device)
     if name == "uniform":
         return Uniform(*args)
+    if name == "uniform_reshuffled":
+        return Uniform(*args, order_seed=RESHUFFLE_OFFSET + seed)
     if name == "autoassist":
         return AutoAssist(*args, settings=settings or AUTOASSIST_SETTINGS)
     if name == "random_subset":
@@ -329,7 +343,7 @@ def make_method(name: str, train, batch_size: int, seed: int, epochs: int,
         return InfoBatchMethod(*args)
     if name == "selective_backprop":
         return SelectiveBackpropMethod(*args)
-    raise ValueError(f"unknown method {name!r}; choose from {METHODS}")
+    raise ValueError(f"unknown method {name!r}; choose from {ALL_METHODS}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -573,8 +587,8 @@ def plot(runs: list[dict[str, Any]], summary: dict[str, Any], path: Path,
                              sharey=True)
     for ax in axes.flat[len(seeds):]:
         ax.set_visible(False)
-    colors = dict(zip(METHODS, ("black", "tab:red", "tab:grey", "tab:orange", "tab:blue",
-                                "tab:green"), strict=True))
+    colors = dict(zip(ALL_METHODS, ("black", "tab:red", "tab:grey", "tab:orange", "tab:blue",
+                                    "tab:green", "tab:purple"), strict=True))
     accs = [a for r in runs for a in r["accuracy"]]
     top = max(accs)
     for ax, seed in zip(axes.flat, seeds, strict=False):
@@ -618,9 +632,10 @@ def run_benchmark(task_name: str = "fashion_mnist", *, seeds: int = 3, quick: bo
     from autoassist.provenance import git_commit, machine_info, thread_info
 
     task = get_task(task_name)
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in ALL_METHODS]
     if unknown or "uniform" not in methods:
-        raise ValueError(f"methods must include 'uniform' and come from {METHODS}; got {methods}")
+        raise ValueError(f"methods must include 'uniform' and come from {ALL_METHODS}; got "
+                         f"{methods}")
     if "random_subset" in methods and expected_keep_fraction(AUTOASSIST_SETTINGS) is None and (
             "autoassist" not in methods
             or methods.index("autoassist") > methods.index("random_subset")):
@@ -695,6 +710,7 @@ def run_benchmark(task_name: str = "fashion_mnist", *, seeds: int = 3, quick: bo
         "final_diff_autoassist": key("autoassist", "final_diff_mean"),
         "final_diff_se_autoassist": key("autoassist", "final_diff_se"),
         "reached_autoassist": key("autoassist", "reached"),
+        "reached_uniform_reshuffled": key("uniform_reshuffled", "reached"),
         "saving_within_tolerance": key("autoassist", "saving_tol_mean"),
         "tolerance": TOLERANCE,
         "seeds": seeds,
@@ -765,7 +781,8 @@ def add_arguments(p) -> None:
                    help="seeds the uniform LR sweep runs on (default 1: the first)")
     p.add_argument("--quick", action="store_true",
                    help="a few-minute version: fewer epochs, a slice of the data, 1 seed")
-    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset")
+    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated, from "
+                   f"{','.join(ALL_METHODS)} (default: all but the opt-in {','.join(CONTROLS)})")
     p.add_argument("--threads", type=int, default=2, help="torch threads for every method")
     p.add_argument("--epochs", type=int, default=None, help="override the task's epoch budget")
     p.add_argument("--lrs", default=None, help="override the LR sweep, e.g. 0.05,0.1,0.2")

@@ -202,6 +202,25 @@ def test_random_subset_control_matches_autoassists_kept_counts_at_random():
         make_method("random_subset", data, 64, 7, 5, {"floor": 0.3})
 
 
+def test_reshuffled_uniform_sees_every_instance_in_another_seeded_order():
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from autoassist.time_to_accuracy import make_method
+
+    data = TensorDataset(torch.arange(500).float()[:, None], torch.zeros(500, dtype=torch.long))
+
+    def order(method):
+        return np.concatenate([x[:, 0].long().numpy() for x, _y in method.epoch(0)])
+
+    base = order(make_method("uniform", data, 64, 3, 2))
+    other = order(make_method("uniform_reshuffled", data, 64, 3, 2))
+    assert sorted(other.tolist()) == list(range(500))  # a full epoch, each instance once
+    assert (base != other).mean() > 0.9  # another order ...
+    assert np.array_equal(order(make_method("uniform_reshuffled", data, 64, 3, 2)), other)  # seeded
+    assert not np.array_equal(order(make_method("uniform_reshuffled", data, 64, 4, 2)), other)
+
+
 # -- the harness end to end on a tiny real budget ------------------------------------------------
 def test_harness_tiny_budget_records_every_method(tmp_path, keel_available):
     from autoassist.time_to_accuracy import run_benchmark, write_outputs
