@@ -482,8 +482,9 @@ def summarize(runs: list[dict[str, Any]], lr: float,
     ``acc_at_half_time``: the accuracy each method had after half of uniform's training seconds
     (its last evaluation by then), the equal-time view of the same curves. ``saving_tol``: the
     same saving to ``target - tolerance`` (uniform's time to that lower target too): a method
-    as accurate as uniform, up to seed noise, reaches the exact target on only about half of the
-    seeds, so this says how much of a miss is noise. ``final_diff``: final accuracy minus the
+    as accurate as uniform can still miss the exact target on some seeds (how often, the
+    ``uniform_reshuffled`` control measures), so this says how much of a miss is noise.
+    ``final_diff``: final accuracy minus the
     same seed's uniform final (paired: both share the initial weights and the test set), with
     its mean and standard error over seeds, which says whether a method ends *systematically*
     below or above uniform, as the per-seed "reached" count cannot.
