@@ -30,6 +30,7 @@ import math
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -621,8 +622,12 @@ def run_benchmark(task_name: str = "fashion_mnist", *, seeds: int = 3, quick: bo
                   methods: tuple[str, ...] = METHODS, threads: int = 2,
                   epochs: int | None = None, lrs: tuple[float, ...] | None = None,
                   sweep_seeds: int = 1, limit: int | None = None, progress: bool = True,
-                  device: str = "cpu", max_extend: int = 2, log=print) -> dict[str, Any]:
+                  device: str = "cpu", max_extend: int = 2, log=print,
+                  checkpoint: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run the LR sweep, then every method on every seed; return the full record.
+
+    ``checkpoint`` gets the record so far (``"partial": True``, ``seeds_done``) after every seed
+    but the last, so a multi-hour run stopped early keeps what it measured.
 
     The sweep runs uniform at each learning rate on the first ``sweep_seeds`` seeds and keeps the
     best mean final accuracy; that LR is then used by every method on every seed. A best LR at
@@ -652,6 +657,55 @@ def run_benchmark(task_name: str = "fashion_mnist", *, seeds: int = 3, quick: bo
     lrs = tuple(lrs or (task.quick_lrs if quick and task.quick_lrs else task.lrs))
     if limit is None and quick:
         limit = task.quick_limit
+    def assemble(summary: dict[str, Any], info: dict[str, Any], seeds_done: int) -> dict:
+        """The run's record from the seeds so far (all of them at the end)."""
+        methods_summary = summary["methods"]
+
+        def key(method: str, field: str):
+            return methods_summary[method][field] if method in methods_summary else None
+
+        headline = {
+            "task": task.name,
+            "saving": key("autoassist", "saving_mean"),
+            "saving_published": key("published", "saving_mean"),
+            "saving_infobatch": key("infobatch", "saving_mean"),
+            "saving_sb": key("selective_backprop", "saving_mean"),
+            "saving_random_subset": key("random_subset", "saving_mean"),
+            "final_acc_uniform": key("uniform", "final_mean"),
+            "final_acc_autoassist": key("autoassist", "final_mean"),
+            "final_diff_autoassist": key("autoassist", "final_diff_mean"),
+            "final_diff_se_autoassist": key("autoassist", "final_diff_se"),
+            "reached_autoassist": key("autoassist", "reached"),
+            "reached_uniform_reshuffled": key("uniform_reshuffled", "reached"),
+            "saving_within_tolerance": key("autoassist", "saving_tol_mean"),
+            "tolerance": TOLERANCE,
+            "seeds": seeds,
+            "epochs": epochs,
+            "lr": lr,
+            "quick": quick,
+            "device": str(device_),
+        }
+        return {
+            "headline": headline,
+            "task": {"name": task.name, "description": task.description, "epochs": epochs,
+                     "batch_size": task.batch_size, "lrs": list(lrs), "tuned_lr": lr,
+                     "weight_decay": task.weight_decay, "train_instances": len(train),
+                     "test_instances": len(test[1]), "sweep_seeds": sweep_seeds,
+                     "lr_at_sweep_end": beyond is not None},
+            "settings": {"autoassist": AUTOASSIST_SETTINGS, "published": PUBLISHED_SETTINGS,
+                         "random_subset": {"kept": "autoassist's per-epoch kept counts, same seed"},
+                         "infobatch": {"ratio": 0.5, "delta": 0.875},
+                         "selective_backprop": {"beta": 3.0, "history": 1024, "warmup_epochs": 1}},
+            "summary": summary,
+            "runs": list(runs),  # a snapshot: the run goes on appending
+            "commit": commit,
+            "machine": machine_info(device_),
+            "threads": dict(info, torch_threads=threads),
+            "wall_seconds": time.perf_counter() - started,
+            "partial": seeds_done < seeds,
+            "seeds_done": seeds_done,
+        }
+
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     started, commit = time.perf_counter(), git_commit()  # the code this run loads
@@ -690,55 +744,13 @@ def run_benchmark(task_name: str = "fashion_mnist", *, seeds: int = 3, quick: bo
                 runs.append(run_one(task, method, train, test, seed=seed, lr=lr, epochs=epochs,
                                     progress=progress, device=device_, log=log,
                                     matched_run=matched))
+            if checkpoint is not None and seed < seeds - 1:
+                checkpoint(assemble(summarize(runs, lr), thread_info(), seed + 1))
         summary = summarize(runs, lr)
     finally:
         torch.set_num_threads(previous_threads)
         info = thread_info()
-    methods_summary = summary["methods"]
-
-    def key(method: str, field: str):
-        return methods_summary[method][field] if method in methods_summary else None
-
-    headline = {
-        "task": task.name,
-        "saving": key("autoassist", "saving_mean"),
-        "saving_published": key("published", "saving_mean"),
-        "saving_infobatch": key("infobatch", "saving_mean"),
-        "saving_sb": key("selective_backprop", "saving_mean"),
-        "saving_random_subset": key("random_subset", "saving_mean"),
-        "final_acc_uniform": key("uniform", "final_mean"),
-        "final_acc_autoassist": key("autoassist", "final_mean"),
-        "final_diff_autoassist": key("autoassist", "final_diff_mean"),
-        "final_diff_se_autoassist": key("autoassist", "final_diff_se"),
-        "reached_autoassist": key("autoassist", "reached"),
-        "reached_uniform_reshuffled": key("uniform_reshuffled", "reached"),
-        "saving_within_tolerance": key("autoassist", "saving_tol_mean"),
-        "tolerance": TOLERANCE,
-        "seeds": seeds,
-        "epochs": epochs,
-        "lr": lr,
-        "quick": quick,
-        "device": str(device_),
-    }
-    info["torch_threads"] = threads
-    return {
-        "headline": headline,
-        "task": {"name": task.name, "description": task.description, "epochs": epochs,
-                 "batch_size": task.batch_size, "lrs": list(lrs), "tuned_lr": lr,
-                 "weight_decay": task.weight_decay, "train_instances": len(train),
-                 "test_instances": len(test[1]), "sweep_seeds": sweep_seeds,
-                 "lr_at_sweep_end": beyond is not None},
-        "settings": {"autoassist": AUTOASSIST_SETTINGS, "published": PUBLISHED_SETTINGS,
-                     "random_subset": {"kept": "autoassist's per-epoch kept counts, same seed"},
-                     "infobatch": {"ratio": 0.5, "delta": 0.875},
-                     "selective_backprop": {"beta": 3.0, "history": 1024, "warmup_epochs": 1}},
-        "summary": summary,
-        "runs": runs,
-        "commit": commit,
-        "machine": machine_info(device_),
-        "threads": info,
-        "wall_seconds": time.perf_counter() - started,
-    }
+    return assemble(summary, info, seeds)
 
 
 def write_outputs(result: dict[str, Any], directory: Path, stem: str) -> dict[str, Path | None]:
@@ -750,6 +762,9 @@ def write_outputs(result: dict[str, Any], directory: Path, stem: str) -> dict[st
     if result["task"].get("lr_at_sweep_end"):
         table += (f"\nWARNING: the tuned LR {lr:g} is still at an end of the sweep "
                   f"{result['task']['lrs']}: the baseline may be under-tuned.\n")
+    if result.get("partial"):
+        table += (f"\nPARTIAL: {result['seeds_done']} of {result['headline']['seeds']} seeds so "
+                  "far (the run is still going, or was stopped).\n")
     result["table"] = table
     paths: dict[str, Path | None] = {"json": directory / f"{stem}.json",
                                      "md": directory / f"{stem}.md"}
@@ -813,6 +828,7 @@ def run_cli(args, directory: Path, stem: str) -> dict:
         lrs=tuple(float(v) for v in args.lrs.split(",")) if args.lrs else None,
         sweep_seeds=min(args.sweep_seeds, seeds), limit=args.limit,
         progress=not args.no_progress, device=args.device, max_extend=args.max_extend,
+        checkpoint=lambda partial: write_outputs(partial, directory, stem),
     )
     paths = write_outputs(result, directory, stem)
     print()

@@ -248,6 +248,29 @@ def test_harness_tiny_budget_records_every_method(tmp_path, keel_available):
     assert paths["png"] is None or paths["png"].stat().st_size > 1000
 
 
+def test_harness_checkpoints_each_seed_so_a_stopped_run_keeps_its_results(tmp_path,
+                                                                         keel_available):
+    from autoassist.time_to_accuracy import run_benchmark, write_outputs
+
+    partials = []
+    result = run_benchmark("keel_magic", seeds=2, epochs=1, lrs=(0.05,), limit=2000, threads=1,
+                           methods=("uniform", "uniform_reshuffled"), progress=False,
+                           log=lambda *a: None, checkpoint=partials.append)
+    assert len(partials) == 1  # after seed 0; the last seed's record is the result itself
+    first = partials[0]
+    assert first["partial"] and first["seeds_done"] == 1
+    assert sorted((r["method"], r["seed"]) for r in first["runs"]) == [
+        ("uniform", 0), ("uniform_reshuffled", 0)]
+    assert first["summary"]["targets"] == {0: first["runs"][0]["accuracy"][-1]}
+    assert not result["partial"] and result["seeds_done"] == 2
+    assert sorted(result["summary"]["targets"]) == [0, 1]
+    assert result["headline"]["reached_uniform_reshuffled"] in (0, 1, 2)
+    paths = write_outputs(first, tmp_path, "tta")
+    assert "PARTIAL: 1 of 2 seeds" in paths["md"].read_text()
+    assert json.loads(paths["json"].read_text())["partial"] is True
+    assert "PARTIAL" not in write_outputs(result, tmp_path, "tta")["md"].read_text()
+
+
 def test_bench_command_and_bad_input(tmp_path, capsys, keel_available):
     from autoassist.cli import main
 
