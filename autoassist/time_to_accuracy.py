@@ -485,10 +485,10 @@ def summarize(runs: list[dict[str, Any]], lr: float,
     same saving to ``target - tolerance`` (uniform's time to that lower target too): a method
     as accurate as uniform can still miss the exact target on some seeds (how often, the
     ``uniform_reshuffled`` control measures), so this says how much of a miss is noise.
-    ``final_diff``: final accuracy minus the
-    same seed's uniform final (paired: both share the initial weights and the test set), with
-    its mean and standard error over seeds, which says whether a method ends *systematically*
-    below or above uniform, as the per-seed "reached" count cannot.
+    ``final_diff``: final accuracy minus the same seed's uniform final (paired: both share the
+    initial weights and the test set), with its mean and standard error over seeds, which says
+    whether a method ends *systematically* below or above uniform, as the per-seed "reached"
+    count cannot.
     """
     main = [r for r in runs if r["method"] == "uniform" and r["lr"] == lr]
     targets = {r["seed"]: r["accuracy"][-1] for r in main}
@@ -657,6 +657,7 @@ def run_benchmark(task_name: str = "fashion_mnist", *, seeds: int = 3, quick: bo
     lrs = tuple(lrs or (task.quick_lrs if quick and task.quick_lrs else task.lrs))
     if limit is None and quick:
         limit = task.quick_limit
+
     def assemble(summary: dict[str, Any], info: dict[str, Any], seeds_done: int) -> dict:
         """The run's record from the seeds so far (all of them at the end)."""
         methods_summary = summary["methods"]
