@@ -1,10 +1,18 @@
 """Shared-memory tables joining the Boss and the Assistant process without copies or waits.
 
 One block holds a small header (counters, Assistant accuracy), two score buffers and the feature
-table. The Assistant publishes scores seqlock-style: it writes the buffer ``(version + 1) % 2``,
-then bumps ``version``; the Boss copies buffer ``version % 2`` and retries if two or more versions
-passed meanwhile. The Boss writes instance features the first time it sees an instance, so
-features survive an Assistant restart and need no pickling.
+table. The Boss writes instance features the first time it sees an instance, so features survive
+an Assistant restart and need no pickling.
+
+Scores are published under a seqlock over two buffers. The sequence count ``SEQ`` is even while
+no one writes and odd while the Assistant writes; version ``v`` lives in buffer ``v % 2`` and
+``SEQ // 2`` is the newest complete version. Publishing ``v + 1`` makes ``SEQ`` odd, fills buffer
+``(v + 1) % 2``, then makes it even again, so the buffer a reader copies is only touched again by
+the write of ``v + 2``, which starts at ``SEQ = 2v + 3``: a reader that saw ``SEQ`` at ``s`` before
+its copy and at most ``2 * (s // 2) + 2`` after it holds one whole version. The Boss never waits
+for a write to finish (the other buffer is complete), and retries only if the Assistant finished
+one version and started the next during its copy. This relies on the stores of one process being
+seen in order by the other (x86's memory model; untested on weakly ordered CPUs).
 """
 
 from __future__ import annotations
@@ -18,6 +26,8 @@ import numpy as np
 VERSION, PROCESSED, TRAINED, PUBLISHED_EPOCH = 0, 1, 2, 3
 # float64 header slots (same 8-byte cells, viewed as float64)
 ACCURACY, CPU_SECONDS, LOSS_MEAN, TRAIN_SECONDS = 4, 5, 6, 7
+# int64: the scores' seqlock count (odd while the Assistant writes a buffer)
+SEQ = 8
 HEADER_CELLS = 16
 
 
@@ -60,29 +70,40 @@ class SharedState:
 
     # -- Assistant side --------------------------------------------------------------------------
     def publish(self, scores: np.ndarray, epoch: int = -1) -> int:
-        version = int(self.header[VERSION])
+        """Write the next version of the scores (one writer: the Assistant)."""
+        seq = int(self.header[SEQ])
+        version = seq // 2
+        self.header[SEQ] = seq + 1  # odd: buffer (version + 1) % 2 is being written
         self.scores[(version + 1) % 2, :] = scores
         self.header[PUBLISHED_EPOCH] = epoch
         self.header[VERSION] = version + 1
+        self.header[SEQ] = seq + 2
         return version + 1
 
     # -- Boss side -------------------------------------------------------------------------------
     def snapshot(self, retries: int = 8) -> tuple[np.ndarray, int]:
-        """A consistent copy of the newest published scores and their version."""
+        """A consistent copy of the newest complete scores and their version (never one mixed
+        from two versions: see the module docstring)."""
         for _ in range(retries):
-            before = int(self.header[VERSION])
-            copy = self.scores[before % 2].copy()
-            if int(self.header[VERSION]) - before < 2:
-                return copy, before
+            seq = int(self.header[SEQ])
+            version = seq // 2
+            copy = self._copy_buffer(version % 2)
+            if int(self.header[SEQ]) <= 2 * version + 2:  # version + 2 not begun: buffer intact
+                return copy, version
             time.sleep(0.001)
         raise RuntimeError(
-            "could not take a consistent score snapshot (the Assistant publishes too fast)"
+            f"could not take a consistent score snapshot in {retries} tries: the Assistant "
+            "publishes faster than the scores can be copied"
         )
 
+    def _copy_buffer(self, buffer: int) -> np.ndarray:
+        return self.scores[buffer].copy()
+
     def load_scores(self, scores: np.ndarray, version: int) -> None:
-        """Restore a snapshot (resume): both buffers get it, so any reader sees it."""
+        """Restore a snapshot (resume, no Assistant running): both buffers get it."""
         self.scores[:] = scores
         self.header[VERSION] = version
+        self.header[SEQ] = 2 * int(version)
 
     def close(self) -> None:
         for attr in ("header", "fheader", "scores", "features", "have"):

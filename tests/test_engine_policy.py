@@ -222,3 +222,59 @@ def test_first_shrink_epoch_waits_briefly_for_the_first_scores_instead_of_keepin
         assert kept[1] < 0.8 * N and 0 < waited <= wait * loader.telemetry[0]["epoch_seconds"]
     else:
         assert kept[1] == N and waited == 0.0  # no scores yet: everything, but no wait
+
+
+class _WriterDuringCopy(ss.SharedState):
+    """A reader whose copy of a score buffer is interleaved with the Assistant's writes: the
+    writer (a second handle on the same block) runs ``during(k)`` halfway through copy ``k``."""
+
+    def __init__(self, n, during):
+        super().__init__(n, 1)
+        self.writer = ss.SharedState(n, 1, name=self.name)
+        self.during, self.copies = during, 0
+
+    def _copy_buffer(self, buffer):
+        half = self.num_instances // 2
+        first = self.scores[buffer, :half].copy()
+        self.during(self.writer, self.copies)
+        self.copies += 1
+        return np.concatenate([first, self.scores[buffer, half:]])
+
+    def close(self):
+        self.writer.close()
+        super().close()
+
+
+def test_snapshot_never_mixes_two_versions():
+    def next_two_versions(writer, k):  # copy 0: v1 completes and v2 is half written meanwhile
+        if k == 0:
+            writer.publish(np.full(10, 1.0, np.float32))
+            seq = int(writer.header[ss.SEQ])
+            writer.header[ss.SEQ] = seq + 1  # v2's write has begun, into buffer 0 ...
+            writer.scores[0, :] = 2.0  # ... which this reader is copying (version 0)
+
+    state = _WriterDuringCopy(10, next_two_versions)
+    try:
+        scores, version = state.snapshot()
+        # the torn copy (half 1.0 from v0, half 2.0 from v2) was retried: the retry copies v1,
+        # the newest complete version, while v2 is still being written into the other buffer
+        assert state.copies == 2 and version == 1 and scores.tolist() == [1.0] * 10
+    finally:
+        state.close()
+
+
+def test_snapshot_taken_while_the_next_version_is_written_needs_no_retry():
+    def one_write_begins(writer, k):  # v1's write begins (buffer 1); the reader copies v0's
+        writer.header[ss.SEQ] = 1
+        writer.scores[1, :] = 5.0
+
+    state = _WriterDuringCopy(10, one_write_begins)
+    try:
+        scores, version = state.snapshot()
+        assert state.copies == 1 and version == 0 and scores.tolist() == [1.0] * 10
+        state.writer.header[ss.SEQ] = 2  # v1 complete
+        state.during = lambda writer, k: None
+        scores, version = state.snapshot()
+        assert version == 1 and scores.tolist() == [5.0] * 10
+    finally:
+        state.close()
