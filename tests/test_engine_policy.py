@@ -2,6 +2,7 @@
 
 import os
 import signal
+import threading
 import time
 
 import numpy as np
@@ -103,11 +104,15 @@ def test_a_full_queue_holds_losses_for_later_and_never_blocks():
         proc = loader.engine.assistant
         state = loader.engine.state
         with _stalled(proc):
-            t0 = time.perf_counter()
-            for k in range(10):  # ten messages of 10 instances each into a queue of 2
-                ids = np.arange(10 * k, 10 * k + 10)
-                loader.report(loss[ids], ids=ids)
-            assert time.perf_counter() - t0 < 5  # the Boss did not wait for the Assistant
+            def ten_reports():  # ten messages of 10 instances each into a queue of 2
+                for k in range(10):
+                    ids = np.arange(10 * k, 10 * k + 10)
+                    loader.report(loss[ids], ids=ids)
+
+            boss = threading.Thread(target=ten_reports, daemon=True)
+            boss.start()
+            boss.join(120)  # a blocking put would wait for the stopped Assistant forever
+            assert not boss.is_alive(), "report() blocked on a stalled Assistant"
             # the queue took 2 messages; the other 8 wait merged into one held message
             assert proc.backlog_instances == 80 and len(proc._backlog) == 1
         record = loader.engine.end_epoch(7, batches=10)  # its score request follows the losses
@@ -206,22 +211,42 @@ def test_loss_memory_features_and_state():
 
 
 @pytest.mark.parametrize("wait", [10.0, 0.0])
-def test_first_shrink_epoch_waits_briefly_for_the_first_scores_instead_of_keeping_all(wait):
+def test_first_shrink_epoch_waits_for_the_first_scores_instead_of_keeping_all(wait):
     """A warm-up epoch shorter than the Assistant's start-up: without the bounded wait the first
-    shrinking epoch finds no scores and keeps everything (a whole epoch of extra work)."""
+    shrinking epoch finds no scores and keeps everything (a whole epoch of extra work).
+
+    The Assistant is late on purpose: stopped (once started, so that its start-up is not part
+    of the wait) before the warm-up epoch, so nothing is published before the first shrinking
+    epoch is planned, and let go only once the Boss is inside the wait."""
     data, loss = _data()
     base = DataLoader(data, batch_size=100, shuffle=True)
     with autoassist.wrap(base, features=data.tensors[0], warmup_epochs=1, floor=0.2,
                          first_scores_wait=wait) as loader:
-        # a ~0.2 s warm-up epoch (the wait is 10x that); without the pause, a few ms: either way
-        # the Assistant is still starting
-        kept = _instances_per_epoch(loader, loss, 2, pause_in_first=0.01 if wait else 0.0)
+        proc = loader.engine.assistant
+        assert proc.model_state(timeout=120) is not None  # answered: its loop is running
+        os.kill(proc.pid, signal.SIGSTOP)
+        engine, resumed = loader.engine, []
+
+        def resume_then_wait(*args):  # plan() found no scores: the wait begins
+            resumed.append(True)
+            os.kill(proc.pid, signal.SIGCONT)
+            return type(engine)._await_first_scores(engine, *args)
+
+        engine._await_first_scores = resume_then_wait
+        try:
+            # a warm-up epoch of >= 1 s: the wait's bound (10x that) leaves the Assistant
+            # seconds for what takes it milliseconds (train on 2000 losses, score 2000)
+            kept = _instances_per_epoch(loader, loss, 2, pause_in_first=0.05 if wait else 0.0)
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
         waited = loader.telemetry[1]["first_scores_waited"]
+        limit = wait * loader.telemetry[0]["epoch_seconds"]
     assert kept[0] == N
-    if wait:
-        assert kept[1] < 0.8 * N and 0 < waited <= wait * loader.telemetry[0]["epoch_seconds"]
-    else:
-        assert kept[1] == N and waited == 0.0  # no scores yet: everything, but no wait
+    if wait:  # the Boss waited (bounded) and the first shrinking epoch used the first scores
+        assert resumed and loader.telemetry[1]["score_version"] >= 1
+        assert kept[1] < 0.8 * N and 0 < waited <= limit
+    else:  # no wait: no scores yet, so everything, and the Assistant was never waited for
+        assert resumed and kept[1] == N and waited == 0.0
 
 
 class _WriterDuringCopy(ss.SharedState):
