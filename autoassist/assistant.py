@@ -211,6 +211,8 @@ def _main_module_hidden():
 class AssistantProcess:
     """The Boss's handle on the Assistant process: start, send, restart, stop, state."""
 
+    state_timeout = 30.0  # seconds model_state() waits for the process to answer
+
     def __init__(self, state: ss.SharedState, settings: dict, queue_size: int, max_restarts: int):
         self.state = state
         self.settings = dict(settings)
@@ -375,22 +377,39 @@ class AssistantProcess:
             time.sleep(0.002)
         return False
 
-    def model_state(self, timeout: float = 30.0) -> dict | None:
-        """The Assistant's learner state, asked of the live process (else the last one known)."""
+    def model_state(self, timeout: float | None = None) -> tuple[dict | None, bool]:
+        """The Assistant's learner state, asked of the live process.
+
+        Returns ``(state, current)``. When the process does not answer within ``timeout``
+        (stalled, dead, given up), ``current`` is False, ``state`` is the last one known (None if
+        none) and a warning says so: a checkpoint must not pass an old Assistant off as the
+        current one. The request never blocks on a full queue: it waits in the backlog.
+        """
+        timeout = self.state_timeout if timeout is None else float(timeout)
         if self.check() and not self.failed:
             self._token += 1
             token = self._token
-            self.send(("state", token), block=True)
+            self._hold(("state", token))
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline and self.alive:
+                self.deliver()
                 try:
-                    reply = self._outbox.get(timeout=0.1)
+                    reply = self._outbox.get(timeout=0.05)
                 except queue.Empty:
                     continue
-                if reply[0] == "state" and reply[1] == token:
+                if reply[0] == "state" and reply[1] == token:  # older answers are skipped
                     self._last_model_state = reply[2]
-                    break
-        return self._last_model_state
+                    return reply[2], True
+            why = (f"did not answer within {timeout:g} s" if self.alive
+                   else "died before answering")
+        else:
+            why = "is not running (given up after repeated deaths)"
+        known = ("the last state it reported" if self._last_model_state is not None
+                 else "no Assistant state")
+        warnings.warn(f"autoassist: the Assistant {why}; the checkpoint holds {known}, marked "
+                      "as not current (state_dict()['assistant_current'] is False)",
+                      RuntimeWarning, stacklevel=3)
+        return self._last_model_state, False
 
     def telemetry(self) -> dict[str, Any]:
         f = self.state.fheader

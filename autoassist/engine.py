@@ -467,11 +467,11 @@ class ShrinkEngine:
     # -- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         self._take_device_losses(wait=True)  # no report in flight is lost from a checkpoint
-        model_state = None
+        model_state, current = None, self.assistant is None  # ranks > 0 hold no Assistant
         if self.assistant is not None:
             if self.config.sync:
                 self.assistant.wait_processed(timeout=300)
-            model_state = self.assistant.model_state()
+            model_state, current = self.assistant.model_state()
         have = np.flatnonzero(self.state.have)
         plan = self.current
         return {
@@ -483,6 +483,7 @@ class ShrinkEngine:
             },
             "published": self.state.snapshot(),
             "assistant": model_state,
+            "assistant_current": current,  # False: an older state (or none) after a timeout
             "feature_ids": have,
             "features": self.state.features[have].copy(),
             "pending": (list(self._pending_ids), list(self._pending_losses),

@@ -303,3 +303,28 @@ def test_snapshot_taken_while_the_next_version_is_written_needs_no_retry():
         assert version == 1 and scores.tolist() == [5.0] * 10
     finally:
         state.close()
+
+
+def test_a_checkpoint_taken_while_the_assistant_is_stalled_says_its_state_is_not_current():
+    data, loss = _data()
+    base = DataLoader(data, batch_size=100)
+    with autoassist.wrap(base, features=data.tensors[0], queue_size=1, send_every=1) as loader:
+        proc = loader.engine.assistant
+        loader.set_epoch(0)
+        for _x, idx in loader:
+            loader.report(loss[idx])
+        first = loader.state_dict()
+        assert first["engine"]["assistant_current"] and first["engine"]["assistant"] is not None
+        proc.state_timeout = 0.5
+        with _stalled(proc):
+            for k in range(5):  # more messages than the queue holds: the request waits behind
+                ids = np.arange(10 * k, 10 * k + 10)
+                loader.report(loss[ids], ids=ids)
+            with pytest.warns(RuntimeWarning, match="did not answer within 0.5 s"):
+                stale = loader.state_dict()
+        assert not stale["engine"]["assistant_current"]
+        old, new = first["engine"]["assistant"], stale["engine"]["assistant"]
+        assert np.array_equal(old["model"]["w"], new["model"]["w"])  # the last one it reported
+        assert proc.wait_processed(60)
+        proc.state_timeout = 60.0
+        assert loader.state_dict()["engine"]["assistant_current"]  # answered again

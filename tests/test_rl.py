@@ -280,7 +280,7 @@ def test_renewed_slots_are_forgotten_before_their_new_losses():
         engine.observe(torch.tensor([7.0]), np.array([5]))  # slot 5's new contents
         engine.flush()
         assert engine.assistant.wait_processed(timeout=60)
-        memory = engine.assistant.model_state()["memory"]
+        memory = engine.assistant.model_state()[0]["memory"]
         assert memory["seen"].tolist() == [1, 1, 1, 0, 1, 1, 1, 1]  # 3: forgotten
         assert memory["last"][5] == 7.0 and memory["last"][0] == 2.0  # 5: its new loss
         assert np.array_equal(engine.state.features[3], np.zeros(3))
