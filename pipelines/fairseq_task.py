@@ -16,7 +16,13 @@ Notes a user should know (also in the README):
   epoch's batches, so the task rebuilds them from the restored plan.
 * Distributed training: every rank selects from rank 0's score snapshot (broadcast), so all
   ranks keep the same instances, and the batches are then sharded the usual way. The Assistant
-  runs beside rank 0 and learns from rank 0's batches.
+  runs beside rank 0 and learns from every rank's sentence losses: rank 0's as they come, the
+  other ranks' when the next epoch is planned (``engine.plan`` gathers them to rank 0 in
+  ``get_batch_iterator``, where every rank already meets for the score broadcast), so those
+  reach the scores one epoch later than rank 0's.
+* Settings: an ``--aa-*`` flag given on the command line wins over the ``--aa-config`` file,
+  which wins over ``ShrinkConfig``'s defaults (a flag given with the default's value still
+  wins; an on/off flag not given leaves the file's value).
 * fairseq's own ``batch_by_size`` drops the last batch when ``--required-batch-size-multiple``
   does not divide it (fairseq issue #5036). This task keeps it: no instance is silently lost.
 """
@@ -43,48 +49,69 @@ _DEFAULTS = ShrinkConfig()
 STATE_FORMAT = 1
 
 
+def _or_file(default) -> str:
+    return f" (default {default}, or the --aa-config file's value)"
+
+
+# Precedence of every shrink setting: a flag given on the command line, else the --aa-config
+# file's value, else ShrinkConfig's default. The value flags therefore default to None ("not
+# given"), so that a flag given with the default's value still overrides the file; the on/off
+# flags (store_true) can only switch a setting on: not given, the file's value (or the default)
+# stands.
 @dataclass
 class AutoAssistTranslationConfig(TranslationConfig):
     aa_config: Optional[str] = field(default=None, metadata={  # noqa: UP045
-        "help": "shrink settings file (.toml/.json, e.g. written by `autoassist tune`); "
-                "--aa-* flags given with non-default values override it"})
-    aa_floor: float = field(default=_DEFAULTS.floor, metadata={
-        "help": "keep-probability floor b in P_i = b + (1 - b) p_i (1 keeps everything)"})
+        "help": "shrink settings file (.toml/.json, e.g. written by `autoassist tune`): the base "
+                "of every setting; an --aa-* flag given on the command line overrides it"})
+    aa_floor: Optional[float] = field(default=None, metadata={  # noqa: UP045
+        "help": "keep-probability floor b in P_i = b + (1 - b) p_i; 1 keeps everything"
+                + _or_file(_DEFAULTS.floor)})
     aa_adaptive_floor: bool = field(default=False, metadata={
-        "help": "floor = max(b, 1 - Assistant accuracy), the paper's translation rule"})
-    aa_warmup_epochs: int = field(default=_DEFAULTS.warmup_epochs, metadata={
-        "help": "leading epochs that train on every instance"})
-    aa_anneal_epochs: int = field(default=0, metadata={
-        "help": "trailing epochs (before --max-epoch) that train on every instance"})
+        "help": "floor = max(b, 1 - Assistant accuracy), the paper's translation rule "
+                "(not given: the --aa-config file's value, else off)"})
+    aa_warmup_epochs: Optional[int] = field(default=None, metadata={  # noqa: UP045
+        "help": "leading epochs that train on every instance" + _or_file(_DEFAULTS.warmup_epochs)})
+    aa_anneal_epochs: Optional[int] = field(default=None, metadata={  # noqa: UP045
+        "help": "trailing epochs (before --max-epoch) that train on every instance"
+                + _or_file(_DEFAULTS.anneal_epochs)})
     aa_reweight: bool = field(default=False, metadata={
-        "help": "weight kept sentences by mean(P)/P_i: unbiased gradient"})
-    aa_assistant: ChoiceEnum(list(ASSISTANT_KINDS)) = field(default="logistic", metadata={
-        "help": "Assistant model"})
+        "help": "weight kept sentences by mean(P)/P_i: unbiased gradient "
+                "(not given: the --aa-config file's value, else off)"})
+    aa_assistant: Optional[ChoiceEnum(list(ASSISTANT_KINDS))] = field(  # noqa: UP045
+        default=None, metadata={"help": "Assistant model" + _or_file(_DEFAULTS.assistant)})
     aa_no_loss_history: bool = field(default=False, metadata={
-        "help": "the paper's Assistant: text features only, not each sentence's last loss"})
-    aa_feature_dim: int = field(default=32, metadata={
-        "help": "hashed TF-IDF buckets per side (source, target) of the Assistant's features"})
-    aa_label_ema: float = field(default=_DEFAULTS.label_ema, metadata={
-        "help": "smoothing of the mean loss that defines 'informative'"})
-    aa_assistant_lr: float = field(default=_DEFAULTS.assistant_lr, metadata={
-        "help": "Assistant step size"})
+        "help": "the paper's Assistant: text features only, not each sentence's last loss "
+                "(not given: the --aa-config file's loss_history, else the last loss is used)"})
+    aa_feature_dim: Optional[int] = field(default=None, metadata={  # noqa: UP045
+        "help": "hashed TF-IDF buckets per side (source, target) of the Assistant's features"
+                + _or_file(_DEFAULTS.feature_dim)})
+    aa_label_ema: Optional[float] = field(default=None, metadata={  # noqa: UP045
+        "help": "smoothing of the mean loss that defines 'informative'"
+                + _or_file(_DEFAULTS.label_ema)})
+    aa_assistant_lr: Optional[float] = field(default=None, metadata={  # noqa: UP045
+        "help": "Assistant step size" + _or_file(_DEFAULTS.assistant_lr)})
     aa_sync: bool = field(default=False, metadata={
-        "help": "wait for the Assistant at epoch ends (reproducible runs, tests)"})
+        "help": "wait for the Assistant at epoch ends (reproducible runs, tests; not given: the "
+                "--aa-config file's value, else off)"})
     aa_seed: int = II("common.seed")
     aa_max_epoch: int = II("optimization.max_epoch")
 
 
 def _shrink_config(cfg: AutoAssistTranslationConfig) -> ShrinkConfig:
+    """The run's ShrinkConfig: command-line flags over the --aa-config file over the defaults."""
     base = ShrinkConfig.from_file(cfg.aa_config) if cfg.aa_config else ShrinkConfig()
-    flags = {
-        "floor": cfg.aa_floor, "adaptive_floor": bool(cfg.aa_adaptive_floor),
-        "warmup_epochs": cfg.aa_warmup_epochs, "anneal_epochs": cfg.aa_anneal_epochs,
-        "reweight": bool(cfg.aa_reweight), "assistant": str(cfg.aa_assistant),
-        "loss_history": not cfg.aa_no_loss_history, "label_ema": cfg.aa_label_ema,
-        "assistant_lr": cfg.aa_assistant_lr, "sync": bool(cfg.aa_sync),
+    given = {  # None: the flag was not given
+        "floor": cfg.aa_floor, "warmup_epochs": cfg.aa_warmup_epochs,
+        "anneal_epochs": cfg.aa_anneal_epochs, "feature_dim": cfg.aa_feature_dim,
+        "label_ema": cfg.aa_label_ema, "assistant_lr": cfg.aa_assistant_lr,
+        "assistant": None if cfg.aa_assistant is None else str(cfg.aa_assistant),
+        # store_true flags: False is "not given"
+        "adaptive_floor": True if cfg.aa_adaptive_floor else None,
+        "reweight": True if cfg.aa_reweight else None,
+        "loss_history": False if cfg.aa_no_loss_history else None,
+        "sync": True if cfg.aa_sync else None,
     }
-    changes = {k: v for k, v in flags.items()
-               if not cfg.aa_config or v != getattr(_DEFAULTS, k)}
+    changes = {k: v for k, v in given.items() if v is not None}
     changes["seed"] = int(cfg.aa_seed)
     anneal = changes.get("anneal_epochs", base.anneal_epochs)
     if anneal:
@@ -140,7 +167,8 @@ class AutoAssistTranslationTask(TranslationTask):
         n = len(dataset)
         sources = [dataset.src[i] for i in range(n)]
         targets = None if dataset.tgt is None else [dataset.tgt[i] for i in range(n)]
-        features = sentence_pair_features(sources, targets, dim=self.cfg.aa_feature_dim)
+        features = sentence_pair_features(sources, targets,
+                                          dim=self.shrink_config.feature_dim)
         self.engine = ShrinkEngine(n, self.shrink_config, features=features)
         self._train_len = n
         atexit.register(self.close)
@@ -179,7 +207,8 @@ class AutoAssistTranslationTask(TranslationTask):
             "multiple": required_batch_size_multiple, "seed": seed,
         }
         dataset.set_epoch(epoch)
-        self.engine.plan(epoch - 1)  # every rank at the same point: the plan's broadcast
+        # every rank at the same point: the gather of other ranks' reports, the broadcast
+        self.engine.plan(epoch - 1)
         itr = iterators.EpochBatchIterator(
             dataset=dataset, collate_fn=dataset.collater, batch_sampler=self.epoch_batches,
             seed=seed, num_shards=num_shards, shard_id=shard_id, num_workers=num_workers,

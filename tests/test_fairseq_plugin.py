@@ -256,16 +256,24 @@ def test_two_gloo_ranks_select_the_same_pairs_and_shard_the_batches(data_bin, tm
 
 
 def test_aa_config_file_is_the_base_and_flags_override_it(data_bin, tmp_path):
+    """Precedence: a flag given on the command line > the --aa-config file > the default, also
+    when the flag's value happens to be the default (it was still asked for)."""
     from autoassist.config import ShrinkConfig
 
-    path = ShrinkConfig(floor=0.55, warmup_epochs=2, reweight=True, label_ema=0.05).to_file(
-        tmp_path / "shrink.toml")
+    default = ShrinkConfig()
+    path = ShrinkConfig(floor=0.55, warmup_epochs=2, reweight=True, label_ema=0.05,
+                        feature_dim=16, assistant_lr=0.05).to_file(tmp_path / "shrink.toml")
     _, task = _in_process_task(data_bin, *PLUGIN, "--aa-config", str(path),
-                               "--aa-warmup-epochs", "3", "--aa-sync")
+                               "--aa-warmup-epochs", "3", "--aa-sync",
+                               "--aa-feature-dim", str(default.feature_dim),
+                               "--aa-assistant-lr", str(default.assistant_lr))
     try:
         c = task.shrink_config
         assert (c.floor, c.reweight, c.label_ema) == (0.55, True, 0.05)  # from the file
         assert c.warmup_epochs == 3 and c.sync  # flags given on the command line win
+        # ... even when the value given is the default
+        assert (c.feature_dim, c.assistant_lr) == (default.feature_dim, default.assistant_lr)
+        assert task.engine.dim == 2 * default.feature_dim + 2
         assert c.seed == 1  # fairseq's --seed
         assert task.engine.config is c
     finally:
@@ -274,7 +282,10 @@ def test_aa_config_file_is_the_base_and_flags_override_it(data_bin, tmp_path):
 
 def test_a_tuned_config_file_round_trips_into_the_fairseq_options(data_bin, tmp_path):
     """``autoassist tune`` writes tuned.toml with ``to_config`` + ``to_file``; the plugin's
-    ``--aa-config`` reads every setting back (seed and budget come from fairseq's own flags)."""
+    ``--aa-config`` reads every setting back (seed and budget come from fairseq's own flags).
+
+    Every setting in the file differs from its default (checked below), so a setting the plugin
+    took from its own default instead of the file would fail the round trip."""
     import dataclasses
 
     from autoassist.config import ShrinkConfig
@@ -283,14 +294,25 @@ def test_a_tuned_config_file_round_trips_into_the_fairseq_options(data_bin, tmp_
     tuned = to_config({"floor": 0.37, "adaptive_floor": True, "anneal_fraction": 0.25,
                        "reweight": True, "assistant": "sgd", "label_ema": 0.02,
                        "warmup_epochs": 2}, ShrinkConfig(), epochs=8)
+    tuned = tuned.replace(rank_power=2.0, first_scores_wait=0.5, loss_history=False,
+                          feature_dim=16, label_buckets=4, assistant_lr=0.05,
+                          assistant_threads=2, kernel_threads=1, queue_size=32, send_every=2,
+                          sync=True, max_restarts=1, trace_dir=str(tmp_path / "trace"))
+    default = ShrinkConfig()
+    not_in_file = {"seed", "extra"}  # seed: fairseq's --seed; extra: never written
+    same = [f.name for f in dataclasses.fields(ShrinkConfig)
+            if f.name not in not_in_file and getattr(tuned, f.name) == getattr(default, f.name)]
+    assert not same, f"give these settings non-default values so the test can see them: {same}"
     path = tuned.to_file(tmp_path / "tuned.toml")
     _, task = _in_process_task(data_bin, *PLUGIN, "--aa-config", str(path), "--max-epoch", "8")
     try:
         got = task.shrink_config
         for f in dataclasses.fields(ShrinkConfig):
-            if f.name != "seed":
+            if f.name not in not_in_file:
                 assert getattr(got, f.name) == getattr(tuned, f.name), f.name
         assert got.seed == 1 and got.anneal_epochs == 2 and got.epochs == 8
+        # the file's feature_dim sizes the Assistant's features: 16 buckets a side + 2 lengths
+        assert task.engine.dim == 2 * 16 + 2
     finally:
         task.close()
 
