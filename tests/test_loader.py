@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset, TensorDataset, WeightedRandomSampler
 
 import autoassist
+from autoassist.kernels import ema_stream
 from autoassist.models import small_cnn
 
 
@@ -61,14 +62,20 @@ def test_warmup_epoch_sees_every_instance_once(small_train):
 
 
 def _train_epochs(loader, model, epochs, lr=0.05):
+    """Train; returns each epoch's reported losses, in the order the Assistant received them."""
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    reported = []
     for epoch in range(epochs):
         loader.set_epoch(epoch)
+        reported.append([])
         for x, y in loader:
-            loss = loader.report(F.cross_entropy(model(x), y, reduction="none"))
+            per_sample = F.cross_entropy(model(x), y, reduction="none")
+            reported[-1].append(per_sample.detach().numpy().copy())
+            loss = loader.report(per_sample)
             opt.zero_grad()
             loss.backward()
             opt.step()
+    return [np.concatenate(r) for r in reported]
 
 
 def test_assistant_learns_and_selection_accounts_for_every_instance(fmnist_train):
@@ -78,7 +85,7 @@ def test_assistant_learns_and_selection_accounts_for_every_instance(fmnist_train
     gen = torch.Generator().manual_seed(0)
     base = DataLoader(data, batch_size=100, shuffle=True, generator=gen)
     with autoassist.wrap(base, floor=0.2, sync=True, seed=3) as loader:
-        _train_epochs(loader, model, epochs=2)
+        reported = _train_epochs(loader, model, epochs=2)
         # epoch 2 is a shrinking epoch: check what it yields against its plan
         loader.set_epoch(2)
         ids = []
@@ -96,7 +103,15 @@ def test_assistant_learns_and_selection_accounts_for_every_instance(fmnist_train
         tele = loader.telemetry
         assert [t["epoch"] for t in tele] == [0, 1, 2]
         assert tele[2]["kept"] == len(kept)
-        assert tele[1]["assistant_accuracy"] > 0.6  # better than guessing the label rule
+        # better than always guessing the more common label: the Assistant's label rule
+        # (loss above the running mean) replayed on the same losses gives the majority rate
+        labels, mean = ema_stream(np.concatenate(reported), float("nan"),
+                                  loader.engine.config.label_ema)
+        assert mean == pytest.approx(tele[1]["assistant_loss_mean"], rel=1e-5)  # same replay
+        positive = labels[6000:].mean()  # epoch 1: the window the accuracy averages over
+        majority = max(positive, 1 - positive)
+        assert 0.6 < majority < 0.8  # informative instances are the minority (~0.3)
+        assert tele[1]["assistant_accuracy"] > majority + 0.03
         # the Assistant's scores rank truly hard instances (high current loss) higher
         with torch.no_grad():
             x = torch.stack([data[i][0] for i in range(6000)])
@@ -216,6 +231,52 @@ def test_weighted_sampler_and_custom_batch_sampler():
     assert [g[:3].tolist() for g in got] == [[0, 2, 4], [1, 3, 5]]
 
 
+def test_custom_batch_sampler_batches_are_filtered_by_the_keep_mask_while_shrinking():
+    """A user's own batching (here: buckets of similar "length", as for sequences) keeps its
+    grouping and order when shrinking; only the dropped instances leave each batch."""
+    gen = torch.Generator().manual_seed(0)
+    length = torch.randint(0, 50, (600,), generator=gen)
+    data = TensorDataset(torch.randn(600, 5, generator=gen), length)
+
+    class Buckets(torch.utils.data.Sampler):
+        def __init__(self):
+            self.epoch = 0
+
+        def set_epoch(self, epoch):
+            self.epoch = epoch
+
+        def __iter__(self):
+            order = torch.randperm(600, generator=torch.Generator().manual_seed(self.epoch))
+            by_length = order[torch.argsort(length[order], stable=True)].tolist()
+            batches = [by_length[i : i + 40] for i in range(0, 600, 40)]
+            yield from (batches[i] for i in torch.randperm(len(batches)).tolist())
+
+        def __len__(self):
+            return 15
+
+    buckets = Buckets()
+    with autoassist.wrap(DataLoader(data, batch_sampler=buckets), floor=0.2, sync=True,
+                         warmup_epochs=1, seed=4) as loader:
+        for epoch in range(3):
+            loader.set_epoch(epoch)
+            got = []
+            for _x, y in loader:
+                got.append(loader._last_ids.copy())
+                loader.report((y.float() > 25).float() + 0.1)  # long ones stay informative
+            plan = loader.engine.current
+        users = [np.array(b) for b in buckets]  # epoch 2's buckets, unfiltered ...
+    assert plan.reason == "shrink" and 0 < plan.kept < 600
+    got_sets = {tuple(sorted(g.tolist())) for g in got}
+    want = [b[plan.mask[b]] for b in users]  # ... filtered by the plan's keep mask, in order
+    assert got_sets == {tuple(sorted(w.tolist())) for w in want if len(w)}
+    for g in got:  # each yielded batch is one bucket's kept instances, in the bucket's order
+        match = next(w for w in want if len(w) == len(g) and set(w.tolist()) == set(g.tolist()))
+        assert np.array_equal(g, match)
+    assert sorted(np.concatenate(got).tolist()) == np.flatnonzero(plan.mask).tolist()
+    long = (length > 25).numpy()
+    assert plan.mask[long].mean() > plan.mask[~long].mean() + 0.1  # chosen by the Assistant
+
+
 @pytest.mark.parametrize("rank_power", [None, 3.0])
 def test_reweighting_is_unbiased_on_average(rank_power):
     data = TensorDataset(torch.randn(4000, 5), torch.randint(0, 3, (4000,)))
@@ -268,9 +329,13 @@ def test_close_is_idempotent_and_stops_the_assistant(small_train):
 @pytest.mark.parametrize("persistent", [False, True])
 def test_shrinking_with_workers_yields_exactly_the_kept_set(small_train, persistent):
     # the parent runs the parallel selection kernel before the workers fork: they never call it
+    # (kernel_threads: the Numba kernel even at 2000 instances, where "auto" would use NumPy)
+    import numba
+
     base = DataLoader(small_train, batch_size=64, shuffle=True, num_workers=2,
                       persistent_workers=persistent)
-    with autoassist.wrap(base, floor=0.2, sync=True, seed=2) as loader:
+    with autoassist.wrap(base, floor=0.2, sync=True, seed=2,
+                         kernel_threads=min(2, numba.config.NUMBA_NUM_THREADS)) as loader:
         for epoch in range(3):
             loader.set_epoch(epoch)
             ids, labels = [], []
@@ -286,6 +351,7 @@ def test_shrinking_with_workers_yields_exactly_the_kept_set(small_train, persist
             targets = torch.stack([small_train[int(i)][1] for i in ids])
             assert torch.equal(torch.cat(labels), targets)
         assert plan.reason == "shrink" and plan.kept < 2000
+        assert numba.threading_layer()  # raises unless a parallel kernel started its threads
 
 
 def test_stateful_dataloader_is_wrapped_and_resumes(small_train):
@@ -342,7 +408,8 @@ import autoassist
 from autoassist.datasets import FashionMNIST
 torch.set_num_threads(1)
 loader = autoassist.wrap(DataLoader(FashionMNIST("train", root=sys.argv[1], limit=512),
-                                    batch_size=64), floor=0.3, warmup_epochs=1, sync=True, seed=0)
+                                    batch_size=64), floor=0.3, warmup_epochs=1, sync=True, seed=0,
+                         kernel_threads=2)  # the Numba kernel (512 < its "auto" threshold)
 kept = []
 for epoch in range(2):
     loader.set_epoch(epoch)
@@ -350,7 +417,8 @@ for epoch in range(2):
         loader.report(torch.rand(len(y)))
     kept.append(loader.telemetry[-1]["kept"])
 loader.close()
-print(torch.get_num_threads(), kept)
+import numba
+print(torch.get_num_threads(), numba.threading_layer(), kept)  # layer: raises if none started
 """
 
 
@@ -364,8 +432,9 @@ def test_shrinking_leaves_the_users_torch_thread_count_alone(fmnist_dir):
                          capture_output=True, text=True, timeout=300,
                          env={**os.environ, "NUMBA_NUM_THREADS": "2"})
     assert out.returncode == 0, out.stderr[-3000:]
-    threads, kept = out.stdout.split(maxsplit=1)
-    assert kept.strip() != "[512, 512]"  # the selection kernel really ran in epoch 2
+    threads, layer, kept = out.stdout.split(maxsplit=2)
+    assert layer in ("omp", "tbb", "workqueue")  # Numba's parallel kernel started its threads
+    assert kept.strip() != "[512, 512]"  # and selected in epoch 2
     assert threads == "1"
 
 
