@@ -1,9 +1,52 @@
-"""The ``autoassist`` command."""
+"""The ``autoassist`` command.
+
+Errors: a ``UsageError`` (bad arguments, settings file or input, found by the checks below or by
+the library's validators of user input) or a ``DataNotFoundError`` prints one line and exits
+with code 2; any other exception is a bug and propagates with its full traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from autoassist.errors import UsageError
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise UsageError(message)
+
+
+def _user_input(check: Callable[..., Any], *args: Any, own_raises_only: bool = False) -> Any:
+    """Run ``check``, a validator of user input: the ``ValueError`` / ``FileNotFoundError`` it
+    raises describes that input, so it becomes a ``UsageError``.
+
+    ``own_raises_only``: only when raised in ``check``'s own module, for validators that run
+    the user's code (importing a job): an error inside that code keeps its traceback.
+    """
+    try:
+        return check(*args)
+    except (ValueError, FileNotFoundError) as exc:
+        if own_raises_only:
+            tb = exc.__traceback__
+            while tb.tb_next is not None:
+                tb = tb.tb_next
+            if tb.tb_frame.f_code.co_filename != sys.modules[check.__module__].__file__:
+                raise
+        raise UsageError(str(exc)) from exc
+
+
+def _positive(args: argparse.Namespace, *names: str, allow_none: bool = False) -> None:
+    for name in names:
+        value = getattr(args, name)
+        if value is None and allow_none:
+            continue
+        _require(value is not None and value >= 1,
+                 f"--{name.replace('_', '-')} must be >= 1; got {value}")
 
 
 def _demo_parser(sub) -> None:
@@ -32,6 +75,13 @@ def _demo_parser(sub) -> None:
     def run(args):
         from autoassist.demo import main
 
+        methods = args.methods.split(",")
+        _require(bool(methods) and set(methods) <= {"uniform", "autoassist"},
+                 f"--methods {args.methods!r}: a comma-separated subset of uniform,autoassist")
+        _positive(args, "epochs", "batch_size", "threads")
+        _positive(args, "limit", allow_none=True)
+        _require(0.0 <= args.floor <= 1.0, f"--floor {args.floor}: must lie in [0, 1]")
+        _require(args.num_workers >= 0, f"--num-workers {args.num_workers}: must be >= 0")
         return main(args)
 
     p.set_defaults(func=run)
@@ -54,15 +104,43 @@ def _bench_parser(sub) -> None:
 
     def run(args):
         import json
-        from pathlib import Path
 
         from autoassist.time_to_accuracy import result_stem, run_cli
 
+        _check_bench(args)
         result = run_cli(args, Path(args.out), result_stem(args))
         print(json.dumps(result["headline"]), flush=True)
         return 0
 
     p.set_defaults(func=run)
+
+
+def _check_bench(args: argparse.Namespace) -> None:
+    """The ``bench`` arguments, checked before any data is loaded or anything trained."""
+    import torch
+
+    from autoassist.time_to_accuracy import ALL_METHODS
+
+    methods = args.methods.split(",")
+    _require(set(methods) <= set(ALL_METHODS) and "uniform" in methods,
+             f"--methods must include 'uniform' and come from {','.join(ALL_METHODS)}; got "
+             f"{args.methods!r}")
+    if args.lrs:
+        try:
+            lrs = [float(v) for v in args.lrs.split(",")]
+        except ValueError:
+            raise UsageError(f"--lrs {args.lrs!r}: comma-separated numbers, e.g. "
+                             "0.05,0.1,0.2") from None
+        _require(all(lr > 0 for lr in lrs), f"--lrs {args.lrs!r}: learning rates must be > 0")
+    _positive(args, "seeds", "epochs", "limit", allow_none=True)
+    _positive(args, "sweep_seeds", "threads")
+    _require(args.max_extend >= 0, f"--max-extend {args.max_extend}: must be >= 0")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as exc:
+        raise UsageError(f"--device {args.device!r}: {exc}") from None
+    _require(device.type != "cuda" or torch.cuda.is_available(),
+             f"--device {args.device!r}: torch sees no CUDA GPU here; use --device cpu")
 
 
 def _tune_parser(sub) -> None:
@@ -119,8 +197,12 @@ def _tune_parser(sub) -> None:
         import json
 
         if args.offline is not None:
-            if args.job is not None:
-                raise ValueError("give either JOB (probe trainings) or --offline TRACE, not both")
+            _require(args.job is None,
+                     "give either JOB (probe trainings) or --offline TRACE, not both")
+            _require(0.0 < args.recall <= 1.0, f"--recall {args.recall}: must lie in (0, 1]")
+            _require((Path(args.offline) / "meta.json").is_file(),
+                     f"--offline {args.offline}: no loss trace there (meta.json is missing); "
+                     "train with autoassist.wrap(loader, trace_dir=...) to write one")
             from autoassist.tune_offline import tune_offline
 
             off = tune_offline(args.offline, recall=args.recall, seed=args.seed,
@@ -130,11 +212,27 @@ def _tune_parser(sub) -> None:
                   f"{off.config_path}")
             print(json.dumps(off.headline), flush=True)
             return 0
-        if args.job is None:
-            raise ValueError("autoassist tune needs JOB (module:function or file.py:function) "
-                             "or --offline TRACE")
-        from autoassist.tuning import tune
+        _require(args.job is not None, "autoassist tune needs JOB (module:function or "
+                 "file.py:function) or --offline TRACE")
+        from autoassist.config import ShrinkConfig
+        from autoassist.tune_probe import load_job
+        from autoassist.tune_space import load_space
+        from autoassist.tuning import budgets, tune
 
+        _positive(args, "candidates", "seeds", "jobs")
+        _positive(args, "threads", allow_none=True)
+        _require(args.tolerance >= 0, f"--tolerance {args.tolerance}: must be >= 0")
+        _require(args.timeout is None or args.timeout > 0,
+                 f"--timeout {args.timeout}: seconds, > 0")
+        _require(args.cost_budget is None or (args.objective == "metric_at_cost"
+                                              and args.cost_budget > 0),
+                 "--cost-budget is a positive cost for --objective metric_at_cost")
+        _user_input(budgets, args.min_epochs, args.max_epochs, args.factor)
+        # tune() repeats these checks; here their errors are the user's (one line)
+        _user_input(load_job, args.job, own_raises_only=True)  # the job's own errors: traced
+        _user_input(load_space, args.space)
+        if args.base is not None:
+            _user_input(ShrinkConfig.from_file, args.base)
         result = tune(args.job, args.space, objective=args.objective, target=args.target,
                       cost=args.cost, mode=args.mode, candidates_n=args.candidates,
                       grid=args.grid, min_epochs=args.min_epochs, max_epochs=args.max_epochs,
@@ -155,8 +253,6 @@ def _tune_parser(sub) -> None:
 
 def fairseq_user_dir() -> str:
     """The folder to pass to ``fairseq-train --user-dir`` (the plugin's one home)."""
-    from pathlib import Path
-
     import autoassist.pipelines as pipelines
 
     folder = Path(pipelines.__file__).resolve().parent / "fairseq_user_dir" / "autoassist_fairseq"
@@ -209,13 +305,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # user-facing errors: one clear line, not a traceback
+    except Exception as exc:
         from autoassist.datasets import DataNotFoundError
 
-        if isinstance(exc, (DataNotFoundError, ValueError, FileNotFoundError, RuntimeError)):
+        if isinstance(exc, (UsageError, DataNotFoundError)):  # the user's to fix: one line
             print(f"autoassist: error: {exc}", file=sys.stderr)
             return 2
-        raise
+        raise  # anything else is a bug: its full traceback
 
 
 if __name__ == "__main__":

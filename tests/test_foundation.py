@@ -162,3 +162,57 @@ def test_demo_summary_compares_time_to_target_and_same_time_accuracy():
     assert rows["other"]["time_to_uniform_final"] is None and rows["other"]["saving"] is None
     table = format_table(list(rows.values()))
     assert "never" in table and "50%" in table
+
+
+# -- CLI errors: the user's mistakes are one line (exit 2), bugs keep their traceback -----------
+def test_cli_user_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
+    from autoassist.cli import main
+
+    (tmp_path / "job.py").write_text("def job(config=None, epochs=1, seed=0):\n    return []\n")
+    job = f"{tmp_path / 'job.py'}:job"
+    cases = [
+        (["bench", "--methods", "autoassist", "--out", str(tmp_path)], "must include 'uniform'"),
+        (["bench", "--lrs", "0.1,fast", "--out", str(tmp_path)], "--lrs"),
+        (["demo", "--methods", "uniform,bogus", "--out", str(tmp_path)], "uniform,autoassist"),
+        (["tune", "nope.py:job", "--out", str(tmp_path / "t")], "nope.py"),
+        (["tune", f"{tmp_path / 'job.py'}:missing", "--out", str(tmp_path / "t")], "missing"),
+        (["tune", job, "--space", str(tmp_path / "none.toml"), "--out", str(tmp_path / "t")],
+         "none.toml"),
+        (["tune", job, "--min-epochs", "5", "--max-epochs", "2"], "min_epochs"),
+        (["tune", "--offline", str(tmp_path), "--out", str(tmp_path / "t")], "meta.json"),
+    ]
+    for argv, words in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("autoassist: error:") and words in err, (argv, err)
+        assert err.count("\n") == 1 and "Traceback" not in err, (argv, err)
+    assert not (tmp_path / "t").exists()  # refused before anything ran
+
+
+def test_cli_internal_errors_keep_their_traceback(tmp_path, monkeypatch, capsys):
+    import autoassist.time_to_accuracy as tta
+    from autoassist.cli import main
+
+    for error in (RuntimeError("boom"), ValueError("boom inside")):  # bugs, not user errors
+        def broken(*args, error=error, **kwargs):
+            raise error
+
+        monkeypatch.setattr(tta, "run_cli", broken)
+        with pytest.raises(type(error), match="boom"):
+            main(["bench", "--out", str(tmp_path)])
+        assert "autoassist: error" not in capsys.readouterr().err
+    # an error raised by the user's own job module while it is imported keeps its traceback too
+    (tmp_path / "bad_job.py").write_text("raise ValueError('broken at import')\n")
+    with pytest.raises(ValueError, match="broken at import"):
+        main(["tune", f"{tmp_path / 'bad_job.py'}:job", "--out", str(tmp_path / "t")])
+    # what the user sees from the command: the traceback, and a failing exit code
+    code = ("import sys, autoassist.time_to_accuracy as t\n"
+            "def boom(*args, **kwargs):\n    raise RuntimeError('boom')\n"
+            "t.run_cli = boom\n"
+            "from autoassist.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+    out = subprocess.run([sys.executable, "-c", code, "bench", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert "Traceback (most recent call last)" in out.stderr
+    assert "RuntimeError: boom" in out.stderr and "autoassist: error" not in out.stderr
