@@ -81,54 +81,58 @@ def run_demo(epochs: int = 6, batch_size: int = 128, lr: float = 0.1, threads: i
              floor: float = 0.3, num_workers: int = 0, progress: bool = True) -> dict:
     import autoassist
 
+    callers_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
-    train = FashionMNIST("train", root=data_dir, limit=limit)
-    test = FashionMNIST("test", root=data_dir).tensors()
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    print(f"Fashion-MNIST: {len(train)} train / {len(test[1])} test instances; {epochs} epochs, "
-          f"batch {batch_size}, max lr {lr}, {threads} torch threads")
-    curves: list[Curve] = []
-    telemetry = None
-    for method in methods:
-        gen = torch.Generator().manual_seed(seed)
-        base = DataLoader(train, batch_size=batch_size, shuffle=True, generator=gen,
-                          num_workers=num_workers)
-        with torch.random.fork_rng():  # same initial weights for every method, global RNG kept
-            torch.manual_seed(seed)
-            model = small_cnn(width=32)
+    try:  # the caller's torch thread count comes back however the demo ends
+        train = FashionMNIST("train", root=data_dir, limit=limit)
+        test = FashionMNIST("test", root=data_dir).tensors()
+        out_dir = Path(out)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        print(f"Fashion-MNIST: {len(train)} train / {len(test[1])} test instances; {epochs} "
+              f"epochs, batch {batch_size}, max lr {lr}, {threads} torch threads")
+        curves: list[Curve] = []
+        telemetry = None
+        for method in methods:
+            gen = torch.Generator().manual_seed(seed)
+            base = DataLoader(train, batch_size=batch_size, shuffle=True, generator=gen,
+                              num_workers=num_workers)
+            with torch.random.fork_rng():  # same initial weights for every method, global RNG kept
+                torch.manual_seed(seed)
+                model = small_cnn(width=32)
 
-        def show(curve: Curve) -> None:
-            print(f"  {curve.name:<11} epoch {curve.epochs[-1]:>2}: test acc "
-                  f"{curve.accuracy[-1]:.4f}  train {curve.train_seconds[-1]:6.1f}s  "
-                  f"instances {curve.instances[-1]}")
+            def show(curve: Curve) -> None:
+                print(f"  {curve.name:<11} epoch {curve.epochs[-1]:>2}: test acc "
+                      f"{curve.accuracy[-1]:.4f}  train {curve.train_seconds[-1]:6.1f}s  "
+                      f"instances {curve.instances[-1]}")
 
-        if method == "uniform":
-            curve = train_classifier(model, base, test, epochs=epochs, max_lr=lr, name=method,
-                                     progress_bar=progress, on_epoch=show)
-        elif method == "autoassist":
-            # the recommended settings (as in the time-to-accuracy benchmark): unbiased
-            # reweighting and one full-data epoch at the end of the budget
-            with autoassist.wrap(base, floor=floor, seed=seed, epochs=epochs, reweight=True,
-                                 anneal_epochs=1) as loader:
-                curve = train_classifier(model, loader, test, epochs=epochs, max_lr=lr,
-                                         name=method, progress_bar=progress, on_epoch=show)
-                telemetry = loader.telemetry
-        else:
-            raise ValueError(f"unknown method {method!r}; choose uniform and/or autoassist")
-        curves.append(curve)
-    result: dict = {"curves": [c.as_dict() for c in curves], "telemetry": telemetry}
-    if "uniform" in methods:
-        rows = summarize(curves, curves[list(methods).index("uniform")])
-        print()
-        print(format_table(rows))
-        result["summary"] = rows
-    png = plot_curves(curves, out_dir / "accuracy_vs_time.png",
-                      f"Fashion-MNIST small CNN, {epochs} epochs")
-    (out_dir / "demo.json").write_text(json.dumps(result, indent=2))
-    print(f"\nwrote {out_dir / 'demo.json'}" + (f" and {png}" if png else
-          " (install autoassist[plots] for the PNG)"))
-    return result
+            if method == "uniform":
+                curve = train_classifier(model, base, test, epochs=epochs, max_lr=lr, name=method,
+                                         progress_bar=progress, on_epoch=show)
+            elif method == "autoassist":
+                # the recommended settings (as in the time-to-accuracy benchmark): unbiased
+                # reweighting and one full-data epoch at the end of the budget
+                with autoassist.wrap(base, floor=floor, seed=seed, epochs=epochs, reweight=True,
+                                     anneal_epochs=1) as loader:
+                    curve = train_classifier(model, loader, test, epochs=epochs, max_lr=lr,
+                                             name=method, progress_bar=progress, on_epoch=show)
+                    telemetry = loader.telemetry
+            else:
+                raise ValueError(f"unknown method {method!r}; choose uniform and/or autoassist")
+            curves.append(curve)
+        result: dict = {"curves": [c.as_dict() for c in curves], "telemetry": telemetry}
+        if "uniform" in methods:
+            rows = summarize(curves, curves[list(methods).index("uniform")])
+            print()
+            print(format_table(rows))
+            result["summary"] = rows
+        png = plot_curves(curves, out_dir / "accuracy_vs_time.png",
+                          f"Fashion-MNIST small CNN, {epochs} epochs")
+        (out_dir / "demo.json").write_text(json.dumps(result, indent=2))
+        print(f"\nwrote {out_dir / 'demo.json'}" + (f" and {png}" if png else
+              " (install autoassist[plots] for the PNG)"))
+        return result
+    finally:
+        torch.set_num_threads(callers_threads)
 
 
 def main(args) -> int:

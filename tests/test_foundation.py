@@ -216,3 +216,25 @@ def test_cli_internal_errors_keep_their_traceback(tmp_path, monkeypatch, capsys)
     assert out.returncode == 1
     assert "Traceback (most recent call last)" in out.stderr
     assert "RuntimeError: boom" in out.stderr and "autoassist: error" not in out.stderr
+
+
+def test_demo_gives_the_callers_torch_thread_count_back(fmnist_dir, tmp_path, capsys):
+    """The real demo, made small (one method, one epoch, 256 images; evaluating on the 10k test
+    images is most of its time)."""
+    from autoassist.cli import main
+    from autoassist.demo import run_demo
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # the caller's, different from the demo's --threads 2
+        assert main(["demo", "--epochs", "1", "--limit", "256", "--threads", "2", "--methods",
+                     "uniform", "--data-dir", str(fmnist_dir), "--out", str(tmp_path),
+                     "--no-progress"]) == 0
+        assert "2 torch threads" in capsys.readouterr().out  # the demo trained with its own
+        assert torch.get_num_threads() == 1
+        with pytest.raises(ValueError, match="unknown method"):  # and when it fails midway
+            run_demo(epochs=1, limit=64, threads=2, data_dir=str(fmnist_dir),
+                     out=str(tmp_path), methods=("bogus",), progress=False)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
