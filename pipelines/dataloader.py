@@ -3,9 +3,10 @@
 The wrapper rebuilds the user's DataLoader around its own batch sampler and leaves dataset,
 collate_fn, workers and pinning untouched. Each epoch:
 
-1. the selection (``autoassist.selection``) takes a snapshot of the Assistant's scores and keeps
-   instance i with probability ``b + (1 - b) * p_i`` (a counter-based Numba kernel, so the same
-   seed gives the same choice on every rank and at any thread count);
+1. the engine's plan (``autoassist.engine.ShrinkEngine.plan``) takes a snapshot of the
+   Assistant's scores and keeps instance i with probability ``b + (1 - b) * p_i``
+   (``autoassist.kernels.keep_mask``: counter-based random numbers, so the same seed gives the
+   same choice on every rank and at any thread count, from NumPy or the Numba kernel alike);
 2. the batch sampler walks the user's sampler order, drops the shrunk instances and batches the
    rest exactly as the user's BatchSampler would (``batch_size``, ``drop_last``);
 3. every batch's instance ids go into a FIFO as the sampler emits them. DataLoader delivers batches
@@ -254,7 +255,7 @@ class ShrinkingLoader(_EngineLoader):
         if not isinstance(loader, DataLoader):
             raise TypeError(
                 f"autoassist.wrap expects a torch.utils.data.DataLoader, got {type(loader)}; "
-                "for torchdata nodes use autoassist.pipelines.torchdata"
+                "for torchdata nodes use autoassist.pipelines.nodes.ShrinkSampler"
             )
         if isinstance(loader.dataset, IterableDataset):
             raise TypeError(_ITERABLE_NEEDS_KEY)

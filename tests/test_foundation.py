@@ -238,3 +238,60 @@ def test_demo_gives_the_callers_torch_thread_count_back(fmnist_dir, tmp_path, ca
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_every_autoassist_name_in_the_package_text_exists():
+    """Docstrings and messages name only modules and objects that exist (no stale names)."""
+    import importlib
+    import importlib.util
+    import re
+    from pathlib import Path
+
+    def exists(dotted: str) -> bool:
+        parts = dotted.split(".")
+        for i in range(len(parts), 0, -1):  # the longest prefix that is a module
+            try:
+                spec = importlib.util.find_spec(".".join(parts[:i]))
+            except ModuleNotFoundError:
+                spec = None
+            if spec is not None:
+                break
+        if i == len(parts):
+            return True
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError as exc:  # an optional dependency (fairseq, ...) is not installed
+            return not (exc.name or "").startswith("autoassist")
+        for attr in parts[i:]:
+            if not hasattr(obj, attr):
+                return False
+            obj = getattr(obj, attr)
+        return True
+
+    root = Path(__file__).resolve().parents[1]
+    stale = sorted(
+        f"{path.relative_to(root)}: {name}"
+        for folder in ("autoassist", "kernels", "pipelines")
+        for path in (root / folder).rglob("*.py")
+        for name in set(re.findall(r"\bautoassist(?:\.[A-Za-z_]\w*)+", path.read_text()))
+        if not exists(name.rstrip("."))
+    )
+    assert not stale, stale
+
+
+def test_the_selection_kernels_speed_claim_is_the_measured_one():
+    """kernels/select.py quotes the NumPy speed-up that benchmarks/results/kernels.json holds."""
+    import json
+    import re
+    from pathlib import Path
+
+    from autoassist.kernels import select
+
+    measured = json.loads((Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+                           / "kernels.json").read_text())
+    claims = re.findall(r"([\d.]+)x faster than (?:the usual vectorised )?NumPy",
+                        " ".join(select.__doc__.split()))
+    assert claims, select.__doc__
+    for claim in claims:  # within rounding of a measured ratio
+        assert any(abs(float(claim) - measured[key]) <= 0.05 * measured[key]
+                   for key in ("numpy_ratio", "numpy_same_rng_ratio")), (claim, measured)
