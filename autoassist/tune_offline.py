@@ -31,6 +31,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from autoassist.config import ShrinkConfig
+from autoassist.errors import UsageError
 from autoassist.trace import Trace, read_trace
 
 DEFAULT_CANDIDATES = [  # the tiny net's Adam step is capped at 0.01 (assistant_models)
@@ -100,7 +101,7 @@ def replay(trace: Trace, label_ema: float | None = None) -> tuple[np.ndarray, np
                 es.append(np.full(int(have.sum()), epoch))
             memory.update(i, lo)
     if not xs:
-        raise ValueError("the trace has no reports with features: the Assistant had nothing to "
+        raise UsageError("the trace has no reports with features: the Assistant had nothing to "
                          "learn from (pass batch=... to report(), or features=... to wrap)")
     return np.vstack(xs), np.concatenate(ys), np.concatenate(es)
 
@@ -147,9 +148,9 @@ def tune_offline(trace_dir: str | os.PathLike, *, recall: float = 0.9,
     if max_rows is not None and len(X) > max_rows:
         X, y = X[-max_rows:], y[-max_rows:]
     if len(np.unique(y)) < 2:
-        raise ValueError("every report in the trace has the same label: nothing to rank")
+        raise UsageError("every report in the trace has the same label: nothing to rank")
     if len(X) < 10 * (n_splits + 1):
-        raise ValueError(f"the trace has {len(X)} rows: too few for {n_splits} time splits; "
+        raise UsageError(f"the trace has {len(X)} rows: too few for {n_splits} time splits; "
                          "trace a longer run")
     grid = list(ParameterGrid(candidates or DEFAULT_CANDIDATES))
     if not grid:

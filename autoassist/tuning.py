@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from autoassist.config import ShrinkConfig
+from autoassist.errors import UsageError
 from autoassist.tune_probe import load_job
 from autoassist.tune_space import load_space, plain, to_config
 
@@ -214,7 +215,7 @@ def _check_settings(out: Path, settings: dict[str, Any], fresh: bool) -> None:
         before = json.loads(path.read_text())
         differ = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
         if differ:
-            raise ValueError(f"{out} holds a tune with different settings ({', '.join(differ)}); "
+            raise UsageError(f"{out} holds a tune with different settings ({', '.join(differ)}); "
                              "resume it with the same settings, choose another out folder, or "
                              "start over with fresh=True (--fresh)")
     path.write_text(json.dumps(settings, indent=2, default=str) + "\n")
