@@ -31,19 +31,45 @@ def _scores(n, seed=0):
     return s
 
 
-@pytest.mark.parametrize("backend", ["numba", "auto"])  # auto: NumPy below 2**17 instances
 @pytest.mark.parametrize("n", [1, 7, 8, 9, 65535, 65536, 65537, 200_003])
 @pytest.mark.parametrize("floor", [0.0, 0.3, 1.0])
-def test_shrink_select_matches_numpy_spec(n, floor, backend):
+def test_shrink_select_matches_numpy_spec(n, floor):
+    """The Numba kernel (forced: "auto" would take NumPy itself below 2**17) against the spec."""
     s = _scores(n, n)
-    kept, mask = shrink_select(s, floor, seed=5, epoch=2, backend=backend)
+    kept, mask = shrink_select(s, floor, seed=5, epoch=2, backend="numba")
     ref_kept, ref_mask = shrink_select_numpy(s, floor, seed=5, epoch=2)
     assert np.array_equal(mask, ref_mask) and np.array_equal(kept, ref_kept)
     assert kept.dtype == ref_kept.dtype and np.array_equal(np.flatnonzero(mask), kept)
-    mask2, count = keep_mask(s, floor, 5, 2, backend=backend)
+    mask2, count = keep_mask(s, floor, 5, 2, backend="numba")
     assert count == len(kept) and np.array_equal(mask2, mask)
     if floor == 1.0:
         assert len(kept) == n
+    elif n > 1000:  # a real selection, not all or nothing
+        assert 0 < len(kept) < n
+
+
+def test_auto_backend_takes_numpy_below_the_threshold_and_numba_above(monkeypatch):
+    from autoassist.kernels import select, select_jit
+
+    calls = []
+    for name in ("shrink_select", "keep_mask"):  # count the Numba kernel's calls
+        kernel = getattr(select_jit, name)
+        monkeypatch.setattr(select_jit, name,
+                            lambda *a, _k=kernel, _n=name: calls.append(_n) or _k(*a))
+    small, big = select.NUMPY_BELOW - 1, select.NUMPY_BELOW
+    assert big == 2**17
+    for n, threads, numba_expected in [(9, None, False), (small, None, False),
+                                       (big, None, True), (200_003, None, True),
+                                       (small, 1, True)]:  # a thread count asks for the kernel
+        calls.clear()
+        s = _scores(n, n)
+        kept, mask = shrink_select(s, 0.3, seed=5, epoch=2, num_threads=threads)
+        mask2, count = keep_mask(s, 0.3, 5, 2, num_threads=threads)
+        ref_kept, ref_mask = shrink_select_numpy(s, 0.3, seed=5, epoch=2)
+        assert np.array_equal(kept, ref_kept) and kept.dtype == ref_kept.dtype
+        assert np.array_equal(mask, ref_mask) and np.array_equal(mask2, ref_mask)
+        assert count == len(ref_kept)
+        assert calls == (["shrink_select", "keep_mask"] if numba_expected else []), (n, threads)
 
 
 def test_same_selection_for_any_thread_count():
