@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
@@ -43,11 +44,15 @@ def _fashion_mnist(limit: int | None):
 
 def _keel(name: str) -> Callable[[int | None], tuple[Dataset, TestSet]]:
     def load(limit: int | None):
-        from autoassist.datasets import TensorPairs, keel_split
+        from autoassist.datasets import KEEL_SPLIT_SEED, TensorPairs, keel_split
 
         train, test = keel_split(name)
-        if limit is not None:
-            train = TensorPairs(train.x[:limit], train.y[:limit], train.classes)
+        if limit is not None and limit < len(train):
+            # a fixed random slice: KEEL files are sorted by class, so the first rows would be
+            # one class only (a task any constant answer "solves")
+            rng = np.random.Generator(np.random.PCG64(KEEL_SPLIT_SEED + 1))
+            rows = np.sort(rng.permutation(len(train))[:limit])
+            train = TensorPairs(train.x[rows], train.y[rows], train.classes)
         return train, test.tensors()
 
     return load

@@ -331,11 +331,6 @@ def test_harness_tiny_budget_records_every_method(tmp_path, tiny_run):
         assert paths["png"].stat().st_size > 1000
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "keel_magic's `limit` keeps the first N rows of keel_split's training part, which is in the "
-    "KEEL file's order, sorted by class: with limit=3000 every instance is class 'g', so every "
-    "method learns the constant majority answer (test accuracy = the majority rate, 0.648). "
-    "Remove this mark once the task takes a stratified or shuffled slice."))
 def test_harness_tiny_budget_methods_beat_the_majority_class(tiny_run):
     from autoassist.tasks import get_task
 
