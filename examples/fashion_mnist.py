@@ -2,11 +2,15 @@
 
     .venv/bin/python examples/fashion_mnist.py --epochs 6
     .venv/bin/python examples/fashion_mnist.py --epochs 6 --resume ckpt.pt   # resumes mid-run
+    .venv/bin/python examples/fashion_mnist.py --sync --stop-after 2 --checkpoint ckpt.pt
+    .venv/bin/python examples/fashion_mnist.py --sync --resume ckpt.pt  # = one --sync run
     python examples/fashion_mnist.py --device cuda     # the same loop on a GPU
 
 A small CNN on Fashion-MNIST (Debian's dataset-fashion-mnist). Each epoch prints test accuracy,
-the fraction of instances the shrinking loader kept and the Assistant's accuracy; a checkpoint
-holds model, optimiser and loader state, so an interrupted run resumes exactly where it stopped.
+its mean training loss, how many instances the shrinking loader kept and the Assistant's accuracy;
+a checkpoint holds model, optimiser and loader state, so an interrupted run resumes where it
+stopped. With ``--sync`` (and the same ``--threads``) a run is deterministic, so a resumed run
+prints exactly the numbers of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -36,6 +40,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--checkpoint", default=None, help="save model+loader state here each epoch")
     ap.add_argument("--resume", default=None, help="resume from this checkpoint")
+    ap.add_argument("--stop-after", type=int, default=None, metavar="EPOCH",
+                    help="stop once epoch EPOCH is done (and checkpointed), as an interrupted "
+                         "run would; --epochs still sets the schedule")
+    ap.add_argument("--sync", action="store_true",
+                    help="deterministic: the loader waits for the Assistant at every epoch "
+                         "boundary (autoassist.wrap(..., sync=True)); slower, for tests")
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where the model trains")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
@@ -54,7 +64,7 @@ def main(argv=None) -> dict:
                           weight_decay=5e-4)
     base = DataLoader(train, batch_size=args.batch_size, shuffle=True,
                       pin_memory=device.type == "cuda")
-    loader = autoassist.wrap(base, floor=args.floor, seed=args.seed)  # autoassist
+    loader = autoassist.wrap(base, floor=args.floor, seed=args.seed, sync=args.sync)  # autoassist
     start = 0
     if args.resume:
         ckpt = torch.load(args.resume, map_location=device, weights_only=False)  # our own
@@ -68,6 +78,7 @@ def main(argv=None) -> dict:
             loader.set_epoch(epoch)
             steps = max(1, len(loader))  # this epoch's (shrunk) number of batches
             t0 = time.perf_counter()
+            total, batches = torch.zeros((), device=device), 0  # summed on the device: no wait
             for step, (x, y) in enumerate(loader):
                 for group in opt.param_groups:  # schedule by progress: decays fully
                     group["lr"] = one_cycle_lr((epoch + step / steps) / args.epochs, args.lr)
@@ -77,19 +88,26 @@ def main(argv=None) -> dict:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                total += loss.detach()
+                batches += 1
             if device.type == "cuda":
                 torch.cuda.synchronize(device)  # the epoch's queued GPU work, in its seconds
             seconds = time.perf_counter() - t0
             acc = evaluate(model, x_test, y_test)
+            mean_loss = float(total) / max(1, batches)
             tele = loader.telemetry[-1]
-            history.append({"epoch": epoch, "accuracy": acc, "seconds": seconds, **tele})
-            print(f"epoch {epoch}: test acc {acc:.4f}, {seconds:.1f}s, kept "
-                  f"{tele['kept_fraction']:.0%} ({tele['reason']}), Assistant accuracy "
+            history.append({"epoch": epoch, "accuracy": acc, "loss": mean_loss,
+                            "seconds": seconds, **tele})
+            print(f"epoch {epoch}: test acc {acc:.4f}, train loss {mean_loss:.6f}, "
+                  f"{seconds:.1f}s, kept {tele['kept_fraction']:.0%} ({tele['reason']}), "
+                  f"{tele['kept']} of {tele['num_instances']} instances, Assistant accuracy "
                   f"{tele['assistant_accuracy']:.2f}", flush=True)
             if args.checkpoint:
                 Path(args.checkpoint).parent.mkdir(parents=True, exist_ok=True)
                 torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
                             "loader": loader.state_dict(), "epoch": epoch}, args.checkpoint)
+            if epoch == args.stop_after:
+                break
     return {"history": history}
 
 
