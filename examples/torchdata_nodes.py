@@ -29,12 +29,15 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sync", action="store_true",
+                    help="wait for the Assistant at each epoch boundary (deterministic; "
+                         "slower, for tests)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     train = FashionMNIST("train", limit=args.limit)
     x_test, y_test = FashionMNIST("test").tensors()
 
-    sampler = ShrinkSampler(len(train), floor=0.3, seed=0)
+    sampler = ShrinkSampler(len(train), floor=0.3, seed=0, sync=args.sync)
     batches = nodes.Batcher(sampler, batch_size=args.batch_size)
     batches = nodes.ParallelMapper(
         batches, map_fn=lambda ids: (torch.tensor(ids), train.images[ids], train.labels[ids]),

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import require
 
-if not os.environ.get("CI"):  # in CI the fairseq extra is installed: its absence must fail
-    pytest.importorskip("fairseq", reason="pip install 'autoassist[fairseq]'")
+require("fairseq", "fairseq")  # skips here without the extra; fails under CI=1
 
 from autoassist.cli import fairseq_user_dir  # noqa: E402
 from autoassist.translation_corpus import (  # noqa: E402
