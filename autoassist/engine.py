@@ -19,8 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from autoassist import shared_state as ss
-from autoassist.assistant import AssistantProcess
+from autoassist.assistant import (
+    AssistantProcess,
+    AssistantSettings,
+    Losses,
+    ScoreRequest,
+    SharedState,
+)
 from autoassist.config import ShrinkConfig
 from autoassist.device_losses import DeviceLossQueue
 from autoassist.features import CallableFeatures, RandomProjectionFeatures
@@ -125,18 +130,14 @@ class ShrinkEngine:
             self._fixed_features = table
             dim = table.shape[1]
         self.dim = dim
-        self.state = ss.SharedState(self.n, dim)
+        self.state = SharedState(self.n, dim)
         if self._fixed_features is not None:
             self.state.features[:] = self._fixed_features
             self.state.have[:] = 1
         self.assistant: AssistantProcess | None = None
         if self.rank == 0:  # rank 0's Assistant scores for everyone (its snapshot is broadcast)
             self.assistant = AssistantProcess(
-                self.state,
-                {"kind": config.assistant, "lr": config.assistant_lr, "seed": config.seed,
-                 "label_ema": config.label_ema, "threads": config.assistant_threads,
-                 "loss_history": config.loss_history,
-                 "idle_publish": not config.sync},
+                self.state, AssistantSettings.from_config(config),
                 queue_size=config.queue_size, max_restarts=config.max_restarts,
             )
             self.assistant.start()
@@ -182,7 +183,7 @@ class ShrinkEngine:
     def _floor(self) -> float:
         floor = self.config.floor
         if self.config.adaptive_floor:
-            acc = float(self.state.fheader[ss.ACCURACY])
+            acc = self.state.accuracy
             if math.isfinite(acc):
                 floor = max(floor, 1.0 - acc)
         return float(floor)
@@ -221,7 +222,7 @@ class ShrinkEngine:
         deadline = t0 + limit
         while time.perf_counter() < deadline and self.assistant.alive:
             self.assistant.deliver()  # the score request may still be held in the backlog
-            if int(self.state.header[ss.VERSION]) > 0:
+            if self.state.version > 0:
                 scores, version = self.state.snapshot()
                 break
             time.sleep(0.001)
@@ -416,9 +417,9 @@ class ShrinkEngine:
             return
         empty = np.zeros(0, np.int64)
         forget = np.concatenate(self._pending_forget) if self._pending_forget else empty
-        msg = ("losses", np.concatenate(self._pending_ids) if self._pending_ids else empty,
-               np.concatenate(self._pending_losses) if self._pending_losses
-               else np.zeros(0, np.float32), forget)
+        msg = Losses(np.concatenate(self._pending_ids) if self._pending_ids else empty,
+                     np.concatenate(self._pending_losses) if self._pending_losses
+                     else np.zeros(0, np.float32), forget)
         self._pending_ids, self._pending_losses, self._pending_batches = [], [], 0
         self._pending_forget = []
         self.assistant.send(msg, block=self.config.sync)
@@ -428,9 +429,11 @@ class ShrinkEngine:
         self._take_device_losses(wait=True)  # the epoch's last device losses
         seconds = time.perf_counter() - self._epoch_started
         self._last_epoch_seconds = seconds
+        if self.assistant is not None:
+            self.assistant.check()  # a dead Assistant restarts here or at plan(), not in report
         if self.assistant is not None and not self.assistant.failed:
             self.flush()
-            self.assistant.send(("score", epoch), block=self.config.sync)
+            self.assistant.send(ScoreRequest(epoch), block=self.config.sync)
             if self.config.sync and not self.assistant.wait_processed(timeout=300):
                 why = "did not catch up within 300 s" if self.assistant.alive else "died"
                 warnings.warn(f"autoassist: the Assistant {why} (sync mode); the next epoch "
@@ -523,12 +526,8 @@ class ShrinkEngine:
         self._outgoing = list(state.get("outgoing", []))
         self.telemetry = list(state["telemetry"])
         if self.assistant is not None:
-            model = state["assistant"]
-            if model is not None:
-                self.state.fheader[ss.LOSS_MEAN] = model["loss_mean"]
-                self.state.fheader[ss.ACCURACY] = model["accuracy"]
             self.assistant.drops = state["drops"]
-            self.assistant.start(model_state=model, replace_state=True)
+            self.assistant.start(model_state=state["assistant"], replace_state=True)
 
     def close(self) -> None:
         if self.assistant is not None:

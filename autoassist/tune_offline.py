@@ -34,7 +34,7 @@ from autoassist.config import ShrinkConfig
 from autoassist.errors import UsageError
 from autoassist.trace import Trace, read_trace
 
-DEFAULT_CANDIDATES = [  # the tiny net's Adam step is capped at 0.01 (assistant_models)
+DEFAULT_CANDIDATES = [  # the tiny net's Adam step is capped at 0.01 (assistant/models.py)
     {"assistant": ["logistic", "sgd"], "assistant_lr": [0.03, 0.1, 0.3],
      "loss_history": [True, False]},
     {"assistant": ["mlp"], "assistant_lr": [0.001, 0.003, 0.01], "loss_history": [True, False]},
@@ -56,7 +56,7 @@ class AssistantClassifier(ClassifierMixin, BaseEstimator):
         return X if self.loss_history else X[:, :-2]
 
     def fit(self, X, y):
-        from autoassist.assistant_models import make_assistant_model
+        from autoassist.assistant.models import make_assistant_model
 
         X = self._cols(np.asarray(X, np.float32))
         y = np.asarray(y)
@@ -78,8 +78,8 @@ class AssistantClassifier(ClassifierMixin, BaseEstimator):
 def replay(trace: Trace, label_ema: float | None = None) -> tuple[np.ndarray, np.ndarray,
                                                                     np.ndarray]:
     """``(X, y, epoch)``: the online Assistant's training rows, in report order."""
+    from autoassist.assistant.loss_memory import LossMemory
     from autoassist.kernels import ema_stream
-    from autoassist.loss_memory import LossMemory
 
     alpha = float(label_ema if label_ema is not None else trace.config["label_ema"])
     memory = LossMemory(len(trace.have))

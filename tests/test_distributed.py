@@ -37,11 +37,9 @@ def _rank_main(rank: int, world: int, init_file: str, out_dir: str) -> None:
         record["masks"].append(None if plan.mask is None else np.flatnonzero(plan.mask).tolist())
         record["have"].append(int(loader.engine.state.have.sum()))
         dist.barrier()
-    from autoassist import shared_state as ss
-
     record["telemetry"] = [{k: t[k] for k in ("reported_instances", "gathered_instances")}
                            for t in loader.telemetry]
-    record["trained"] = int(loader.engine.state.header[ss.TRAINED])
+    record["trained"] = loader.engine.state.trained
     loader.close()
     with open(f"{out_dir}/rank{rank}.json", "w") as f:
         json.dump(record, f)

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import autoassist
-from autoassist import shared_state as ss
+from autoassist.assistant import SharedState
 
 N = 2000
 
@@ -117,9 +117,9 @@ def test_a_full_queue_holds_losses_for_later_and_never_blocks():
             assert proc.backlog_instances == 80 and len(proc._backlog) == 1
         record = loader.engine.end_epoch(7, batches=10)  # its score request follows the losses
         assert proc.wait_processed(60)
-        assert int(state.header[ss.TRAINED]) == 100  # every reported loss arrived, in order
+        assert state.trained == 100  # every reported loss arrived, in order
         assert record["queue_drops"] == 0 and proc.backlog_instances == 0
-        assert int(state.header[ss.PUBLISHED_EPOCH]) == 7  # nor was the score request
+        assert state.published_epoch == 7  # nor was the score request
 
 
 def test_a_backlog_beyond_its_bound_loses_its_oldest_losses_and_counts_them():
@@ -137,9 +137,9 @@ def test_a_backlog_beyond_its_bound_loses_its_oldest_losses_and_counts_them():
             assert proc.backlog_instances <= 35
         assert proc.wait_processed(60)
         assert proc.drops > 0 and proc.dropped_instances > 0
-        trained = int(loader.engine.state.header[ss.TRAINED])
+        trained = loader.engine.state.trained
         assert trained == 100 - proc.dropped_instances  # the rest arrived
-        assert int(loader.engine.state.header[ss.PUBLISHED_EPOCH]) == 7  # the request survived
+        assert loader.engine.state.published_epoch == 7  # the request survived
 
 
 def test_assistant_that_keeps_dying_is_given_up_and_training_goes_on():
@@ -195,7 +195,7 @@ def test_loss_memory_finds_persistently_hard_instances_features_cannot(loss_hist
 
 
 def test_loss_memory_features_and_state():
-    from autoassist.loss_memory import LossMemory
+    from autoassist.assistant.loss_memory import LossMemory
 
     m = LossMemory(4)
     m.update(np.array([0, 2, 2]), np.array([1.0, 4.0, 0.5], np.float32))  # last occurrence wins
@@ -249,13 +249,13 @@ def test_first_shrink_epoch_waits_for_the_first_scores_instead_of_keeping_all(wa
         assert resumed and kept[1] == N and waited == 0.0
 
 
-class _WriterDuringCopy(ss.SharedState):
+class _WriterDuringCopy(SharedState):
     """A reader whose copy of a score buffer is interleaved with the Assistant's writes: the
     writer (a second handle on the same block) runs ``during(k)`` halfway through copy ``k``."""
 
     def __init__(self, n, during):
         super().__init__(n, 1)
-        self.writer = ss.SharedState(n, 1, name=self.name)
+        self.writer = SharedState(n, 1, name=self.name)
         self.during, self.copies = during, 0
 
     def _copy_buffer(self, buffer):
@@ -274,8 +274,7 @@ def test_snapshot_never_mixes_two_versions():
     def next_two_versions(writer, k):  # copy 0: v1 completes and v2 is half written meanwhile
         if k == 0:
             writer.publish(np.full(10, 1.0, np.float32))
-            seq = int(writer.header[ss.SEQ])
-            writer.header[ss.SEQ] = seq + 1  # v2's write has begun, into buffer 0 ...
+            writer.seq = writer.seq + 1  # v2's write has begun, into buffer 0 ...
             writer.scores[0, :] = 2.0  # ... which this reader is copying (version 0)
 
     state = _WriterDuringCopy(10, next_two_versions)
@@ -290,14 +289,14 @@ def test_snapshot_never_mixes_two_versions():
 
 def test_snapshot_taken_while_the_next_version_is_written_needs_no_retry():
     def one_write_begins(writer, k):  # v1's write begins (buffer 1); the reader copies v0's
-        writer.header[ss.SEQ] = 1
+        writer.seq = 1
         writer.scores[1, :] = 5.0
 
     state = _WriterDuringCopy(10, one_write_begins)
     try:
         scores, version = state.snapshot()
         assert state.copies == 1 and version == 0 and scores.tolist() == [1.0] * 10
-        state.writer.header[ss.SEQ] = 2  # v1 complete
+        state.writer.seq = 2  # v1 complete
         state.during = lambda writer, k: None
         scores, version = state.snapshot()
         assert version == 1 and scores.tolist() == [5.0] * 10

@@ -1,0 +1,309 @@
+"""The Boss's handle on the Assistant process: start, send, restart, stop, state.
+
+The Boss never blocks on the Assistant. The inbox is bounded; when it is full (the Assistant is
+still starting, or a fast GPU Boss outruns it for a while) messages wait in a backlog, where
+consecutive ``Losses`` merge into one, and go over as soon as the queue has room. Only a backlog
+beyond a memory bound loses its oldest losses, and those are counted (``queue_drops``); score and
+state requests are never dropped. (The AutoAssist paper dropped messages at once; on a GPU that
+threw away the first epochs' losses while the Assistant was still importing its modules.)
+
+A dead Assistant is restarted (at most ``max_restarts`` times) only by ``check()``, which the
+engine calls where an epoch is planned or ends, never on the report path; meanwhile its messages
+wait in the backlog.
+
+The process is started with the *spawn* method: Numba's OpenMP layer and torch's threads do not
+survive ``fork`` safely. Spawn would also re-run the caller's main module in the child; the
+Assistant's entry point lives in this package, so ``_main_module_hidden`` keeps the child from
+doing that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import queue
+import sys
+import threading
+import time
+import warnings
+from collections import deque
+from typing import Any
+
+from .protocol import (
+    AssistantSettings,
+    Losses,
+    Message,
+    SharedState,
+    StateReply,
+    StateRequest,
+    Stop,
+    merge_losses,
+)
+from .worker import run_assistant
+
+_BACKLOG_CAP = 1 << 22  # at most ~4M held losses (~50 MB), whatever the data set's size
+_START_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _main_module_hidden():
+    """Start a spawned child without it re-running the caller's ``__main__``.
+
+    Spawn makes the child import the parent's main module (by its ``__spec__`` name, else its
+    ``__file__``) unless the module has neither, as in an interactive session. The Assistant needs
+    nothing from it, and importing it costs the child a second torch import (~1.5 s of CPU taken
+    from the Boss on a small machine) and re-runs any unguarded script top to bottom. Both
+    attributes are hidden only while ``Process.start()`` pickles the child's preparation data,
+    and restored at once.
+    """
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    with _START_LOCK:  # read under the lock: another thread may be hiding them right now
+        saved = {k: main.__dict__[k] for k in ("__spec__", "__file__") if k in main.__dict__}
+        try:
+            main.__spec__ = None
+            main.__dict__.pop("__file__", None)
+            yield
+        finally:
+            main.__dict__.pop("__spec__", None)
+            main.__dict__.update(saved)
+
+
+class AssistantProcess:
+    """The Boss's handle on the Assistant process.
+
+    Args:
+        state: the shared block (the Boss's, which owns it).
+        settings: what the Assistant runs with.
+        queue_size: bound of the inbox (messages; more wait in the backlog).
+        max_restarts: restarts of a dead process before running on without one.
+    """
+
+    state_timeout = 30.0  # seconds model_state() waits for the process to answer
+
+    def __init__(self, state: SharedState, settings: AssistantSettings, queue_size: int,
+                 max_restarts: int):
+        self.state = state
+        self.settings = settings
+        self.queue_size = int(queue_size)
+        self.max_restarts = int(max_restarts)
+        self.restarts = 0
+        self.drops = 0
+        self.sent = 0
+        self._backlog: deque[Message] = deque()  # messages the full queue could not take yet
+        self._backlog_instances = 0
+        self.dropped_instances = 0  # losses lost to the backlog's bound
+        self.backlog_limit = min(max(4 * state.num_instances, 65536), _BACKLOG_CAP)
+        self._ctx = mp.get_context("spawn")
+        self._proc = None
+        self._inbox = None
+        self._outbox = None
+        self._last_model_state: dict | None = None
+        self._token = 0
+        self.cpu_seconds_before_restart = 0.0
+        self.failed = False
+
+    # -- life cycle -----------------------------------------------------------------------------
+    def start(self, model_state: dict | None = None, *, replace_state: bool = False) -> None:
+        """Start the process.
+
+        Args:
+            model_state: the learner state to start from (a ``model_state()`` answer).
+            replace_state: resume: take ``model_state`` even when None (a fresh learner), and
+                show its running mean loss and accuracy in the shared cells at once.
+        """
+        if model_state is not None or replace_state:
+            self._last_model_state = model_state
+            if replace_state and model_state is not None:
+                self.state.loss_mean = model_state["loss_mean"]
+                self.state.accuracy = model_state["accuracy"]
+        self._inbox = self._ctx.Queue(maxsize=self.queue_size)
+        self._outbox = self._ctx.Queue()
+        self.sent = 0
+        self.state.processed = 0
+        self._proc = self._ctx.Process(
+            target=run_assistant,
+            args=(self.state.name, self.state.num_instances, self.state.feature_dim,
+                  self.settings, self._last_model_state, self._inbox, self._outbox),
+            name="autoassist-assistant",
+            daemon=True,
+        )
+        with _main_module_hidden():
+            self._proc.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.is_alive()
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    def check(self) -> bool:
+        """Restart a dead Assistant (bounded); returns whether an Assistant is running."""
+        if self.alive:
+            return True
+        if self._proc is None or self.failed:
+            return False
+        code = self._proc.exitcode
+        self.cpu_seconds_before_restart += self.state.cpu_seconds
+        if self.restarts >= self.max_restarts:
+            self.failed = True
+            warnings.warn(
+                f"autoassist: the Assistant process died (exit code {code}) and was restarted "
+                f"{self.restarts} times already; training continues on the last published scores "
+                "without an Assistant. Raise max_restarts to retry more.",
+                RuntimeWarning, stacklevel=3,
+            )
+            return False
+        self.restarts += 1
+        warnings.warn(
+            f"autoassist: the Assistant process died (exit code {code}); training continues on "
+            f"the last scores and the Assistant is restarted "
+            f"({self.restarts}/{self.max_restarts}).",
+            RuntimeWarning, stacklevel=3,
+        )
+        self._discard_queues()
+        self.start()
+        return True
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self._proc is None:
+            return
+        if self._proc.is_alive():
+            try:
+                self._inbox.put(Stop(), timeout=1.0)
+            except (queue.Full, ValueError, OSError):
+                pass
+            self._proc.join(timeout)
+            if self._proc.is_alive():
+                self._proc.terminate()
+                self._proc.join(timeout)
+        self._discard_queues()
+        self._proc = None
+
+    def _discard_queues(self) -> None:
+        for q in (self._inbox, self._outbox):
+            if q is not None:
+                q.cancel_join_thread()  # never hang on exit flushing messages nobody reads
+                q.close()
+
+    # -- messages -------------------------------------------------------------------------------
+    def send(self, message: Message, block: bool = False) -> None:
+        """Queue a message after any held ones. ``block=False`` never waits: what the full queue
+        cannot take stays in the backlog, and so does everything while the process is dead
+        (until ``check()`` restarts it). Nothing is sent once the Assistant is given up."""
+        if self.failed:
+            return
+        self._hold(message)
+        self.deliver(block=block)
+
+    def deliver(self, block: bool = False) -> None:
+        """Hand held messages to the queue, oldest first (all of them, waiting, when ``block``)."""
+        while self._backlog and self.alive:
+            try:
+                if block:
+                    self._inbox.put(self._backlog[0])
+                else:
+                    self._inbox.put_nowait(self._backlog[0])
+            except queue.Full:
+                return
+            message = self._backlog.popleft()
+            if isinstance(message, Losses):
+                self._backlog_instances -= len(message.ids)
+            self.sent += 1
+
+    @property
+    def backlog_instances(self) -> int:
+        return self._backlog_instances
+
+    def _hold(self, message: Message) -> None:
+        if not isinstance(message, Losses):
+            self._backlog.append(message)
+            return
+        last = self._backlog[-1] if self._backlog else None
+        merged = merge_losses(last, message) if isinstance(last, Losses) else None
+        if merged is not None:  # one message for both
+            self._backlog.pop()
+            self._backlog_instances -= len(last.ids)
+            message = merged
+        self._backlog.append(message)
+        self._backlog_instances += len(message.ids)
+        while self._backlog_instances > self.backlog_limit:  # bounded memory: oldest losses go
+            oldest = next(i for i, m in enumerate(self._backlog) if isinstance(m, Losses))
+            ids, losses, forget = self._backlog[oldest]
+            cut = min(len(ids), self._backlog_instances - self.backlog_limit)
+            if cut == len(ids) and not len(forget):
+                del self._backlog[oldest]
+            else:  # its forgets still apply to the losses that follow
+                self._backlog[oldest] = Losses(ids[cut:], losses[cut:], forget)
+            self._backlog_instances -= cut
+            self.dropped_instances += cut
+            self.drops += 1
+
+    def wait_processed(self, timeout: float) -> bool:
+        """Wait until the Assistant has handled every message sent (sync mode, checkpoints)."""
+        self.deliver(block=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive:
+                return False
+            if self.state.processed >= self.sent:
+                return True
+            time.sleep(0.002)
+        return False
+
+    def model_state(self, timeout: float | None = None) -> tuple[dict | None, bool]:
+        """The Assistant's learner state, asked of the live process.
+
+        Args:
+            timeout: seconds to wait for the answer (default ``state_timeout``).
+
+        Returns:
+            ``(state, current)``. When the process does not answer in time (stalled, dead,
+            given up), ``current`` is False, ``state`` is the last one known (None if none) and
+            a warning says so: a checkpoint must not pass an old Assistant off as the current
+            one. The request never blocks on a full queue: it waits in the backlog.
+        """
+        timeout = self.state_timeout if timeout is None else float(timeout)
+        if self.check() and not self.failed:
+            self._token += 1
+            token = self._token
+            self._hold(StateRequest(token))
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and self.alive:
+                self.deliver()
+                try:
+                    reply = self._outbox.get(timeout=0.05)
+                except queue.Empty:
+                    continue
+                if isinstance(reply, StateReply) and reply.token == token:  # skip older ones
+                    self._last_model_state = reply.state
+                    return reply.state, True
+            why = (f"did not answer within {timeout:g} s" if self.alive
+                   else "died before answering")
+        else:
+            why = "is not running (given up after repeated deaths)"
+        known = ("the last state it reported" if self._last_model_state is not None
+                 else "no Assistant state")
+        warnings.warn(f"autoassist: the Assistant {why}; the checkpoint holds {known}, marked "
+                      "as not current (state_dict()['assistant_current'] is False)",
+                      RuntimeWarning, stacklevel=3)
+        return self._last_model_state, False
+
+    def telemetry(self) -> dict[str, Any]:
+        s = self.state
+        return {
+            "assistant_accuracy": s.accuracy,
+            "assistant_loss_mean": s.loss_mean,
+            "assistant_cpu_seconds": self.cpu_seconds_before_restart + s.cpu_seconds,
+            "assistant_train_seconds": s.train_seconds,
+            "assistant_trained_instances": s.trained,
+            "assistant_restarts": self.restarts,
+            "queue_drops": self.drops,
+            "dropped_instances": self.dropped_instances,
+            "backlog_instances": self._backlog_instances,
+            "score_version": s.version,
+        }

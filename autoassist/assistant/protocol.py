@@ -1,0 +1,244 @@
+"""The Boss <-> Assistant protocol, written down once: messages, settings, shared memory.
+
+Two processes, three channels:
+
+``inbox`` (Boss -> Assistant, a bounded queue)
+    ``Losses(ids, losses, forget)``  per-instance losses the Boss trained on, in report order;
+                                     ``forget``: instances whose data changed (replay slots),
+                                     whose remembered loss is cleared before these losses count
+    ``ScoreRequest(epoch)``          score all N instances and publish (sent at each epoch's end)
+    ``StateRequest(token)``          send the learner's state back (checkpoints)
+    ``Stop()``                       leave the loop
+    The Boss never blocks on a full inbox: ``process.AssistantProcess`` holds what the queue
+    cannot take in a bounded backlog and merges consecutive ``Losses``.
+
+``outbox`` (Assistant -> Boss, unbounded)
+    ``StateReply(token, state)``     the answer to the ``StateRequest`` with the same token
+
+``SharedState`` (one shared-memory block, no copies, no waits)
+    written by the Boss:      ``features`` / ``have`` (an instance's row, the first time the Boss
+                              sees it: rows survive an Assistant restart)
+    written by the Assistant: the scores (``publish``), and the cells ``processed``, ``trained``,
+                              ``accuracy``, ``loss_mean``, ``cpu_seconds``, ``train_seconds``
+    read by the Boss:         ``snapshot()`` (the newest complete scores), the cells (telemetry,
+                              the adaptive floor)
+    ``processed`` counts handled messages: the Boss's ``sent`` minus it is what is in flight.
+    The Boss writes the Assistant's cells only while no Assistant runs (start, resume).
+
+Scores are published under a seqlock over two buffers. The sequence count is even while no one
+writes and odd while the Assistant writes; version ``v`` lives in buffer ``v % 2`` and
+``seq // 2`` is the newest complete version. Publishing ``v + 1`` makes the count odd, fills
+buffer ``(v + 1) % 2``, then makes it even again, so the buffer a reader copies is only touched
+again by the write of ``v + 2``, which starts at ``seq = 2v + 3``: a reader that saw the count at
+``s`` before its copy and at most ``2 * (s // 2) + 2`` after it holds one whole version. The Boss
+never waits for a write to finish (the other buffer is complete), and retries only if the
+Assistant finished one version and started the next during its copy. This relies on the stores
+of one process being seen in order by the other (x86's memory model; untested on weakly ordered
+CPUs).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from multiprocessing import shared_memory
+from typing import Any, NamedTuple
+
+import numpy as np
+
+
+# -- messages ------------------------------------------------------------------------------------
+class Losses(NamedTuple):
+    ids: np.ndarray  # int64 instance ids, in the order the Boss reported them
+    losses: np.ndarray  # float32, one per id
+    forget: np.ndarray  # int64 ids whose remembered loss is cleared first
+
+
+class ScoreRequest(NamedTuple):
+    epoch: int  # the epoch that just ended (recorded with the published scores)
+
+
+class StateRequest(NamedTuple):
+    token: int
+
+
+class StateReply(NamedTuple):
+    token: int
+    state: dict[str, Any]  # learner state, running mean loss, accuracy, loss memory
+
+
+class Stop(NamedTuple):
+    pass
+
+
+Message = Losses | ScoreRequest | StateRequest | Stop
+
+
+def merge_losses(first: Losses, second: Losses) -> Losses | None:
+    """One message for two consecutive ones, or None when they must stay apart (``second``
+    forgets an instance ``first`` reports: the forget would overtake that loss)."""
+    if len(second.forget) and np.isin(second.forget, first.ids).any():
+        return None
+    return Losses(np.concatenate([first.ids, second.ids]),
+                  np.concatenate([first.losses, second.losses]),
+                  np.concatenate([first.forget, second.forget]))
+
+
+# -- settings ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AssistantSettings:
+    """What the Assistant process needs of the ``ShrinkConfig`` (typed, picklable)."""
+
+    kind: str = "logistic"
+    lr: float = 0.1
+    seed: int = 0
+    label_ema: float = 0.01
+    threads: int = 1
+    loss_history: bool = True
+    idle_publish: bool = True  # publish fresh scores on its own when idle (not in sync mode)
+
+    @classmethod
+    def from_config(cls, config) -> AssistantSettings:
+        return cls(kind=config.assistant, lr=float(config.assistant_lr), seed=int(config.seed),
+                   label_ema=float(config.label_ema), threads=int(config.assistant_threads),
+                   loss_history=bool(config.loss_history), idle_publish=not config.sync)
+
+
+# -- shared memory -------------------------------------------------------------------------------
+# 8-byte header cells: int64 counters, then float64 values (the same cells viewed as float64)
+_VERSION, _PROCESSED, _TRAINED, _PUBLISHED_EPOCH = 0, 1, 2, 3
+_ACCURACY, _CPU_SECONDS, _LOSS_MEAN, _TRAIN_SECONDS = 4, 5, 6, 7
+_SEQ = 8
+_HEADER_CELLS = 16
+
+
+def _int_cell(index: int, doc: str) -> property:
+    def get(self) -> int:
+        return int(self._header[index])
+
+    def set(self, value: int) -> None:
+        self._header[index] = value
+
+    return property(get, set, doc=doc)
+
+
+def _float_cell(index: int, doc: str) -> property:
+    def get(self) -> float:
+        return float(self._fheader[index])
+
+    def set(self, value: float) -> None:
+        self._fheader[index] = value
+
+    return property(get, set, doc=doc)
+
+
+class SharedState:
+    """Header cells, double-buffered scores (float32[2, N]) and features (float32[N, d] + have[N]).
+
+    Args:
+        num_instances: N, the data set's size.
+        feature_dim: d, the width of each instance's feature row.
+        name: attach to the block another process made (the Assistant), else make one (the Boss,
+            which owns it and unlinks it on ``close``).
+
+    Raises:
+        ValueError: N < 1, or the named block is smaller than this layout.
+    """
+
+    def __init__(self, num_instances: int, feature_dim: int, name: str | None = None):
+        if num_instances <= 0:
+            raise ValueError(f"need at least one instance, got num_instances={num_instances}")
+        self.num_instances = int(num_instances)
+        self.feature_dim = int(feature_dim)
+        n, d = self.num_instances, self.feature_dim
+        sizes = [_HEADER_CELLS * 8, 2 * n * 4, n * d * 4, n]
+        offsets = np.cumsum([0] + sizes)
+        total = int(offsets[-1])
+        self._owner = name is None
+        if name is None:
+            self._shm = shared_memory.SharedMemory(create=True, size=total)
+        else:
+            self._shm = shared_memory.SharedMemory(name=name, create=False)
+            if self._shm.size < total:
+                raise ValueError(f"shared block {name} is smaller than {total} bytes")
+        buf = self._shm.buf
+        self._header = np.ndarray((_HEADER_CELLS,), np.int64, buf, offset=int(offsets[0]))
+        self._fheader = np.ndarray((_HEADER_CELLS,), np.float64, buf, offset=int(offsets[0]))
+        self.scores = np.ndarray((2, n), np.float32, buf, offset=int(offsets[1]))
+        self.features = np.ndarray((n, d), np.float32, buf, offset=int(offsets[2]))
+        self.have = np.ndarray((n,), np.uint8, buf, offset=int(offsets[3]))
+        if self._owner:
+            self._header[:] = 0
+            self._fheader[_ACCURACY] = np.nan
+            self._fheader[_LOSS_MEAN] = np.nan
+            self.scores[:] = 1.0  # before the Assistant speaks, every instance looks informative
+            self.have[:] = 0
+
+    version = _int_cell(_VERSION, "the newest complete score version (0: none published)")
+    processed = _int_cell(_PROCESSED, "messages the Assistant has handled since it started")
+    trained = _int_cell(_TRAINED, "instances the Assistant has trained on (with features)")
+    published_epoch = _int_cell(_PUBLISHED_EPOCH, "the epoch of the last ScoreRequest answered")
+    seq = _int_cell(_SEQ, "the scores' seqlock count (odd while the Assistant writes)")
+    accuracy = _float_cell(_ACCURACY, "the Assistant's running accuracy on its own labels")
+    loss_mean = _float_cell(_LOSS_MEAN, "the running mean loss that defines 'informative'")
+    cpu_seconds = _float_cell(_CPU_SECONDS, "the Assistant process's CPU time")
+    train_seconds = _float_cell(_TRAIN_SECONDS, "the Assistant's time training and scoring")
+
+    @property
+    def name(self) -> str:
+        return self._shm.name
+
+    # -- Assistant side --------------------------------------------------------------------------
+    def publish(self, scores: np.ndarray, epoch: int = -1) -> int:
+        """Write the next version of the scores (one writer: the Assistant); returns it."""
+        seq = self.seq
+        version = seq // 2
+        self.seq = seq + 1  # odd: buffer (version + 1) % 2 is being written
+        self.scores[(version + 1) % 2, :] = scores
+        self.published_epoch = epoch
+        self.version = version + 1
+        self.seq = seq + 2
+        return version + 1
+
+    # -- Boss side -------------------------------------------------------------------------------
+    def snapshot(self, retries: int = 8) -> tuple[np.ndarray, int]:
+        """A consistent copy of the newest complete scores and their version.
+
+        Raises:
+            RuntimeError: no consistent copy in ``retries`` tries (the Assistant publishes
+                faster than the scores can be copied).
+        """
+        for _ in range(retries):
+            seq = self.seq
+            version = seq // 2
+            copy = self._copy_buffer(version % 2)
+            if self.seq <= 2 * version + 2:  # version + 2 not begun: the buffer is intact
+                return copy, version
+            time.sleep(0.001)
+        raise RuntimeError(
+            f"could not take a consistent score snapshot in {retries} tries: the Assistant "
+            "publishes faster than the scores can be copied"
+        )
+
+    def _copy_buffer(self, buffer: int) -> np.ndarray:
+        return self.scores[buffer].copy()
+
+    def load_scores(self, scores: np.ndarray, version: int) -> None:
+        """Restore a snapshot (resume, no Assistant running): both buffers get it."""
+        self.scores[:] = scores
+        self.version = int(version)
+        self.seq = 2 * int(version)
+
+    def close(self) -> None:
+        for attr in ("_header", "_fheader", "scores", "features", "have"):
+            if hasattr(self, attr):
+                delattr(self, attr)
+        try:
+            self._shm.close()
+        except BufferError:  # a view still alive somewhere; the OS frees it with the process
+            return
+        if self._owner:
+            try:
+                self._shm.unlink()
+            except FileNotFoundError:
+                pass
