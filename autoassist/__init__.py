@@ -25,20 +25,17 @@ _EXPORTS = {
     "ShrinkConfig": "autoassist.config",
     "ShrinkEngine": "autoassist.engine",
     "EpochPlan": "autoassist.engine",
-    "FashionMNIST": "autoassist.datasets",
-    "DataNotFoundError": "autoassist.datasets",
     "tune": "autoassist.tuning",
     "tune_offline": "autoassist.tune_offline",
 }
 
 __all__ = [
-    "DataNotFoundError", "EpochPlan", "FashionMNIST", "ShrinkConfig", "ShrinkEngine",
+    "EpochPlan", "ShrinkConfig", "ShrinkEngine",
     "ShrinkingLoader", "__version__", "tune", "tune_offline", "wrap",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
     from autoassist.config import ShrinkConfig
-    from autoassist.datasets import DataNotFoundError, FashionMNIST
     from autoassist.engine import EpochPlan, ShrinkEngine
     from autoassist.pipelines.dataloader import ShrinkingLoader, wrap
     from autoassist.tune_offline import tune_offline

@@ -1,8 +1,13 @@
 """The ``autoassist`` command.
 
+The product's commands (``tune``, ``fairseq-user-dir``) are defined here; other packages add
+theirs through the ``autoassist.commands`` entry-point group: each entry point is a function
+``add(subparsers)`` that adds one sub-command (the laboratory's ``demo`` and ``bench`` come that
+way, from ``autoassist.bench.commands``), so the product never imports the laboratory.
+
 Errors: a ``UsageError`` (bad arguments, settings file or input, found by the checks below or by
-the library's validators of user input) or a ``DataNotFoundError`` prints one line and exits
-with code 2; any other exception is a bug and propagates with its full traceback.
+the library's validators of user input) prints one line and exits with code 2; any other
+exception is a bug and propagates with its full traceback.
 """
 
 from __future__ import annotations
@@ -15,8 +20,11 @@ from typing import Any
 
 from autoassist.errors import UsageError
 
+COMMANDS_GROUP = "autoassist.commands"
 
-def _require(ok: bool, message: str) -> None:
+
+def require(ok: bool, message: str) -> None:
+    """Raise a ``UsageError`` with ``message`` unless ``ok`` (for commands' argument checks)."""
     if not ok:
         raise UsageError(message)
 
@@ -40,107 +48,14 @@ def _user_input(check: Callable[..., Any], *args: Any, own_raises_only: bool = F
         raise UsageError(str(exc)) from exc
 
 
-def _positive(args: argparse.Namespace, *names: str, allow_none: bool = False) -> None:
+def positive(args: argparse.Namespace, *names: str, allow_none: bool = False) -> None:
+    """Each ``--name`` of ``args`` is >= 1 (or None when ``allow_none``), else a UsageError."""
     for name in names:
         value = getattr(args, name)
         if value is None and allow_none:
             continue
-        _require(value is not None and value >= 1,
+        require(value is not None and value >= 1,
                  f"--{name.replace('_', '-')} must be >= 1; got {value}")
-
-
-def _demo_parser(sub) -> None:
-    p = sub.add_parser(
-        "demo",
-        help="train uniform and AutoAssist side by side on Fashion-MNIST",
-        description="Train a small CNN on Fashion-MNIST twice, with uniform sampling and with "
-        "AutoAssist's shrinking loader, on the same budget; print accuracy per epoch, a table "
-        "(final accuracy, wall-clock, time to uniform's final accuracy) and save a PNG.",
-    )
-    p.add_argument("--epochs", type=int, default=6, help="epoch budget per method (default 6)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.1, help="one-cycle max learning rate")
-    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--floor", type=float, default=0.3, help="keep-probability floor b")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N train images")
-    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
-    p.add_argument("--methods", default="uniform,autoassist",
-                   help="comma-separated subset of uniform,autoassist")
-    p.add_argument("--data-dir", default=None,
-                   help="Fashion-MNIST folder (default $AUTOASSIST_FASHION_MNIST or Debian's)")
-    p.add_argument("--out", default="autoassist-demo", help="folder for demo.json and the PNG")
-    p.add_argument("--no-progress", action="store_true", help="hide the tqdm bars")
-
-    def run(args):
-        from autoassist.demo import main
-
-        methods = args.methods.split(",")
-        _require(bool(methods) and set(methods) <= {"uniform", "autoassist"},
-                 f"--methods {args.methods!r}: a comma-separated subset of uniform,autoassist")
-        _positive(args, "epochs", "batch_size", "threads")
-        _positive(args, "limit", allow_none=True)
-        _require(0.0 <= args.floor <= 1.0, f"--floor {args.floor}: must lie in [0, 1]")
-        _require(args.num_workers >= 0, f"--num-workers {args.num_workers}: must be >= 0")
-        return main(args)
-
-    p.set_defaults(func=run)
-
-
-def _bench_parser(sub) -> None:
-    p = sub.add_parser(
-        "bench",
-        help="time to a tuned uniform baseline's accuracy: autoassist vs its peers",
-        description="Train the task's model with uniform sampling (after a small learning-rate "
-        "sweep), autoassist, AutoAssist as published, InfoBatch-style pruning and "
-        "Selective-Backprop-style selection on the same budget and seeds; report each method's "
-        "wall-clock to the tuned baseline's final accuracy. Writes JSON, PNG and a markdown table.",
-    )
-    from autoassist.time_to_accuracy import add_arguments
-
-    add_arguments(p)
-    p.add_argument("--out", default="autoassist-bench",
-                   help="folder for time_to_accuracy_<task>.json/.png/.md")
-
-    def run(args):
-        import json
-
-        from autoassist.time_to_accuracy import result_stem, run_cli
-
-        _check_bench(args)
-        result = run_cli(args, Path(args.out), result_stem(args))
-        print(json.dumps(result["headline"]), flush=True)
-        return 0
-
-    p.set_defaults(func=run)
-
-
-def _check_bench(args: argparse.Namespace) -> None:
-    """The ``bench`` arguments, checked before any data is loaded or anything trained."""
-    import torch
-
-    from autoassist.time_to_accuracy import ALL_METHODS
-
-    methods = args.methods.split(",")
-    _require(set(methods) <= set(ALL_METHODS) and "uniform" in methods,
-             f"--methods must include 'uniform' and come from {','.join(ALL_METHODS)}; got "
-             f"{args.methods!r}")
-    if args.lrs:
-        try:
-            lrs = [float(v) for v in args.lrs.split(",")]
-        except ValueError:
-            raise UsageError(f"--lrs {args.lrs!r}: comma-separated numbers, e.g. "
-                             "0.05,0.1,0.2") from None
-        _require(all(lr > 0 for lr in lrs), f"--lrs {args.lrs!r}: learning rates must be > 0")
-    _positive(args, "seeds", "epochs", "limit", allow_none=True)
-    _positive(args, "sweep_seeds", "threads")
-    _require(args.max_extend >= 0, f"--max-extend {args.max_extend}: must be >= 0")
-    try:
-        device = torch.device(args.device)
-    except RuntimeError as exc:
-        raise UsageError(f"--device {args.device!r}: {exc}") from None
-    _require(device.type != "cuda" or torch.cuda.is_available(),
-             f"--device {args.device!r}: torch sees no CUDA GPU here; use --device cpu")
 
 
 def _tune_parser(sub) -> None:
@@ -197,10 +112,10 @@ def _tune_parser(sub) -> None:
         import json
 
         if args.offline is not None:
-            _require(args.job is None,
+            require(args.job is None,
                      "give either JOB (probe trainings) or --offline TRACE, not both")
-            _require(0.0 < args.recall <= 1.0, f"--recall {args.recall}: must lie in (0, 1]")
-            _require((Path(args.offline) / "meta.json").is_file(),
+            require(0.0 < args.recall <= 1.0, f"--recall {args.recall}: must lie in (0, 1]")
+            require((Path(args.offline) / "meta.json").is_file(),
                      f"--offline {args.offline}: no loss trace there (meta.json is missing); "
                      "train with autoassist.wrap(loader, trace_dir=...) to write one")
             from autoassist.tune_offline import tune_offline
@@ -212,19 +127,19 @@ def _tune_parser(sub) -> None:
                   f"{off.config_path}")
             print(json.dumps(off.headline), flush=True)
             return 0
-        _require(args.job is not None, "autoassist tune needs JOB (module:function or "
+        require(args.job is not None, "autoassist tune needs JOB (module:function or "
                  "file.py:function) or --offline TRACE")
         from autoassist.config import ShrinkConfig
         from autoassist.tune_probe import load_job
         from autoassist.tune_space import load_space
         from autoassist.tuning import budgets, tune
 
-        _positive(args, "candidates", "seeds", "jobs")
-        _positive(args, "threads", allow_none=True)
-        _require(args.tolerance >= 0, f"--tolerance {args.tolerance}: must be >= 0")
-        _require(args.timeout is None or args.timeout > 0,
+        positive(args, "candidates", "seeds", "jobs")
+        positive(args, "threads", allow_none=True)
+        require(args.tolerance >= 0, f"--tolerance {args.tolerance}: must be >= 0")
+        require(args.timeout is None or args.timeout > 0,
                  f"--timeout {args.timeout}: seconds, > 0")
-        _require(args.cost_budget is None or (args.objective == "metric_at_cost"
+        require(args.cost_budget is None or (args.objective == "metric_at_cost"
                                               and args.cost_budget > 0),
                  "--cost-budget is a positive cost for --objective metric_at_cost")
         _user_input(budgets, args.min_epochs, args.max_epochs, args.factor)
@@ -282,11 +197,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _demo_parser(sub)
-    _bench_parser(sub)
     _tune_parser(sub)
     _fairseq_user_dir_parser(sub)
+    for add in _registered_commands():
+        add(sub)
     return parser
+
+
+def _registered_commands() -> list[Callable[[Any], None]]:
+    """The ``add(subparsers)`` functions of the ``autoassist.commands`` entry points, by name."""
+    from importlib.metadata import entry_points
+
+    return [ep.load() for ep in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -305,13 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:
-        from autoassist.datasets import DataNotFoundError
-
-        if isinstance(exc, (UsageError, DataNotFoundError)):  # the user's to fix: one line
-            print(f"autoassist: error: {exc}", file=sys.stderr)
-            return 2
-        raise  # anything else is a bug: its full traceback
+    except UsageError as exc:  # the user's to fix: one line
+        print(f"autoassist: error: {exc}", file=sys.stderr)
+        return 2
+    # anything else is a bug: its full traceback
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ The job is ``module:function`` or ``path/to/file.py:function``, called as
 ``autoassist.wrap(loader, config=config)``) or ``None`` for the uniform baseline (the plain
 loader). It trains for ``epochs`` and returns its evaluations, one per evaluation point:
 
-- an ``autoassist.training.Curve``, or
+- an ``autoassist.bench.training.Curve``, or
 - a dict of equal-length lists ``{"seconds": [...], "metric": [...], "instances": [...]}``
   (training wall-clock so far, the validation metric, instances trained on so far), or
 - a list of dicts ``{"seconds": s, "metric": m, "instances": n}``.

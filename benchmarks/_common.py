@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from autoassist.provenance import git_commit, machine_info, thread_info
+from autoassist.bench.provenance import git_commit, machine_info, thread_info
 
 __all__ = ["RESULTS", "git_commit", "machine_info", "pyplot", "repo_path", "thread_info",
            "write_result"]

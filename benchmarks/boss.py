@@ -33,9 +33,9 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.utils.data import DataLoader
 
+from autoassist.bench.datasets import FashionMNIST
 from autoassist.boss import BossConfig, Stages, fit
 from autoassist.boss.stages import stage_step
-from autoassist.datasets import FashionMNIST
 from benchmarks._common import RESULTS, git_commit, machine_info, pyplot, thread_info
 
 

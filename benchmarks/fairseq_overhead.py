@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from autoassist import fairseq_runs as fr
+from autoassist.bench import fairseq_runs as fr
 from autoassist.cli import fairseq_user_dir
 from benchmarks._common import git_commit, machine_info, thread_info, write_result
 from benchmarks.translation import benchmark_corpus

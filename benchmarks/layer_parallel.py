@@ -118,11 +118,11 @@ def main(argv=None) -> dict:
     commit = git_commit()  # the code this run loads (a later commit may land meanwhile)
     if args.quick:
         args.images, args.width, args.parallel_epochs, args.serial_epochs = 4000, 8, 3, 1
+    from autoassist.bench.datasets import FashionMNIST
     from autoassist.boss.block_admm import ADMMConfig, BlockADMM, NMFBlock
     from autoassist.boss.disentangling import class_selectivity, sparsity
     from autoassist.boss.hybrid import HybridConfig, HybridTrainer
     from autoassist.boss.resnet import resnet_blocks
-    from autoassist.datasets import FashionMNIST
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # 1 thread per process: the parallel phase runs 2 of them

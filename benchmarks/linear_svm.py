@@ -172,7 +172,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     commit = git_commit()  # the code this run loads (a later commit may land meanwhile)
     seeds, passes = (1, 30) if args.quick else (args.seeds, args.passes)
-    from autoassist.datasets import load_adult
+    from autoassist.bench.datasets import load_adult
 
     X, y, _, _ = load_adult()
     y = y.astype(np.float64)

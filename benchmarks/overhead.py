@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 import autoassist
-from autoassist.datasets import FashionMNIST
-from autoassist.models import small_cnn
+from autoassist.bench.datasets import FashionMNIST
+from autoassist.bench.models import small_cnn
 from benchmarks._common import git_commit, machine_info, thread_info, write_result
 
 

@@ -6,7 +6,7 @@ Writes ``benchmarks/results/time_to_accuracy_<task>[_cuda][_quick]{.json,.png,.m
 the headline (``saving``, ``saving_published``, ``saving_infobatch``, ``saving_sb``,
 ``saving_random_subset`` (the same-budget random control), final
 accuracies, ``saving_within_tolerance``) as one JSON object on the last line. The harness lives
-in ``autoassist.time_to_accuracy`` (also behind ``autoassist bench``).
+in ``autoassist.bench.time_to_accuracy`` (also behind ``autoassist bench``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from autoassist.time_to_accuracy import add_arguments, result_stem, run_cli
+from autoassist.bench.time_to_accuracy import add_arguments, result_stem, run_cli
 from benchmarks._common import RESULTS
 
 

@@ -21,10 +21,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from autoassist import fairseq_runs as fr
+from autoassist.bench import fairseq_runs as fr
+from autoassist.bench.training import accuracy_at, saving, time_to_target
+from autoassist.bench.translation_corpus import CorpusSpec, prepare_corpus
 from autoassist.cli import fairseq_user_dir
-from autoassist.training import accuracy_at, saving, time_to_target
-from autoassist.translation_corpus import CorpusSpec, prepare_corpus
 from benchmarks._common import RESULTS, git_commit, machine_info, pyplot, thread_info
 
 AUTOASSIST = ["--aa-floor", "0.3", "--aa-reweight", "--aa-warmup-epochs", "1",

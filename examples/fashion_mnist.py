@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 import autoassist
-from autoassist.datasets import FashionMNIST
-from autoassist.models import small_cnn
-from autoassist.training import evaluate, one_cycle_lr
+from autoassist.bench.datasets import FashionMNIST
+from autoassist.bench.models import small_cnn
+from autoassist.bench.training import evaluate, one_cycle_lr
 
 
 def main(argv=None) -> dict:

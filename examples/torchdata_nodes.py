@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torchdata import nodes
 
-from autoassist.datasets import FashionMNIST
-from autoassist.models import small_cnn
+from autoassist.bench.datasets import FashionMNIST
+from autoassist.bench.models import small_cnn
+from autoassist.bench.training import evaluate, one_cycle_lr
 from autoassist.pipelines.nodes import ShrinkSampler
-from autoassist.training import evaluate, one_cycle_lr
 
 
 def main(argv=None) -> list[dict]:

@@ -5,7 +5,7 @@ from typing import NoReturn
 
 import pytest
 
-from autoassist.datasets import fashion_mnist_dir
+from autoassist.bench.datasets import fashion_mnist_dir
 
 
 def missing(what: str, install: str) -> NoReturn:
@@ -41,6 +41,6 @@ def fmnist_dir():
 
 @pytest.fixture(scope="session")
 def fmnist_train(fmnist_dir):
-    from autoassist.datasets import FashionMNIST
+    from autoassist.bench.datasets import FashionMNIST
 
     return FashionMNIST("train", root=fmnist_dir)

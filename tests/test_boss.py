@@ -15,8 +15,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from autoassist.bench.models import small_cnn
 from autoassist.boss import BossConfig, Stages, fit
-from autoassist.models import small_cnn
 
 SGD = functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9)
 
@@ -34,7 +34,7 @@ def make_stages(seed: int = 0) -> Stages:
 
 def make_loader(root, limit=768, shrink=False, die_after=None):
     """Module-level (picklable): runs inside the stage-0 process of multi-process schedules."""
-    from autoassist.datasets import FashionMNIST
+    from autoassist.bench.datasets import FashionMNIST
 
     data = FashionMNIST("train", root=root, limit=limit)
     loader = DataLoader(data, batch_size=64, shuffle=False)

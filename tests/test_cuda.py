@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 import autoassist
-from autoassist.datasets import FashionMNIST
-from autoassist.models import small_cnn
+from autoassist.bench.datasets import FashionMNIST
+from autoassist.bench.models import small_cnn
+from autoassist.bench.training import evaluate
 from autoassist.trace import read_trace
-from autoassist.training import evaluate
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CUDA = torch.device("cuda")
@@ -150,7 +150,7 @@ def test_boss_backprop_schedule_trains_on_the_gpu_with_the_shrinking_loader(fmni
 
 
 def test_time_to_accuracy_harness_on_the_gpu(tmp_path):
-    from autoassist.time_to_accuracy import run_benchmark, write_outputs
+    from autoassist.bench.time_to_accuracy import run_benchmark, write_outputs
 
     result = run_benchmark("fashion_mnist", seeds=1, epochs=2, lrs=(0.1,), limit=3000,
                            progress=False, device="cuda", log=lambda *_: None)

@@ -72,7 +72,7 @@ def test_translation_example_trains_both_ways_and_scores_bleu(tmp_path):
         require(module, "fairseq")
     import json
 
-    from autoassist.fairseq_runs import parse_bleu
+    from autoassist.bench.fairseq_runs import parse_bleu
 
     out = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "translation" / "run.py"), "--train-pairs", "300",

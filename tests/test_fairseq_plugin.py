@@ -19,13 +19,13 @@ from conftest import require
 
 require("fairseq", "fairseq")  # skips here without the extra; fails under CI=1
 
-from autoassist.cli import fairseq_user_dir  # noqa: E402
-from autoassist.translation_corpus import (  # noqa: E402
+from autoassist.bench.translation_corpus import (  # noqa: E402
     CorpusSpec,
     load_verse_pairs,
     prepare_corpus,
     split_pairs,
 )
+from autoassist.cli import fairseq_user_dir  # noqa: E402
 
 TINY = ["--arch", "transformer", "--encoder-layers", "1", "--decoder-layers", "1",
         "--encoder-embed-dim", "64", "--decoder-embed-dim", "64",

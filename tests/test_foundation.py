@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from autoassist.datasets import (
+from autoassist.bench.datasets import (
     DataNotFoundError,
     FashionMNIST,
     load_fashion_mnist_arrays,
@@ -177,8 +177,8 @@ def test_regular_install_ships_kernels_and_pipelines(tmp_path):
 
 
 def test_demo_summary_compares_time_to_target_and_same_time_accuracy():
-    from autoassist.demo import format_table, summarize
-    from autoassist.training import Curve
+    from autoassist.bench.demo import format_table, summarize
+    from autoassist.bench.training import Curve
 
     uniform = Curve("uniform", [1, 2, 3], [10.0, 20.0, 30.0], [0.80, 0.88, 0.90], [1, 2, 3])
     fast = Curve("autoassist", [1, 2, 3], [10.0, 15.0, 19.0], [0.82, 0.90, 0.91], [1, 2, 3])
@@ -218,7 +218,7 @@ def test_cli_user_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
 
 
 def test_cli_internal_errors_keep_their_traceback(tmp_path, monkeypatch, capsys):
-    import autoassist.time_to_accuracy as tta
+    import autoassist.bench.time_to_accuracy as tta
     from autoassist.cli import main
 
     for error in (RuntimeError("boom"), ValueError("boom inside")):  # bugs, not user errors
@@ -234,7 +234,7 @@ def test_cli_internal_errors_keep_their_traceback(tmp_path, monkeypatch, capsys)
     with pytest.raises(ValueError, match="broken at import"):
         main(["tune", f"{tmp_path / 'bad_job.py'}:job", "--out", str(tmp_path / "t")])
     # what the user sees from the command: the traceback, and a failing exit code
-    code = ("import sys, autoassist.time_to_accuracy as t\n"
+    code = ("import sys, autoassist.bench.time_to_accuracy as t\n"
             "def boom(*args, **kwargs):\n    raise RuntimeError('boom')\n"
             "t.run_cli = boom\n"
             "from autoassist.cli import main\n"
@@ -249,8 +249,8 @@ def test_cli_internal_errors_keep_their_traceback(tmp_path, monkeypatch, capsys)
 def test_demo_gives_the_callers_torch_thread_count_back(fmnist_dir, tmp_path, capsys):
     """The real demo, made small (one method, one epoch, 256 images; evaluating on the 10k test
     images is most of its time)."""
+    from autoassist.bench.demo import run_demo
     from autoassist.cli import main
-    from autoassist.demo import run_demo
 
     before = torch.get_num_threads()
     try:
@@ -296,13 +296,15 @@ def test_every_autoassist_name_in_the_package_text_exists():
             obj = getattr(obj, attr)
         return True
 
+    from autoassist.cli import COMMANDS_GROUP
+
     root = Path(__file__).resolve().parents[1]
     stale = sorted(
         f"{path.relative_to(root)}: {name}"
         for folder in ("autoassist", "kernels", "pipelines")
         for path in (root / folder).rglob("*.py")
         for name in set(re.findall(r"\bautoassist(?:\.[A-Za-z_]\w*)+", path.read_text()))
-        if not exists(name.rstrip("."))
+        if not exists(name.rstrip(".")) and name != COMMANDS_GROUP  # an entry-point group
     )
     assert not stale, stale
 
@@ -323,3 +325,36 @@ def test_the_selection_kernels_speed_claim_is_the_measured_one():
     for claim in claims:  # within rounding of a measured ratio
         assert any(abs(float(claim) - measured[key]) <= 0.05 * measured[key]
                    for key in ("numpy_ratio", "numpy_same_rng_ratio")), (claim, measured)
+
+
+def test_the_product_never_imports_the_laboratory():
+    """``autoassist/bench/`` measures the product; no product module may depend on it (the
+    ``autoassist`` command finds the lab's sub-commands through entry points instead)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    offenders = []
+    for folder in ("autoassist", "kernels", "pipelines"):
+        for path in (root / folder).rglob("*.py"):
+            if path.is_relative_to(root / "autoassist" / "bench"):
+                continue
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                names = []
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+                offenders += [f"{path.relative_to(root)}:{node.lineno} {n}" for n in names
+                              if n == "autoassist.bench" or n.startswith("autoassist.bench.")]
+                if isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                        and node.value.startswith("autoassist.bench"):  # importlib strings
+                    offenders.append(f"{path.relative_to(root)}:{node.lineno} {node.value!r}")
+    assert not offenders, offenders
+
+
+def test_the_laboratory_commands_come_from_entry_points(capsys):
+    from autoassist.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    assert {"tune", "fairseq-user-dir", "demo", "bench"} <= set(commands)

@@ -16,7 +16,7 @@ from autoassist.boss.resnet import resnet_blocks
 
 @pytest.fixture(scope="module")
 def data(fmnist_dir):
-    from autoassist.datasets import FashionMNIST
+    from autoassist.bench.datasets import FashionMNIST
 
     train = FashionMNIST("train", root=fmnist_dir, limit=1536)
     test = FashionMNIST("test", root=fmnist_dir, limit=2000)

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset, TensorDataset, WeightedRandomSampler
 
 import autoassist
+from autoassist.bench.models import small_cnn
 from autoassist.kernels import ema_stream
-from autoassist.models import small_cnn
 
 
 @pytest.fixture(scope="module")
@@ -405,7 +405,7 @@ _THREADS_SCRIPT = """
 import sys, torch
 from torch.utils.data import DataLoader
 import autoassist
-from autoassist.datasets import FashionMNIST
+from autoassist.bench.datasets import FashionMNIST
 torch.set_num_threads(1)
 loader = autoassist.wrap(DataLoader(FashionMNIST("train", root=sys.argv[1], limit=512),
                                     batch_size=64), floor=0.3, warmup_epochs=1, sync=True, seed=0,
@@ -442,7 +442,7 @@ _UNGUARDED_SCRIPT = """
 import os, sys, torch
 from torch.utils.data import DataLoader
 import autoassist
-from autoassist.datasets import FashionMNIST
+from autoassist.bench.datasets import FashionMNIST
 with open(sys.argv[2], "a") as marker:  # every process that runs this file's top level
     marker.write(f"{os.getpid()}\\n")
 loader = autoassist.wrap(DataLoader(FashionMNIST("train", root=sys.argv[1], limit=512),

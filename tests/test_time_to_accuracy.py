@@ -13,10 +13,14 @@ import pytest
 import torch
 from conftest import missing
 
+from autoassist.bench.peers import (
+    SelectiveBackprop,
+    infobatch_plan,
+    selective_backprop_probabilities,
+)
+from autoassist.bench.peers.infobatch import STREAM_INFOBATCH, InfoBatch, full_data_from
+from autoassist.bench.time_to_accuracy import METHODS, saving, summarize, time_to_target
 from autoassist.kernels import uniforms
-from autoassist.peers import SelectiveBackprop, infobatch_plan, selective_backprop_probabilities
-from autoassist.peers.infobatch import STREAM_INFOBATCH, InfoBatch, full_data_from
-from autoassist.time_to_accuracy import METHODS, saving, summarize, time_to_target
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +40,7 @@ def test_time_to_target_takes_the_first_epoch_reaching_it():
 
 
 def test_learning_rate_pick_extends_a_sweep_whose_best_is_at_an_end():
-    from autoassist.time_to_accuracy import pick_learning_rate
+    from autoassist.bench.time_to_accuracy import pick_learning_rate
 
     assert pick_learning_rate({0.05: [0.90], 0.1: [0.92], 0.2: [0.91]}) == (0.1, None)
     assert pick_learning_rate({0.05: [0.90], 0.1: [0.91], 0.2: [0.92, 0.93]}) == (0.2, 0.4)
@@ -154,7 +158,7 @@ def test_selective_backprop_window_and_deterministic_keep_sets():
 
 # -- KEEL data -----------------------------------------------------------------------------------
 def test_keel_magic_split_is_fixed_stratified_and_standardised(keel_available):
-    from autoassist.datasets import keel_split, load_keel
+    from autoassist.bench.datasets import keel_split, load_keel
 
     x, y, classes = load_keel("magic")
     assert x.shape == (19020, 10) and classes == ("g", "h")
@@ -167,7 +171,7 @@ def test_keel_magic_split_is_fixed_stratified_and_standardised(keel_available):
 
 
 def test_keel_bad_name_and_non_numeric_columns_are_named(tmp_path, keel_available):
-    from autoassist.datasets import DataNotFoundError, load_keel
+    from autoassist.bench.datasets import DataNotFoundError, load_keel
 
     with pytest.raises(DataNotFoundError, match="'nosuchset'"):
         load_keel("nosuchset")
@@ -180,7 +184,7 @@ def test_random_subset_control_matches_autoassists_kept_counts_at_random():
     import torch
     from torch.utils.data import TensorDataset
 
-    from autoassist.time_to_accuracy import expected_keep_fraction, make_method
+    from autoassist.bench.time_to_accuracy import expected_keep_fraction, make_method
 
     data = TensorDataset(torch.arange(1000).float()[:, None], torch.zeros(1000, dtype=torch.long))
     autoassist_run = {"telemetry": [{"kept": k} for k in (1000, 430, 380, 415, 1000)]}
@@ -208,7 +212,7 @@ def test_reshuffled_uniform_sees_every_instance_in_another_seeded_order():
     import torch
     from torch.utils.data import TensorDataset
 
-    from autoassist.time_to_accuracy import make_method
+    from autoassist.bench.time_to_accuracy import make_method
 
     data = TensorDataset(torch.arange(500).float()[:, None], torch.zeros(500, dtype=torch.long))
 
@@ -230,7 +234,7 @@ def _watched_harness():
     the model each ``run_one`` builds, and the peak learning rate its one-cycle schedule is
     given, both by (method, seed, lr) of that run. The harness seeds and builds the models
     itself; the spies only look."""
-    import autoassist.time_to_accuracy as tta
+    import autoassist.bench.time_to_accuracy as tta
 
     real_run_one, real_get_task, real_schedule = tta.run_one, tta.get_task, tta.one_cycle_lr
     inits: dict[tuple, list[list[torch.Tensor]]] = {}
@@ -295,7 +299,7 @@ def _check_fair(result, inits, peaks):
 
 @pytest.fixture(scope="module")
 def tiny_run(keel_available):
-    from autoassist.time_to_accuracy import run_benchmark
+    from autoassist.bench.time_to_accuracy import run_benchmark
 
     with _watched_harness() as (inits, peaks):
         result = run_benchmark("keel_magic", seeds=1, epochs=2, lrs=(0.05,), limit=3000,
@@ -304,7 +308,7 @@ def tiny_run(keel_available):
 
 
 def test_harness_tiny_budget_records_every_method(tmp_path, tiny_run):
-    from autoassist.time_to_accuracy import write_outputs
+    from autoassist.bench.time_to_accuracy import write_outputs
 
     result, inits, peaks = tiny_run
     runs = result["runs"]
@@ -332,7 +336,7 @@ def test_harness_tiny_budget_records_every_method(tmp_path, tiny_run):
 
 
 def test_harness_tiny_budget_methods_beat_the_majority_class(tiny_run):
-    from autoassist.tasks import get_task
+    from autoassist.bench.tasks import get_task
 
     result, _, _ = tiny_run
     _, (_, y_test) = get_task("keel_magic").load(3000)
@@ -343,7 +347,7 @@ def test_harness_tiny_budget_methods_beat_the_majority_class(tiny_run):
 
 def test_harness_checkpoints_each_seed_so_a_stopped_run_keeps_its_results(tmp_path,
                                                                          keel_available):
-    from autoassist.time_to_accuracy import pick_learning_rate, run_benchmark, write_outputs
+    from autoassist.bench.time_to_accuracy import pick_learning_rate, run_benchmark, write_outputs
 
     partials = []
     with _watched_harness() as (inits, peaks):
@@ -393,7 +397,7 @@ def test_bench_command_and_bad_input(tmp_path, capsys, keel_available):
     assert (tmp_path / "time_to_accuracy_keel_magic.json").is_file()
     from argparse import Namespace
 
-    from autoassist.time_to_accuracy import result_stem
+    from autoassist.bench.time_to_accuracy import result_stem
     # quick and GPU runs write beside the full CPU results, never over them
     assert result_stem(Namespace(task="t", device="cpu", quick=True)) == "time_to_accuracy_t_quick"
     assert result_stem(Namespace(task="t", device="cuda:1", quick=False)) == \

@@ -199,9 +199,9 @@ def trace_dir(fmnist_dir, tmp_path_factory):
     """A real run: the Fashion-MNIST CNN, 3,000 images, 3 epochs, writing its loss trace."""
     from torch.utils.data import Subset
 
-    from autoassist.datasets import FashionMNIST
-    from autoassist.models import small_cnn
-    from autoassist.training import train_classifier
+    from autoassist.bench.datasets import FashionMNIST
+    from autoassist.bench.models import small_cnn
+    from autoassist.bench.training import train_classifier
 
     out = tmp_path_factory.mktemp("trace") / "trace"
     full = FashionMNIST("train", root=fmnist_dir)

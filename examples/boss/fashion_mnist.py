@@ -22,9 +22,9 @@ import time
 import torch
 from torch.utils.data import DataLoader
 
+from autoassist.bench.datasets import FashionMNIST
+from autoassist.bench.models import small_cnn
 from autoassist.boss import SCHEDULES, BossConfig, Stages, fit
-from autoassist.datasets import FashionMNIST
-from autoassist.models import small_cnn
 
 
 def make_loader(limit, batch_size, shrink, seed, sync=False):

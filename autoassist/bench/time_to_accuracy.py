@@ -39,8 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from autoassist.tasks import Task, get_task
-from autoassist.training import (
+from autoassist.bench.tasks import Task, get_task
+from autoassist.bench.training import (
     Curve,
     Stopwatch,
     accuracy_at,
@@ -236,7 +236,7 @@ def matched_kept_counts(n: int, epochs: int, settings: dict[str, Any],
 class InfoBatchMethod(_Method):
     def __init__(self, *args, ratio: float = 0.5, delta: float = 0.875):
         super().__init__(*args)
-        from autoassist.peers import InfoBatch
+        from autoassist.bench.peers import InfoBatch
 
         self.selector = InfoBatch(len(self.train), self.epochs, ratio=ratio, delta=delta,
                                   seed=self.seed)
@@ -282,7 +282,7 @@ class SelectiveBackpropMethod(_Method):
         super().__init__(*args)
         self.warmup_epochs = warmup_epochs
         self.current = 0
-        from autoassist.peers import SelectiveBackprop
+        from autoassist.bench.peers import SelectiveBackprop
 
         self.loader = self._loader()
         self.selector = SelectiveBackprop(beta=beta, history=history, seed=self.seed)
@@ -635,7 +635,7 @@ def run_benchmark(task_name: str = "fashion_mnist", *, seeds: int = 3, quick: bo
     factor of 2 that way (at most ``max_extend`` times): the baseline must be tuned, not just
     swept ("No Train No Gain").
     """
-    from autoassist.provenance import git_commit, machine_info, thread_info
+    from autoassist.bench.provenance import git_commit, machine_info, thread_info
 
     task = get_task(task_name)
     unknown = [m for m in methods if m not in ALL_METHODS]
@@ -789,7 +789,7 @@ def _jsonable(value):
 # ------------------------------------------------------------------------------------------------
 def add_arguments(p) -> None:
     """Options shared by ``autoassist bench`` and ``python -m benchmarks.time_to_accuracy``."""
-    from autoassist.tasks import TASKS
+    from autoassist.bench.tasks import TASKS
 
     p.add_argument("--task", default="fashion_mnist", choices=sorted(TASKS))
     p.add_argument("--seeds", type=int, default=None,

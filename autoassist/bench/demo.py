@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from autoassist.datasets import FashionMNIST
-from autoassist.models import small_cnn
-from autoassist.training import Curve, saving, train_classifier
+from autoassist.bench.datasets import FashionMNIST
+from autoassist.bench.models import small_cnn
+from autoassist.bench.training import Curve, saving, train_classifier
 
 
 def plot_curves(curves: list[Curve], path: Path, title: str) -> Path | None:

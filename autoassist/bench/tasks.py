@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from autoassist.models import mlp, small_cnn
+from autoassist.bench.models import mlp, small_cnn
 
 TestSet = tuple[torch.Tensor, torch.Tensor]
 
@@ -37,14 +37,14 @@ class Task:
 
 
 def _fashion_mnist(limit: int | None):
-    from autoassist.datasets import FashionMNIST
+    from autoassist.bench.datasets import FashionMNIST
 
     return FashionMNIST("train", limit=limit), FashionMNIST("test").tensors()
 
 
 def _keel(name: str) -> Callable[[int | None], tuple[Dataset, TestSet]]:
     def load(limit: int | None):
-        from autoassist.datasets import KEEL_SPLIT_SEED, TensorPairs, keel_split
+        from autoassist.bench.datasets import KEEL_SPLIT_SEED, TensorPairs, keel_split
 
         train, test = keel_split(name)
         if limit is not None and limit < len(train):

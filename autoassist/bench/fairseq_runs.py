@@ -63,7 +63,7 @@ def train(data_bin, save_dir, args: list[str], *, threads: int = 2,
     save_dir.mkdir(parents=True, exist_ok=True)
     clock = save_dir / "epoch_clock.json"
     clock.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "autoassist.fairseq_runs", str(clock), str(data_bin),
+    cmd = [sys.executable, "-m", "autoassist.bench.fairseq_runs", str(clock), str(data_bin),
            "--save-dir", str(save_dir), *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=fairseq_env(threads))
