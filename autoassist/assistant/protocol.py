@@ -110,24 +110,16 @@ _VERSION, _PROCESSED, _TRAINED, _PUBLISHED_EPOCH = 0, 1, 2, 3
 _ACCURACY, _CPU_SECONDS, _LOSS_MEAN, _TRAIN_SECONDS = 4, 5, 6, 7
 _SEQ = 8
 _HEADER_CELLS = 16
+_INT, _FLOAT = "_header", "_fheader"  # the two views of the header
 
 
-def _int_cell(index: int, doc: str) -> property:
-    def get(self) -> int:
-        return int(self._header[index])
+def _cell(view: str, index: int, cast: type, doc: str) -> property:
+    """A named header cell: ``view`` is the int64 or float64 view of the same 8-byte cells."""
+    def get(self):
+        return cast(getattr(self, view)[index])
 
-    def set(self, value: int) -> None:
-        self._header[index] = value
-
-    return property(get, set, doc=doc)
-
-
-def _float_cell(index: int, doc: str) -> property:
-    def get(self) -> float:
-        return float(self._fheader[index])
-
-    def set(self, value: float) -> None:
-        self._fheader[index] = value
+    def set(self, value) -> None:
+        getattr(self, view)[index] = value
 
     return property(get, set, doc=doc)
 
@@ -174,15 +166,16 @@ class SharedState:
             self.scores[:] = 1.0  # before the Assistant speaks, every instance looks informative
             self.have[:] = 0
 
-    version = _int_cell(_VERSION, "the newest complete score version (0: none published)")
-    processed = _int_cell(_PROCESSED, "messages the Assistant has handled since it started")
-    trained = _int_cell(_TRAINED, "instances the Assistant has trained on (with features)")
-    published_epoch = _int_cell(_PUBLISHED_EPOCH, "the epoch of the last ScoreRequest answered")
-    seq = _int_cell(_SEQ, "the scores' seqlock count (odd while the Assistant writes)")
-    accuracy = _float_cell(_ACCURACY, "the Assistant's running accuracy on its own labels")
-    loss_mean = _float_cell(_LOSS_MEAN, "the running mean loss that defines 'informative'")
-    cpu_seconds = _float_cell(_CPU_SECONDS, "the Assistant process's CPU time")
-    train_seconds = _float_cell(_TRAIN_SECONDS, "the Assistant's time training and scoring")
+    # the named cells (int64 counters, float64 values)
+    version = _cell(_INT, _VERSION, int, "the newest complete score version (0: none yet)")
+    processed = _cell(_INT, _PROCESSED, int, "messages handled since the Assistant started")
+    trained = _cell(_INT, _TRAINED, int, "instances the Assistant trained on (with features)")
+    published_epoch = _cell(_INT, _PUBLISHED_EPOCH, int, "epoch of the last ScoreRequest")
+    seq = _cell(_INT, _SEQ, int, "the scores' seqlock count (odd while the Assistant writes)")
+    accuracy = _cell(_FLOAT, _ACCURACY, float, "the Assistant's running accuracy")
+    loss_mean = _cell(_FLOAT, _LOSS_MEAN, float, "the running mean loss: 'informative' above")
+    cpu_seconds = _cell(_FLOAT, _CPU_SECONDS, float, "the Assistant process's CPU time")
+    train_seconds = _cell(_FLOAT, _TRAIN_SECONDS, float, "its time training and scoring")
 
     @property
     def name(self) -> str:
