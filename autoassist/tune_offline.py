@@ -32,6 +32,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 from autoassist.config import ShrinkConfig
 from autoassist.errors import UsageError
+from autoassist.plotting import subplots
 from autoassist.trace import Trace, read_trace
 
 DEFAULT_CANDIDATES = [  # the tiny net's Adam step is capped at 0.01 (assistant/models.py)
@@ -212,14 +213,10 @@ def _table(rows: list[dict[str, Any]], recall: float) -> str:
 
 
 def _plot(rows: list[dict[str, Any]], recall: float, path: Path) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    made = subplots(1, 2, figsize=(11, 4.5))
+    if made is None:  # no matplotlib: the JSON and tables say it all
         return None
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
+    fig, (ax1, ax2) = made
     shown = rows[:6]
     for k, r in enumerate(shown):
         p = r["params"]
@@ -245,5 +242,4 @@ def _plot(rows: list[dict[str, Any]], recall: float, path: Path) -> Path | None:
     ax2.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path

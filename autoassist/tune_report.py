@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from autoassist.plotting import subplots
+
 
 def _fmt(params: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
@@ -42,14 +44,10 @@ def table(rungs: list[dict[str, Any]], objective: str) -> str:
 
 
 def plot(rungs: list[dict[str, Any]], path: Path, *, cost: str, objective: str) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # the plots extra is optional: the table and JSON still say it all
+    made = subplots(1, len(rungs), figsize=(5 * len(rungs), 4), squeeze=False)
+    if made is None:  # no matplotlib: the JSON and tables say it all
         return None
-    fig, axes = plt.subplots(1, len(rungs), figsize=(5 * len(rungs), 4), squeeze=False)
+    fig, axes = made
     for ax, rung in zip(axes[0], rungs, strict=True):
         best = rung["candidates"][0]["index"]
         for c in rung["candidates"]:
@@ -70,5 +68,4 @@ def plot(rungs: list[dict[str, Any]], path: Path, *, cost: str, objective: str) 
     fig.suptitle("autoassist tune: probes per rung (grey), chosen setting (red), uniform (black)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path

@@ -9,7 +9,7 @@ from typing import Any
 
 from autoassist.bench.provenance import git_commit, machine_info, thread_info
 
-__all__ = ["RESULTS", "git_commit", "machine_info", "pyplot", "repo_path", "thread_info",
+__all__ = ["RESULTS", "git_commit", "machine_info", "repo_path", "thread_info",
            "write_result"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -24,19 +24,6 @@ def repo_path(path: Path | None) -> str | None:
         return str(Path(path).resolve().relative_to(ROOT))
     except ValueError:
         return str(path)
-
-
-def pyplot():
-    """matplotlib's pyplot on the file-only Agg backend, or None without matplotlib (the
-    ``plots`` extra): a benchmark then writes its JSON and skips the picture."""
-    try:
-        import matplotlib
-    except ImportError:
-        return None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def write_result(name: str, result: dict[str, Any], headline: dict[str, Any] | None = None,

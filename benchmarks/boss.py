@@ -36,7 +36,8 @@ from torch.utils.data import DataLoader
 from autoassist.bench.datasets import FashionMNIST
 from autoassist.boss import BossConfig, Stages, fit
 from autoassist.boss.stages import stage_step
-from benchmarks._common import RESULTS, git_commit, machine_info, pyplot, thread_info
+from autoassist.plotting import subplots
+from benchmarks._common import RESULTS, git_commit, machine_info, thread_info
 
 
 def balanced_cnn(width: int = 32) -> nn.Sequential:
@@ -143,10 +144,10 @@ def accuracy_curve(schedule: str, cut: int, factory, epochs: int, test) -> dict:
 
 
 def plot(curves: list[dict], path: Path) -> Path | None:
-    plt = pyplot()
-    if plt is None:
+    made = subplots(figsize=(6.0, 4.0))
+    if made is None:  # no matplotlib: the JSON is the result
         return None
-    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    fig, ax = made
     for c in curves:
         ax.plot(c["train_seconds"], c["accuracy"], marker="o", label=c["schedule"])
     ax.set_xlabel("training wall-clock (s, evaluation excluded)")
@@ -156,7 +157,6 @@ def plot(curves: list[dict], path: Path) -> Path | None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 

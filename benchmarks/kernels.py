@@ -26,7 +26,8 @@ import numba
 import numpy as np
 
 from autoassist.kernels import keep_mask, keep_probabilities, shrink_select, shrink_select_numpy
-from benchmarks._common import RESULTS, git_commit, machine_info, pyplot, thread_info, write_result
+from autoassist.plotting import subplots
+from benchmarks._common import RESULTS, git_commit, machine_info, thread_info, write_result
 
 
 def _numpy_select(scores: np.ndarray, floor: float, rng: np.random.Generator):
@@ -41,11 +42,11 @@ def _time(fn) -> float:
 
 
 def _plot(medians: dict[str, float], path, title: str) -> None:
-    plt = pyplot()
-    if plt is None:
-        return
     names = list(medians)
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    made = subplots(figsize=(7, 3.6))
+    if made is None:  # no matplotlib: the JSON is the result
+        return
+    fig, ax = made
     ax.barh(names, [1e3 * medians[k] for k in names], color="tab:blue")
     for i, k in enumerate(names):
         ax.text(1e3 * medians[k], i, f" {1e3 * medians[k]:.1f} ms", va="center")
@@ -54,7 +55,6 @@ def _plot(medians: dict[str, float], path, title: str) -> None:
     ax.invert_yaxis()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def main(argv=None) -> dict:

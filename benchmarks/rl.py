@@ -25,10 +25,10 @@ import argparse
 import statistics
 import time
 
+from autoassist.plotting import subplots
 from benchmarks._common import (
     git_commit,
     machine_info,
-    pyplot,
     thread_info,
     write_result,
 )
@@ -43,10 +43,10 @@ REPLAY = ("uniform", "prioritized", "assistant")
 
 
 def plot(result: dict, path):
-    plt = pyplot()
-    if plt is None:
+    made = subplots(1, 2, figsize=(13, 4.5))
+    if made is None:  # no matplotlib: the JSON is the result
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    fig, axes = made
     styles = {"uniform": "-", "prioritized": "--", "assistant": ":"}
     colors = dict(zip(NETWORKS, ("tab:blue", "tab:orange", "tab:green"), strict=True))
     for name, runs in result["runs"].items():
@@ -69,7 +69,6 @@ def plot(result: dict, path):
     axes[1].legend(fontsize=7, ncol=3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 

@@ -25,7 +25,8 @@ from autoassist.bench import fairseq_runs as fr
 from autoassist.bench.training import accuracy_at, saving, time_to_target
 from autoassist.bench.translation_corpus import CorpusSpec, prepare_corpus
 from autoassist.cli import fairseq_user_dir
-from benchmarks._common import RESULTS, git_commit, machine_info, pyplot, thread_info
+from autoassist.plotting import subplots
+from benchmarks._common import RESULTS, git_commit, machine_info, thread_info
 
 AUTOASSIST = ["--aa-floor", "0.3", "--aa-reweight", "--aa-warmup-epochs", "1",
               "--aa-anneal-epochs", "1"]  # the recommended settings (issue 5's harness)
@@ -149,10 +150,10 @@ def _percent(value) -> str:
 
 
 def plot(runs: list[dict], path: Path) -> Path | None:
-    plt = pyplot()
-    if plt is None:
+    made = subplots(figsize=(6.4, 4.2))
+    if made is None:  # no matplotlib: the JSON is the result
         return None
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = made
     for r in runs:
         ax.plot(r["epoch_seconds"], r["valid_bleu"], marker="o", ms=3,
                 color="black" if r["method"] == "uniform" else "tab:red",
@@ -167,7 +168,6 @@ def plot(runs: list[dict], path: Path) -> Path | None:
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 

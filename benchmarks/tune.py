@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 
+from autoassist.plotting import subplots
 from benchmarks._common import (
     RESULTS,
     git_commit,
     machine_info,
-    pyplot,
     thread_info,
     write_result,
 )
@@ -50,11 +50,11 @@ def _first(run: dict, target: float) -> float | None:
 
 
 def plot(validation: dict, path: Path) -> Path | None:
-    plt = pyplot()
-    if plt is None:
-        return None
     seeds = sorted({r["seed"] for rs in validation.values() for r in rs})
-    fig, axes = plt.subplots(1, len(seeds), figsize=(5.5 * len(seeds), 4), squeeze=False)
+    made = subplots(1, len(seeds), figsize=(5.5 * len(seeds), 4), squeeze=False)
+    if made is None:  # no matplotlib: the JSON is the result
+        return None
+    fig, axes = made
     colors = {"uniform": "k", "default": "tab:blue", "tuned": "tab:red"}
     for ax, seed in zip(axes[0], seeds, strict=True):
         for name, runs in validation.items():
@@ -67,7 +67,6 @@ def plot(validation: dict, path: Path) -> Path | None:
     fig.suptitle("benchmarks.tune: uniform vs default vs tuned settings, on unseen seeds")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 

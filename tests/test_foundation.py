@@ -358,3 +358,17 @@ def test_the_laboratory_commands_come_from_entry_points(capsys):
 
     commands = build_parser()._subparsers._group_actions[0].choices
     assert {"tune", "fairseq-user-dir", "demo", "bench"} <= set(commands)
+
+
+def test_figures_touch_no_global_matplotlib_state(tmp_path):
+    """Reports draw without pyplot: a user's backend and open figures stay theirs."""
+    pytest.importorskip("matplotlib")
+    code = ("import sys; from autoassist.plotting import subplots;"
+            "fig, axes = subplots(1, 2, figsize=(4, 2), squeeze=False);"
+            "axes[0, 1].plot([0, 1], [1, 0]); fig.savefig(sys.argv[1]);"
+            "print('matplotlib.pyplot' in sys.modules, type(axes).__name__)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "f.png")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "ndarray"]  # no pyplot: no backend switched
+    assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -17,18 +17,15 @@ from torch.utils.data import DataLoader
 from autoassist.bench.datasets import FashionMNIST
 from autoassist.bench.models import small_cnn
 from autoassist.bench.training import Curve, saving, train_classifier
+from autoassist.plotting import subplots
 
 
 def plot_curves(curves: list[Curve], path: Path, title: str) -> Path | None:
     """Accuracy against training seconds, one line per method; None if matplotlib is missing."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    made = subplots(figsize=(7, 4.5))
+    if made is None:  # no matplotlib: the JSON and tables say it all
         return None
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = made
     for curve in curves:
         ax.plot([0] + curve.train_seconds, [None] + curve.accuracy, marker="o", label=curve.name)
     ax.set_xlabel("training wall-clock (s, evaluation excluded)")
@@ -39,7 +36,6 @@ def plot_curves(curves: list[Curve], path: Path, title: str) -> Path | None:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 

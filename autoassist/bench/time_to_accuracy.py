@@ -49,6 +49,7 @@ from autoassist.bench.training import (
     saving,
     time_to_target,
 )
+from autoassist.plotting import subplots
 
 CPU = torch.device("cpu")
 RESHUFFLE_OFFSET = 1_000_003  # uniform_reshuffled's data-order seed is seed + this
@@ -575,18 +576,14 @@ def markdown_table(summary: dict[str, Any], task: Task, epochs: int, lr: float,
 def plot(runs: list[dict[str, Any]], summary: dict[str, Any], path: Path,
          title: str) -> Path | None:
     """Accuracy vs training wall-clock, one panel per seed, the target dashed."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
     seeds = sorted(summary["targets"])
     cols = min(3, len(seeds))  # rows of three panels: six seeds stay readable
     rows = -(-len(seeds) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.2 * rows), squeeze=False,
-                             sharey=True)
+    made = subplots(rows, cols, figsize=(5.2 * cols, 4.2 * rows), squeeze=False,
+                    sharey=True)
+    if made is None:  # no matplotlib: the JSON and tables say it all
+        return None
+    fig, axes = made
     for ax in axes.flat[len(seeds):]:
         ax.set_visible(False)
     colors = dict(zip(ALL_METHODS, ("black", "tab:red", "tab:grey", "tab:orange", "tab:blue",
@@ -611,7 +608,6 @@ def plot(runs: list[dict[str, Any]], summary: dict[str, Any], path: Path,
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
