@@ -164,3 +164,34 @@ class ShrinkConfig:
 
     def replace(self, **changes: Any) -> ShrinkConfig:
         return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def coerce(cls, config: ShrinkConfig | dict | str | os.PathLike | None = None,
+               **overrides: Any) -> ShrinkConfig:
+        """The one place a config given in any accepted form is resolved.
+
+        Args:
+            config: None (the defaults), a ``ShrinkConfig``, a dict of settings (optionally
+                under an ``autoassist`` key), or a .toml/.json file written by ``to_file``.
+            **overrides: settings that win over ``config``'s.
+
+        Returns:
+            The validated ``ShrinkConfig``.
+
+        Raises:
+            TypeError: ``config`` is of another type.
+            ValueError: an unknown setting, or a value out of its range.
+            FileNotFoundError: the file does not exist.
+        """
+        if config is None:
+            base = cls()
+        elif isinstance(config, ShrinkConfig):
+            base = config
+        elif isinstance(config, (str, os.PathLike)):
+            base = cls.from_file(config)
+        elif isinstance(config, dict):
+            base = cls.from_dict(config)
+        else:
+            raise TypeError(f"config must be a ShrinkConfig, a dict of settings or a .toml/.json "
+                            f"file path, got {type(config).__name__}")
+        return base.replace(**overrides) if overrides else base

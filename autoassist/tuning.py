@@ -250,11 +250,7 @@ def tune(job: str, space=None, *, objective: str = "time_to_target",
         raise ValueError("seeds and n_jobs must be >= 1")
     load_job(job)  # a bad job path fails here, before any probe starts
     space = load_space(space)
-    if isinstance(base, (str, os.PathLike)):
-        base = ShrinkConfig.from_file(base)
-    elif isinstance(base, dict):
-        base = ShrinkConfig.from_dict(base)
-    base = base or ShrinkConfig()
+    base = ShrinkConfig.coerce(base)
     if cost == "seconds" and n_jobs > 1:
         warnings.warn("cost='seconds' with n_jobs > 1: probes share the CPU, so their "
                       "wall-clock times are inflated unevenly; prefer cost='instances'",

@@ -22,7 +22,6 @@ import warnings
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,20 +43,6 @@ _ITERABLE_NEEDS_KEY = (
     "key=lambda item: <instance id> and num_instances=N to autoassist.wrap"
 )
 STATE_VERSION = 1
-
-
-def _resolve_config(config, options: dict[str, Any]) -> ShrinkConfig:
-    if config is None:
-        base = ShrinkConfig()
-    elif isinstance(config, ShrinkConfig):
-        base = config
-    elif isinstance(config, (str, Path)):
-        base = ShrinkConfig.from_file(config)
-    elif isinstance(config, dict):
-        base = ShrinkConfig.from_dict(config)
-    else:
-        raise TypeError(f"config must be a ShrinkConfig, dict or file path, got {type(config)}")
-    return base.replace(**options) if options else base
 
 
 def _is_default_batching(batch_sampler) -> bool:
@@ -269,7 +254,7 @@ class ShrinkingLoader(_EngineLoader):
                 "DataLoader(in_order=False) may deliver batches out of sampler order, so "
                 "losses could not be matched to instances; use in_order=True (the default)"
             )
-        self.config = _resolve_config(config, options)
+        self.config = ShrinkConfig.coerce(config, **options)
         self.user_loader = loader
         self.num_instances = len(loader.dataset)
         if self.num_instances == 0:

@@ -99,7 +99,7 @@ class AutoAssistTranslationConfig(TranslationConfig):
 
 def _shrink_config(cfg: AutoAssistTranslationConfig) -> ShrinkConfig:
     """The run's ShrinkConfig: command-line flags over the --aa-config file over the defaults."""
-    base = ShrinkConfig.from_file(cfg.aa_config) if cfg.aa_config else ShrinkConfig()
+    base = ShrinkConfig.coerce(cfg.aa_config or None)
     given = {  # None: the flag was not given
         "floor": cfg.aa_floor, "warmup_epochs": cfg.aa_warmup_epochs,
         "anneal_epochs": cfg.aa_anneal_epochs, "feature_dim": cfg.aa_feature_dim,

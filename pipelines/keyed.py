@@ -15,13 +15,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from autoassist.config import ShrinkConfig
 from autoassist.engine import ShrinkEngine
 from autoassist.pipelines.dataloader import (
     STATE_VERSION,
     _check_ids,
     _check_state_version,
     _EngineLoader,
-    _resolve_config,
 )
 
 
@@ -70,7 +70,7 @@ class KeyedShrinkingLoader(_EngineLoader):
             )
         if num_instances is None or int(num_instances) <= 0:
             raise ValueError("key= needs num_instances=N, the number of distinct instance ids")
-        self.config = _resolve_config(config, options)
+        self.config = ShrinkConfig.coerce(config, **options)
         self.user_loader = loader
         self.num_instances = int(num_instances)
         self.engine = ShrinkEngine(self.num_instances, self.config, features=features,

@@ -27,7 +27,7 @@ from torchdata.nodes import BaseNode
 
 from autoassist.config import ShrinkConfig
 from autoassist.engine import ShrinkEngine
-from autoassist.pipelines.dataloader import _as_ids, _resolve_config
+from autoassist.pipelines.dataloader import _as_ids
 
 
 class ShrinkSampler(BaseNode[int]):
@@ -41,7 +41,7 @@ class ShrinkSampler(BaseNode[int]):
         if int(num_instances) <= 0:
             raise ValueError(f"num_instances must be positive, got {num_instances}")
         self.num_instances = int(num_instances)
-        self.config = _resolve_config(config, options)
+        self.config = ShrinkConfig.coerce(config, **options)
         self.shuffle = shuffle
         self.engine = ShrinkEngine(self.num_instances, self.config, features=features,
                                    inputs=inputs)

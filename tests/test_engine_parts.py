@@ -176,3 +176,19 @@ def test_iterable_dataset_resumes_mid_epoch():
         tail, _ = run(c, start_epoch=1)
     assert len(full) == len(head) + len(tail) < 3 * 47
     assert all(np.array_equal(p, q) for p, q in zip(full, head + tail, strict=True))
+
+
+def test_a_config_in_any_accepted_form_resolves_the_same(tmp_path):
+    cfg = ShrinkConfig(floor=0.4, reweight=True, warmup_epochs=2)
+    path = cfg.to_file(tmp_path / "shrink.toml")
+    forms = [cfg, cfg.to_dict(), {"autoassist": cfg.to_dict()}, path, str(path)]
+    assert all(ShrinkConfig.coerce(form) == cfg for form in forms)
+    assert ShrinkConfig.coerce(None) == ShrinkConfig()
+    assert ShrinkConfig.coerce(path, floor=0.6) == cfg.replace(floor=0.6)  # overrides win
+    with pytest.raises(TypeError, match="a dict of settings or a .toml/.json file path, got int"):
+        ShrinkConfig.coerce(3)
+    with pytest.raises(ValueError, match="floor"):
+        ShrinkConfig.coerce(cfg, floor=2.0)
+    data = TensorDataset(torch.arange(10))
+    with autoassist.wrap(DataLoader(data, batch_size=5), str(path), floor=0.5) as loader:
+        assert loader.config == cfg.replace(floor=0.5)  # the wrapper resolves it the same way
