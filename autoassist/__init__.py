@@ -26,7 +26,7 @@ _EXPORTS = {
     "ShrinkEngine": "autoassist.engine",
     "EpochPlan": "autoassist.engine",
     "tune": "autoassist.tuning",
-    "tune_offline": "autoassist.tune_offline",
+    "tune_offline": "autoassist.tuning.offline",
 }
 
 __all__ = [
@@ -38,8 +38,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from autoassist.config import ShrinkConfig
     from autoassist.engine import EpochPlan, ShrinkEngine
     from autoassist.pipelines.dataloader import ShrinkingLoader, wrap
-    from autoassist.tune_offline import tune_offline
     from autoassist.tuning import tune
+    from autoassist.tuning.offline import tune_offline
 
 
 def __getattr__(name: str) -> Any:

@@ -118,7 +118,7 @@ def _tune_parser(sub) -> None:
             require((Path(args.offline) / "meta.json").is_file(),
                      f"--offline {args.offline}: no loss trace there (meta.json is missing); "
                      "train with autoassist.wrap(loader, trace_dir=...) to write one")
-            from autoassist.tune_offline import tune_offline
+            from autoassist.tuning.offline import tune_offline
 
             off = tune_offline(args.offline, recall=args.recall, seed=args.seed,
                                out=args.out, progress=not args.no_progress)
@@ -130,9 +130,9 @@ def _tune_parser(sub) -> None:
         require(args.job is not None, "autoassist tune needs JOB (module:function or "
                  "file.py:function) or --offline TRACE")
         from autoassist.config import ShrinkConfig
-        from autoassist.tune_probe import load_job
-        from autoassist.tune_space import load_space
         from autoassist.tuning import budgets, tune
+        from autoassist.tuning.probe import load_job
+        from autoassist.tuning.space import load_space
 
         positive(args, "candidates", "seeds", "jobs")
         positive(args, "threads", allow_none=True)

@@ -289,7 +289,7 @@ def test_a_tuned_config_file_round_trips_into_the_fairseq_options(data_bin, tmp_
     import dataclasses
 
     from autoassist.config import ShrinkConfig
-    from autoassist.tune_space import to_config
+    from autoassist.tuning.space import to_config
 
     tuned = to_config({"floor": 0.37, "adaptive_floor": True, "anneal_fraction": 0.25,
                        "reweight": True, "assistant": "sgd", "label_ema": 0.02,

@@ -17,8 +17,8 @@ from torch.utils.data import DataLoader
 
 import autoassist
 from autoassist.config import ShrinkConfig
-from autoassist.tune_space import load_space, to_config
 from autoassist.tuning import budgets, score_probe, tune
+from autoassist.tuning.space import load_space, to_config
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB = f"{ROOT / 'tests' / 'tune_jobs.py'}:tiny"
@@ -249,7 +249,7 @@ def test_the_engine_writes_what_the_boss_reported(trace_dir):
 def test_offline_tune_chooses_an_assistant_and_floor_that_beat_no_skill(trace_dir, tmp_path):
     import numpy as np
 
-    from autoassist.tune_offline import floor_for_recall, tune_offline
+    from autoassist.tuning.offline import floor_for_recall, tune_offline
 
     out, _, _ = trace_dir
     res = tune_offline(out, recall=0.9, out=tmp_path / "off", progress=False,

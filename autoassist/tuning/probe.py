@@ -11,7 +11,7 @@ loader). It trains for ``epochs`` and returns its evaluations, one per evaluatio
 - a list of dicts ``{"seconds": s, "metric": m, "instances": n}``.
 
 Each probe is a fresh process: honest timings, no state leaking between probes, and a crashing
-job fails one probe instead of the tune. ``python -m autoassist.tune_probe`` is that process.
+job fails one probe instead of the tune. ``python -m autoassist.tuning.probe`` is that process.
 """
 
 from __future__ import annotations

@@ -44,8 +44,8 @@ from typing import Any
 
 from autoassist.config import ShrinkConfig
 from autoassist.errors import UsageError
-from autoassist.tune_probe import load_job
-from autoassist.tune_space import load_space, plain, to_config
+from autoassist.tuning.probe import load_job
+from autoassist.tuning.space import load_space, plain, to_config
 
 OBJECTIVES = ("time_to_target", "metric_at_cost")
 COSTS = ("seconds", "instances")
@@ -160,7 +160,7 @@ class _Runner:
     def __call__(self, config: dict[str, Any] | None, epochs: int, seed: int) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix="autoassist-probe-") as tmp:
             out = Path(tmp) / "curve.json"
-            cmd = [sys.executable, "-m", "autoassist.tune_probe", "--job", self.job,
+            cmd = [sys.executable, "-m", "autoassist.tuning.probe", "--job", self.job,
                    "--config", json.dumps(config), "--epochs", str(epochs), "--seed", str(seed),
                    "--out", str(out)]
             if self.threads:
@@ -232,7 +232,7 @@ def tune(job: str, space=None, *, objective: str = "time_to_target",
          cost_budget: float | None = None, tolerance: float = 0.0) -> TuneResult:
     """Tune the shrink settings of ``job`` (``module:function`` or ``file.py:function``).
 
-    See the module docstring and ``autoassist.tune_probe`` for the job's contract. Writes
+    See the module docstring and ``autoassist.tuning.probe`` for the job's contract. Writes
     ``tuned.toml`` (load it with ``autoassist.wrap(loader, config=...)`` or fairseq's
     ``--aa-config``), ``tune.json``, ``tune.md`` and ``tune.png`` into ``out``.
     """
@@ -351,7 +351,7 @@ def _check_cost(base_recs, cost: str) -> None:
 
 def _finish(out: Path, rungs, points, base: ShrinkConfig, plan, objective, cost, mode,
             log: _Log) -> TuneResult:
-    from autoassist.tune_report import plot, table
+    from autoassist.tuning.report import plot, table
 
     last = rungs[-1]
     best = last["candidates"][0]
