@@ -273,3 +273,20 @@ def test_offline_tune_chooses_an_assistant_and_floor_that_beat_no_skill(trace_di
         pytest.approx(0.9, abs=1e-3)  # no skill: recall r costs a kept fraction r
     with pytest.raises(FileNotFoundError, match="no loss trace"):
         tune_offline(tmp_path, out=tmp_path / "x", progress=False)
+
+
+@pytest.mark.parametrize("tolerance", [0.0, 0.02])
+def test_tolerance_and_cost_budget_reach_the_probes_scores(tmp_path, tolerance):
+    job = f"{ROOT / 'tests' / 'tune_jobs.py'}:scripted"
+    space = {"floor": [0.3]}
+    args = dict(candidates_n=1, min_epochs=4, max_epochs=4, factor=2, cost="instances",
+                threads=1, progress=False, n_jobs=1)
+    result = tune(job, space, out=tmp_path / "t", tolerance=tolerance, **args)
+    seed = result.rungs[-1]["candidates"][0]["seeds"][0]
+    if tolerance:  # 0.89 is within 0.02 of 0.90: reached after 1 of uniform's 4 units
+        assert seed["reached"] and seed["saving"] == pytest.approx(1 - 1 / 4)
+    else:  # 0.90 itself only at the last unit, as uniform: no saving
+        assert seed["reached"] and seed["saving"] == pytest.approx(0.0)
+    at = tune(job, space, out=tmp_path / "b", objective="metric_at_cost", cost_budget=2,
+              **args).rungs[-1]["candidates"][0]["seeds"][0]
+    assert at["metric_at_cost"] == pytest.approx(0.89)  # its metric at cost 2, not 0.95 at 4

@@ -322,9 +322,11 @@ def tune(job: str, space=None, *, objective: str = "time_to_target",
                     if cost == "instances" and not rec["curve"]["instances"]:
                         raise ValueError("cost='instances' but the job reported no "
                                          "instances: return them with each evaluation")
-                    per_seed.append(score_probe(rec["curve"], brec["curve"],
-                                                objective=objective, cost=cost, mode=mode,
-                                                target=target))
+                    per_seed.append(score_probe(
+                        rec["curve"], brec["curve"], objective=objective, cost=cost,
+                        mode=mode, target=target, tolerance=tolerance,
+                        budget=None if cost_budget is None
+                        else cost_budget * epochs / max_epochs))  # the rung's share
                 scored.append({"index": i, "params": points[i],
                                "score": sum(p["score"] for p in per_seed) / len(per_seed),
                                "seeds": per_seed,
