@@ -193,12 +193,37 @@ def test_a_short_training_run_with_two_actor_processes_uses_both():
                    actors=2, eval_every=800, eval_episodes=1, threads=1, publish_every=20,
                    sac=SACConfig(units=32, batch_size=64))
     res = train(cfg, progress=False)
-    assert len(res.received) == 2 and min(res.received) > 0  # transitions from both actors
-    assert sum(res.received) >= cfg.steps
+    # how the transitions split between the actors depends on which process is faster: the
+    # pool test below checks that each one delivers; here, that the learner got them all
+    assert len(res.received) == 2 and sum(res.received) >= cfg.steps
     # the replay ratio is exact: one update per transition past update_after
     assert res.agent.updates == int((cfg.steps - cfg.update_after) * cfg.updates_per_step)
-    assert {e["actor"] for e in res.episodes} == {0, 1}  # episodes finished in both processes
+    assert {e["actor"] for e in res.episodes} <= {0, 1} and res.episodes
     assert np.isfinite(res.final_return)
+
+
+@pytest.mark.slow
+def test_every_actor_of_a_pool_delivers_transitions_and_episodes():
+    """Waits for each actor (bounded by a deadline) instead of racing them: a fast actor blocks
+    on the full queue while the learner side drains it, so a slow one still gets its turn."""
+    from autoassist.rl.actors import ActorPool
+    from autoassist.rl.sac import SAC, SACConfig
+
+    spec = env_spec("InvertedPendulum-v5")
+    sac_cfg = SACConfig(units=16)
+    agent = SAC(spec.obs_dim, spec.act_dim, spec.act_low, spec.act_high, sac_cfg)
+    pool = ActorPool("InvertedPendulum-v5", 2, sac_cfg, agent.policy_state(), chunk=20,
+                     queue_size=2)
+    try:
+        pool.wait(timeout_s=120)
+        episodes, deadline = [0, 0], time.monotonic() + 120
+        while time.monotonic() < deadline and (min(pool.received) == 0 or min(episodes) == 0):
+            for chunk in pool.collect(wait_s=0.2):
+                assert len(chunk["rew"]) == 20 and chunk["obs"].shape == (20, spec.obs_dim)
+                episodes[chunk["actor"]] += len(chunk["returns"])
+        assert min(pool.received) > 0 and min(episodes) > 0, (pool.received, episodes)
+    finally:
+        pool.close()
 
 
 @pytest.mark.slow
