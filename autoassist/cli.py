@@ -208,7 +208,17 @@ def _registered_commands() -> list[Callable[[Any], None]]:
     """The ``add(subparsers)`` functions of the ``autoassist.commands`` entry points, by name."""
     from importlib.metadata import entry_points
 
-    return [ep.load() for ep in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name)]
+    commands = []
+    for ep in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
+        try:
+            commands.append(ep.load())
+        except Exception as exc:  # a broken plug-in must not take the other commands down
+            import warnings
+
+            warnings.warn(f"autoassist: the command {ep.name!r} ({ep.value}) could not be "
+                          f"loaded and is left out: {type(exc).__name__}: {exc}",
+                          RuntimeWarning, stacklevel=2)
+    return commands
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -222,7 +222,7 @@ class ShrinkEngine:
         deadline = t0 + limit
         while time.perf_counter() < deadline and self.assistant.alive:
             self.assistant.deliver()  # the score request may still be held in the backlog
-            if self.state.version > 0:
+            if self.state.seq >= 2:  # a version is complete (the seqlock's count says so)
                 scores, version = self.state.snapshot()
                 break
             time.sleep(0.001)

@@ -223,7 +223,7 @@ def test_first_shrink_epoch_waits_for_the_first_scores_instead_of_keeping_all(wa
     with autoassist.wrap(base, features=data.tensors[0], warmup_epochs=1, floor=0.2,
                          first_scores_wait=wait) as loader:
         proc = loader.engine.assistant
-        assert proc.model_state(timeout=120) is not None  # answered: its loop is running
+        assert proc.model_state(timeout=120)[1]  # answered: its loop is running
         os.kill(proc.pid, signal.SIGSTOP)
         engine, resumed = loader.engine, []
 
@@ -327,3 +327,72 @@ def test_a_checkpoint_taken_while_the_assistant_is_stalled_says_its_state_is_not
         assert proc.wait_processed(60)
         proc.state_timeout = 60.0
         assert loader.state_dict()["engine"]["assistant_current"]  # answered again
+
+
+def test_a_dead_assistant_restarts_at_the_epoch_end_and_gets_every_loss_reported_meanwhile():
+    """Restarts happen where an epoch ends (or is planned), never inside report(); what was
+    reported while the process was dead waits in the backlog and reaches the new process."""
+    data, loss = _data()
+    base = DataLoader(data, batch_size=100)
+    with autoassist.wrap(base, features=data.tensors[0], sync=True, send_every=1,
+                         warmup_epochs=2) as loader:
+        proc, state = loader.engine.assistant, loader.engine.state
+        loader.set_epoch(0)
+        batches = iter(loader)
+        for _ in range(5):
+            _x, idx = next(batches)
+            loader.report(loss[idx])
+        assert proc.wait_processed(60) and state.trained == 500
+        os.kill(proc.pid, signal.SIGKILL)
+        proc._proc.join(30)
+        with pytest.warns(RuntimeWarning, match="Assistant process died"):
+            for k, (_x, idx) in enumerate(batches):  # 15 batches reported to a dead Assistant
+                loader.report(loss[idx])
+                assert proc.restarts == 0  # not restarted on the report path: held
+                assert proc.backlog_instances == 100 * (k + 1)
+        # the loop's end (the epoch's end) restarted it, and the held losses went over
+        assert proc.restarts == 1 and proc.alive and proc.wait_processed(60)
+        assert state.trained == 500 + 1500 and proc.backlog_instances == 0
+        assert state.version >= 1  # and the score request after them was answered
+
+
+def test_the_backlog_bound_passes_over_forget_only_messages():
+    """A held message that only forgets (a replay slot renewed) has no losses to drop: the
+    bound trims the next one that has, and stops."""
+    from autoassist.assistant import AssistantProcess, AssistantSettings, Losses, ScoreRequest
+
+    state = SharedState(100, 1)
+    try:
+        proc = AssistantProcess(state, AssistantSettings(), queue_size=1, max_restarts=0)
+        proc.backlog_limit = 10  # never started: everything stays held
+        ids = np.arange
+        proc._hold(Losses(ids(6), np.ones(6, np.float32), np.array([7])))
+        proc._hold(ScoreRequest(0))
+        proc._hold(Losses(ids(10, 20), np.ones(10, np.float32), ids(0)))
+        proc._hold(Losses(ids(20, 25), np.ones(5, np.float32), ids(0)))  # 21 held: cut 11
+        assert proc.backlog_instances == 10 and proc.dropped_instances == 11
+        first = proc._backlog[0]
+        assert len(first.ids) == 0 and first.forget.tolist() == [7]  # its forget still applies
+        assert proc.drops == 2
+    finally:
+        state.close()
+
+
+def test_a_publish_cut_short_by_a_death_does_not_break_the_seqlock_after_a_restart():
+    from autoassist.assistant import AssistantProcess, AssistantSettings
+
+    state = SharedState(10, 1)
+    proc = AssistantProcess(state, AssistantSettings(), queue_size=1, max_restarts=0)
+    try:
+        state.publish(np.full(10, 0.5, np.float32))  # version 1 complete
+        state.seq = state.seq + 1  # version 2's write began; the writer died (buffer 0 torn)
+        state.scores[0, :5] = 9.0
+        proc.start()  # the (re)started process's handle repairs the count before it runs
+        assert state.seq == 2
+        scores, version = state.snapshot()
+        assert version == 1 and scores.tolist() == [0.5] * 10
+        state.publish(np.full(10, 0.25, np.float32))  # the next write starts from even
+        assert state.seq == 4 and state.snapshot()[1] == 2
+    finally:
+        proc.stop()
+        state.close()

@@ -144,13 +144,23 @@ def test_cli_demo_missing_data_is_one_clear_line(tmp_path):
 @pytest.mark.slow
 def test_regular_install_ships_kernels_and_pipelines(tmp_path):
     """A built wheel (not the editable install) holds and imports the mapped packages."""
+    import shutil
     import zipfile
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
+    # build from a copy of the tracked files: an in-tree build/ left by an earlier build would
+    # ship modules that no longer exist
+    src = tmp_path / "src"
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True,
+                             check=True).stdout.decode().split("\0")
+    for name in filter(None, tracked):
+        if (root / name).is_file():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / name, src / name)
     build = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(tmp_path / "dist"), str(root)],
+         "-w", str(tmp_path / "dist"), str(src)],
         capture_output=True, text=True, timeout=300,
     )
     assert build.returncode == 0, build.stderr[-2000:]
@@ -159,10 +169,13 @@ def test_regular_install_ships_kernels_and_pipelines(tmp_path):
     for module in ("autoassist/kernels/select.py", "autoassist/pipelines/dataloader.py",
                    "autoassist/engine.py"):
         assert module in names
-    for folder, prefix in (("autoassist", "autoassist/"), ("kernels", "autoassist/kernels/"),
-                           ("pipelines", "autoassist/pipelines/")):
-        for source in (root / folder).rglob("*.py"):  # every subpackage is listed in pyproject
-            assert prefix + source.relative_to(root / folder).as_posix() in names, source
+    expected = {prefix + source.relative_to(src / folder).as_posix()
+                for folder, prefix in (("autoassist", "autoassist/"),
+                                       ("kernels", "autoassist/kernels/"),
+                                       ("pipelines", "autoassist/pipelines/"))
+                for source in (src / folder).rglob("*.py")}
+    # every subpackage is listed in pyproject, and nothing else is shipped
+    assert {n for n in names if n.endswith(".py")} == expected
     assert not any(n.startswith(("kernels/", "pipelines/")) for n in names)  # no top-level names
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
@@ -372,3 +385,18 @@ def test_figures_touch_no_global_matplotlib_state(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "ndarray"]  # no pyplot: no backend switched
     assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_command_plugin_that_fails_to_load_leaves_the_others_working(monkeypatch, capsys):
+    import importlib.metadata as md
+
+    from autoassist.cli import COMMANDS_GROUP, main
+
+    real = md.entry_points()
+    broken = md.EntryPoint(name="broken", value="autoassist_no_such_module:add",
+                           group=COMMANDS_GROUP)
+    monkeypatch.setattr(md, "entry_points",
+                        lambda group: [*real.select(group=group), broken])
+    with pytest.warns(RuntimeWarning, match="'broken'.*could not be loaded"):
+        assert main(["fairseq-user-dir"]) == 0
+    assert capsys.readouterr().out.strip().endswith("autoassist_fairseq")

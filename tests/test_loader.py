@@ -327,11 +327,22 @@ def test_close_is_idempotent_and_stops_the_assistant(small_train):
 
 
 @pytest.mark.parametrize("persistent", [False, True])
-def test_shrinking_with_workers_yields_exactly_the_kept_set(small_train, persistent):
+def test_shrinking_with_workers_yields_exactly_the_kept_set(small_train, persistent,
+                                                              monkeypatch):
     # the parent runs the parallel selection kernel before the workers fork: they never call it
     # (kernel_threads: the Numba kernel even at 2000 instances, where "auto" would use NumPy)
     import numba
 
+    from autoassist.kernels import select_jit
+
+    kernel_calls = []
+    kernel = select_jit.keep_mask
+
+    def counted(*args, **kwargs):
+        kernel_calls.append(args[0].shape)
+        return kernel(*args, **kwargs)
+
+    monkeypatch.setattr(select_jit, "keep_mask", counted)
     base = DataLoader(small_train, batch_size=64, shuffle=True, num_workers=2,
                       persistent_workers=persistent)
     with autoassist.wrap(base, floor=0.2, sync=True, seed=2,
@@ -351,7 +362,7 @@ def test_shrinking_with_workers_yields_exactly_the_kept_set(small_train, persist
             targets = torch.stack([small_train[int(i)][1] for i in ids])
             assert torch.equal(torch.cat(labels), targets)
         assert plan.reason == "shrink" and plan.kept < 2000
-        assert numba.threading_layer()  # raises unless a parallel kernel started its threads
+        assert kernel_calls == [(2000,), (2000,)]  # the Numba kernel chose epochs 1 and 2
 
 
 def test_stateful_dataloader_is_wrapped_and_resumes(small_train):

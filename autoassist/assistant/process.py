@@ -116,9 +116,16 @@ class AssistantProcess:
         """
         if model_state is not None or replace_state:
             self._last_model_state = model_state
-            if replace_state and model_state is not None:
+        if replace_state:  # resume: this timeline's held messages and give-up end here
+            self._backlog.clear()
+            self._backlog_instances = 0
+            self.failed = False
+            if model_state is not None:
                 self.state.loss_mean = model_state["loss_mean"]
                 self.state.accuracy = model_state["accuracy"]
+        if self.state.seq % 2:  # a publish cut short by the last process's death
+            self.state.seq = 2 * self.state.version  # the version cell says what completed
+        self.state.cpu_seconds = 0.0  # the new process's own (the old one's is counted)
         self._inbox = self._ctx.Queue(maxsize=self.queue_size)
         self._outbox = self._ctx.Queue()
         self.sent = 0
@@ -200,20 +207,27 @@ class AssistantProcess:
         self._hold(message)
         self.deliver(block=block)
 
-    def deliver(self, block: bool = False) -> None:
-        """Hand held messages to the queue, oldest first (all of them, waiting, when ``block``)."""
+    def deliver(self, block: bool = False, timeout: float = 300.0) -> bool:
+        """Hand held messages to the queue, oldest first; returns whether none is left.
+
+        ``block``: wait for room, while the process lives and for at most ``timeout`` seconds
+        (what is not delivered by then stays held, never lost)."""
+        deadline = time.monotonic() + timeout
         while self._backlog and self.alive:
             try:
                 if block:
-                    self._inbox.put(self._backlog[0])
+                    self._inbox.put(self._backlog[0], timeout=0.1)
                 else:
                     self._inbox.put_nowait(self._backlog[0])
             except queue.Full:
-                return
+                if block and time.monotonic() < deadline:
+                    continue
+                return False
             message = self._backlog.popleft()
             if isinstance(message, Losses):
                 self._backlog_instances -= len(message.ids)
             self.sent += 1
+        return not self._backlog
 
     @property
     def backlog_instances(self) -> int:
@@ -232,7 +246,8 @@ class AssistantProcess:
         self._backlog.append(message)
         self._backlog_instances += len(message.ids)
         while self._backlog_instances > self.backlog_limit:  # bounded memory: oldest losses go
-            oldest = next(i for i, m in enumerate(self._backlog) if isinstance(m, Losses))
+            oldest = next(i for i, m in enumerate(self._backlog)  # (forget-only ones stay)
+                          if isinstance(m, Losses) and len(m.ids))
             ids, losses, forget = self._backlog[oldest]
             cut = min(len(ids), self._backlog_instances - self.backlog_limit)
             if cut == len(ids) and not len(forget):
@@ -245,8 +260,9 @@ class AssistantProcess:
 
     def wait_processed(self, timeout: float) -> bool:
         """Wait until the Assistant has handled every message sent (sync mode, checkpoints)."""
-        self.deliver(block=True)
         deadline = time.monotonic() + timeout
+        if not self.deliver(block=True, timeout=timeout):
+            return False
         while time.monotonic() < deadline:
             if not self.alive:
                 return False
@@ -285,7 +301,8 @@ class AssistantProcess:
             why = (f"did not answer within {timeout:g} s" if self.alive
                    else "died before answering")
         else:
-            why = "is not running (given up after repeated deaths)"
+            why = ("is not running (given up after repeated deaths)" if self.failed
+                   else "is not running (stopped)")
         known = ("the last state it reported" if self._last_model_state is not None
                  else "no Assistant state")
         warnings.warn(f"autoassist: the Assistant {why}; the checkpoint holds {known}, marked "

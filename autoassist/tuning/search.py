@@ -86,11 +86,12 @@ def candidates(space: dict[str, Any], n: int, seed: int, grid: bool) -> list[dic
 
     if grid:
         if any(not isinstance(v, list) for v in space.values()):
-            raise ValueError("grid=True needs lists of values only (no distributions)")
+            raise UsageError("grid=True needs lists of values only (no distributions): give "
+                             "a space whose settings are lists")
         points = list(ParameterGrid(space))
     else:
         if n < 1:
-            raise ValueError(f"candidates={n}: sample at least one setting")
+            raise UsageError(f"candidates={n}: sample at least one setting")
         with warnings.catch_warnings():  # "grid smaller than n_iter": then it is the grid, fine
             warnings.simplefilter("ignore", UserWarning)
             points = list(ParameterSampler(space, n_iter=n, random_state=seed))
