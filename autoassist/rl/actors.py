@@ -1,9 +1,16 @@
 """Distributed data collection (Ape-X style): actor processes feed the learner through a queue.
 
 Each actor process runs its own environment with a copy of the policy and sends transitions in
-chunks through one bounded queue (when the learner falls behind, actors wait: the queue is the
-back-pressure). The learner publishes new policy weights into shared memory every few updates;
-an actor picks them up before its next chunk (a version counter says when they changed).
+chunks through its own bounded queue (when the learner falls behind, actors wait: the queues are
+the back-pressure). The learner publishes new policy weights into shared memory every few
+updates; an actor picks them up before its next chunk.
+
+Nothing an actor holds can stop the others when it is killed (OOM killer, SIGKILL): no lock is
+shared between processes. Each actor writes only to its own queue (a writer killed mid-message
+would otherwise hold the queue's lock, or leave half a message, for everyone); a restarted actor
+gets a new queue and the old one, with whatever it still held, is dropped. The weights are
+published under a seqlock: the version count is odd while the learner writes, and an actor
+keeps its weights when the count moved during its copy.
 
 Failure is never silent: an actor that raises sends its traceback and exits; the learner's
 ``ActorPool.collect`` sees the dead process, restarts it (``max_restarts`` times in all) or
@@ -28,8 +35,20 @@ import torch.multiprocessing as mp
 from autoassist.rl.replay import FIELDS
 
 
+def _read_policy(agent, shared: dict, version) -> int | None:
+    """Load the published weights; their version, or None when the learner was writing."""
+    before = version.value
+    if before % 2:
+        return None
+    state = {k: v.clone() for k, v in shared.items()}
+    if version.value != before:
+        return None
+    agent.load_policy_state(state)
+    return before
+
+
 def _actor_main(idx: int, env_id: str, sac_cfg: dict, seed: int, shared: dict, version,
-                lock, out, errors, stop, chunk: int, random_steps: int, threads: int,
+                out, errors, stop, chunk: int, random_steps: int, threads: int,
                 ready, go) -> None:
     """One actor process: act, step, send chunks of transitions until told to stop."""
     try:
@@ -41,22 +60,20 @@ def _actor_main(idx: int, env_id: str, sac_cfg: dict, seed: int, shared: dict, v
         spec = check_spaces(env, env_id)
         agent = SAC(spec.obs_dim, spec.act_dim, spec.act_low, spec.act_high,
                     SACConfig(**sac_cfg), seed=seed)
-        with lock:  # the first policy too, so no actor's first chunk is slower than another's
-            seen = version.value
-            agent.load_policy_state({k: v.clone() for k, v in shared.items()})
+        seen = None  # the first policy too, so no actor's first chunk is slower than another's
+        while seen is None:
+            seen = _read_policy(agent, shared, version)
         obs, _ = env.reset(seed=seed)
-        with ready.get_lock():  # this actor is set up: the pool starts when all of them are
-            ready.value += 1
+        ready[idx] = 1  # this actor is set up: the pool starts when all of them are
         while not go.wait(timeout=0.1):  # ... and so do the actors: one that began early would
             if stop.is_set():  # fill the queue before a slower-starting one had sent anything
                 env.close()
                 return
         ep_return, steps = 0.0, 0
         while not stop.is_set():
-            if version.value != seen:  # fresh weights from the learner
-                with lock:
-                    seen = version.value
-                    agent.load_policy_state({k: v.clone() for k, v in shared.items()})
+            if version.value != seen:  # fresh weights from the learner (else: next chunk)
+                got = _read_policy(agent, shared, version)
+                seen = seen if got is None else got
             rows = {f: [] for f in FIELDS}
             returns = []
             for _ in range(chunk):
@@ -102,15 +119,15 @@ class ActorPool:
         self.max_restarts, self.restarts, self.threads = max_restarts, 0, threads
         self.ctx = mp.get_context("spawn")
         self.shared = {k: v.detach().clone().share_memory_() for k, v in policy_state.items()}
-        self.version = self.ctx.Value("l", 0)
-        self.lock = self.ctx.Lock()
-        self.queue = self.ctx.Queue(maxsize=queue_size)
+        self.version = self.ctx.RawValue("l", 0)  # no lock: a killed reader cannot hold one
+        self.queue_size = -(-queue_size // n)  # each actor's share of the bound
+        self.queues: list[Any] = [None] * n
         self.errors = self.ctx.Queue()
         self.stop_event = self.ctx.Event()
         self.procs: list[Any] = [None] * n
         self.received = np.zeros(n, np.int64)  # transitions per actor
         self.incarnation = [0] * n
-        self.ready = self.ctx.Value("l", 0)
+        self.ready = self.ctx.RawArray("b", n)  # one flag per actor: no shared lock
         self.go = self.ctx.Event()  # set once every actor is set up (restarted ones find it set)
         for i in range(n):
             self._start(i)
@@ -121,20 +138,23 @@ class ActorPool:
         seconds apart on a busy machine, and a learner that began with the first one would
         train on its transitions alone."""
         deadline = time.monotonic() + timeout_s
-        while self.ready.value < self.n:
+        while sum(self.ready) < self.n:
             self.check()  # a dead actor: restarted, or its error raised
             if time.monotonic() > deadline:
                 self.close()
-                raise TimeoutError(f"only {self.ready.value} of {self.n} actor processes were "
+                raise TimeoutError(f"only {sum(self.ready)} of {self.n} actor processes were "
                                    f"set up after {timeout_s:.0f} s; is the machine overloaded?")
             time.sleep(0.05)
         self.go.set()
 
     def _start(self, i: int) -> None:
         seed = self.seed + 1000 * (i + 1) + 100_000 * self.incarnation[i]
+        if self.queues[i] is not None:  # a dead actor's: it may hold half a message
+            self._drop_queue(self.queues[i])
+        self.queues[i] = self.ctx.Queue(maxsize=self.queue_size)
         p = self.ctx.Process(target=_actor_main, name=f"autoassist-actor-{i}", daemon=True,
                              args=(i, self.env_id, self.sac_cfg, seed, self.shared, self.version,
-                                   self.lock, self.queue, self.errors, self.stop_event,
+                                   self.queues[i], self.errors, self.stop_event,
                                    self.chunk, self.random_steps if not self.incarnation[i]
                                    else 0, self.threads, self.ready, self.go))
         p.start()
@@ -142,10 +162,10 @@ class ActorPool:
 
     def publish(self, policy_state: dict[str, torch.Tensor]) -> None:
         """New policy weights for every actor (picked up before its next chunk)."""
-        with self.lock:
-            for k, v in policy_state.items():
-                self.shared[k].copy_(v)
-            self.version.value += 1
+        self.version.value += 1  # odd: being written
+        for k, v in policy_state.items():
+            self.shared[k].copy_(v)
+        self.version.value += 1
 
     def check(self) -> None:
         """Restart dead actors, or raise with their traceback once restarts are used up."""
@@ -178,16 +198,20 @@ class ActorPool:
         return "\n".join(texts)
 
     def collect(self, wait_s: float = 0.0) -> list[dict[str, Any]]:
-        """Every chunk waiting in the queue (waiting up to ``wait_s`` for the first one)."""
+        """Every chunk waiting in the queues (waiting up to ``wait_s`` for the first one)."""
         self.check()
         chunks = []
-        try:
-            chunks.append(self.queue.get(timeout=wait_s) if wait_s > 0
-                          else self.queue.get_nowait())
-            while True:
-                chunks.append(self.queue.get_nowait())
-        except queue.Empty:
-            pass
+        deadline = time.monotonic() + wait_s
+        while True:
+            for q in self.queues:  # only live actors' queues: check() replaced the others
+                try:
+                    while True:
+                        chunks.append(q.get_nowait())
+                except queue.Empty:
+                    pass
+            if chunks or time.monotonic() >= deadline:
+                break
+            time.sleep(0.005)
         for c in chunks:
             self.received[c["actor"]] += len(c["rew"])
         return chunks
@@ -212,14 +236,14 @@ class ActorPool:
                 if p.is_alive():
                     p.kill()
                     p.join(timeout=5)
-        for q in (self.queue, self.errors):
-            try:
-                while True:
-                    q.get_nowait()
-            except (queue.Empty, OSError, ValueError):
-                pass
-            q.close()
-            q.cancel_join_thread()
+        for q in (*self.queues, self.errors):
+            if q is not None:
+                self._drop_queue(q)
+
+    @staticmethod
+    def _drop_queue(q) -> None:
+        q.cancel_join_thread()  # never wait on it at exit
+        q.close()
 
     def pids(self) -> list[int | None]:
         return [p.pid if p is not None else None for p in self.procs]
