@@ -287,6 +287,9 @@ def test_tolerance_and_cost_budget_reach_the_probes_scores(tmp_path, tolerance):
         assert seed["reached"] and seed["saving"] == pytest.approx(1 - 1 / 4)
     else:  # 0.90 itself only at the last unit, as uniform: no saving
         assert seed["reached"] and seed["saving"] == pytest.approx(0.0)
-    at = tune(job, space, out=tmp_path / "b", objective="metric_at_cost", cost_budget=2,
-              **args).rungs[-1]["candidates"][0]["seeds"][0]
+    budgeted = tune(job, space, out=tmp_path / "b", objective="metric_at_cost", cost_budget=2,
+                    **args)
+    at = budgeted.rungs[-1]["candidates"][0]["seeds"][0]
     assert at["metric_at_cost"] == pytest.approx(0.89)  # its metric at cost 2, not 0.95 at 4
+    assert at["uniform_metric"] == pytest.approx(0.7)  # uniform's at cost 2 too, not 0.90
+    assert budgeted.beats_uniform

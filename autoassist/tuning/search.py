@@ -138,9 +138,12 @@ def score_probe(curve: dict[str, list[float]], baseline: dict[str, list[float]],
     budget = (base_costs[-1] if budget is None else budget) * (1 + 1e-9)
     within = [m for c, m in zip(costs, metric, strict=True) if c <= budget]
     value = within[-1] if within else None
+    base_within = [m for c, m in zip(base_costs, baseline["metric"], strict=True) if c <= budget]
     return {"score": -1e9 if value is None else value, "reached": value is not None,
             "metric_at_cost": None if value is None else sign * value,
-            "uniform_metric": baseline["metric"][-1], "final_metric": curve["metric"][-1]}
+            # uniform at the same cost (None: it had no evaluation that cheap)
+            "uniform_metric": base_within[-1] if base_within else None,
+            "final_metric": curve["metric"][-1]}
 
 
 # -- probes --------------------------------------------------------------------------------------
@@ -367,7 +370,8 @@ def _finish(out: Path, rungs, points, base: ShrinkConfig, plan, objective, cost,
         beats = all(s.get("reached") and (s.get("saving") or 0.0) > 0 for s in best["seeds"])
     else:  # better than uniform's final metric, within the (uniform's or given) cost
         sign = 1.0 if mode == "max" else -1.0
-        beats = all(s.get("reached") and sign * s["metric_at_cost"] > sign * s["uniform_metric"]
+        beats = all(s.get("reached") and (s["uniform_metric"] is None or
+                                          sign * s["metric_at_cost"] > sign * s["uniform_metric"])
                     for s in best["seeds"])
     headline = {
         "best": best["params"], "score": best["score"], "objective": objective, "cost": cost,
