@@ -58,8 +58,11 @@ class _Worker:
 
     def __init__(self, state: SharedState, settings: AssistantSettings,
                  model_state: dict | None, outbox):
+        from autoassist.kernels import ema_stream
+
         from .models import make_assistant_model
 
+        self._ema_stream = ema_stream  # the label rule, looked up once, not per message
         self.state, self.settings, self.outbox = state, settings, outbox
         n = state.num_instances
         self.memory = LossMemory(n) if settings.loss_history else None
@@ -105,14 +108,12 @@ class _Worker:
 
     # -- handlers --------------------------------------------------------------------------------
     def on_losses(self, msg: Losses) -> None:
-        from autoassist.kernels import ema_stream
-
         t0 = time.perf_counter()
         ids, losses = msg.ids, msg.losses
         if len(msg.forget) and self.memory is not None:
             self.memory.forget(msg.forget)  # renewed slots (replay): before their new losses
         before = self.mean  # the memory feature is relative to the mean before this batch
-        labels, self.mean = ema_stream(losses, self.mean, self.settings.label_ema)
+        labels, self.mean = self._ema_stream(losses, self.mean, self.settings.label_ema)
         have = self.state.have[ids].astype(bool)
         if have.any():
             X = self._inputs(ids[have], before)

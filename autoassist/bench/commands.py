@@ -1,7 +1,7 @@
 """The laboratory's sub-commands of ``autoassist``: ``demo`` and ``bench``.
 
 Registered through the ``autoassist.commands`` entry points (``pyproject.toml``); each function
-adds its sub-parser. Missing data is the user's to install: it becomes a one-line ``UsageError``.
+adds its sub-parser. Missing data raises ``DataNotFoundError``, a ``UsageError``: one line.
 """
 
 from __future__ import annotations
@@ -11,15 +11,6 @@ from pathlib import Path
 
 from autoassist.cli import positive, require
 from autoassist.errors import UsageError
-
-
-def _data_errors_are_usage_errors(run, *args):
-    from autoassist.bench.datasets import DataNotFoundError
-
-    try:
-        return run(*args)
-    except DataNotFoundError as exc:
-        raise UsageError(str(exc)) from exc
 
 
 def demo(sub) -> None:
@@ -56,7 +47,7 @@ def demo(sub) -> None:
         positive(args, "limit", allow_none=True)
         require(0.0 <= args.floor <= 1.0, f"--floor {args.floor}: must lie in [0, 1]")
         require(args.num_workers >= 0, f"--num-workers {args.num_workers}: must be >= 0")
-        return _data_errors_are_usage_errors(main, args)
+        return main(args)
 
     p.set_defaults(func=run)
 
@@ -83,7 +74,7 @@ def bench(sub) -> None:
         from autoassist.bench.time_to_accuracy import result_stem, run_cli
 
         _check_bench(args)
-        result = _data_errors_are_usage_errors(run_cli, args, Path(args.out), result_stem(args))
+        result = run_cli(args, Path(args.out), result_stem(args))
         print(json.dumps(result["headline"]), flush=True)
         return 0
 
