@@ -62,17 +62,34 @@ def bench(sub) -> None:
         "Selective-Backprop-style selection on the same budget and seeds; report each method's "
         "wall-clock to the tuned baseline's final accuracy. Writes JSON, PNG and a markdown table.",
     )
+    from autoassist.bench.frontier import add_frontier_arguments
     from autoassist.bench.time_to_accuracy import add_arguments
 
     add_arguments(p)
+    p.add_argument("--frontier", action="store_true",
+                   help="accuracy-cost frontiers instead: every method at several budgets, each "
+                        "run's schedule decayed for its own length; resumable (see "
+                        "benchmarks/frontier.py)")
+    add_frontier_arguments(p)
     p.add_argument("--out", default="autoassist-bench",
-                   help="folder for time_to_accuracy_<task>.json/.png/.md")
+                   help="folder for time_to_accuracy_<task>.json/.png/.md (or frontier_*)")
 
     def run(args):
         import json
 
+        if args.frontier:
+            from autoassist.bench import frontier
+
+            require(args.device == "cpu" and args.limit is None and args.max_extend == 2,
+                    "--device, --limit and --max-extend are not options of --frontier")
+
+            result = frontier.run_cli(args, Path(args.out))
+            print(json.dumps(result.get("headline")), flush=True)
+            return 0
         from autoassist.bench.time_to_accuracy import result_stem, run_cli
 
+        require(args.loop == "sgd" and args.label_noise == 0,
+                "--loop and --label-noise belong to --frontier")
         _check_bench(args)
         result = run_cli(args, Path(args.out), result_stem(args))
         print(json.dumps(result["headline"]), flush=True)
@@ -87,7 +104,7 @@ def _check_bench(args: argparse.Namespace) -> None:
 
     from autoassist.bench.time_to_accuracy import ALL_METHODS
 
-    methods = args.methods.split(",")
+    methods = args.methods.split(",") if args.methods else ["uniform"]
     require(set(methods) <= set(ALL_METHODS) and "uniform" in methods,
              f"--methods must include 'uniform' and come from {','.join(ALL_METHODS)}; got "
              f"{args.methods!r}")
@@ -99,7 +116,7 @@ def _check_bench(args: argparse.Namespace) -> None:
                              "0.05,0.1,0.2") from None
         require(all(lr > 0 for lr in lrs), f"--lrs {args.lrs!r}: learning rates must be > 0")
     positive(args, "seeds", "epochs", "limit", allow_none=True)
-    positive(args, "sweep_seeds", "threads")
+    positive(args, "sweep_seeds", "threads", allow_none=True)
     require(args.max_extend >= 0, f"--max-extend {args.max_extend}: must be >= 0")
     try:
         device = torch.device(args.device)

@@ -58,6 +58,22 @@ def _keel(name: str) -> Callable[[int | None], tuple[Dataset, TestSet]]:
     return load
 
 
+def _adult(limit: int | None):
+    from autoassist.bench.datasets import TensorPairs, load_adult
+
+    x_train, y_train, x_test, y_test = load_adult()
+
+    def pairs(x, y):  # labels {-1, +1} -> classes {0, 1}
+        return TensorPairs(torch.from_numpy(x.astype(np.float32)),
+                           torch.from_numpy((y > 0).astype(np.int64)), ("<=50K", ">50K"))
+
+    train = pairs(x_train, y_train)
+    if limit is not None and limit < len(train):
+        rows = np.sort(np.random.Generator(np.random.PCG64(1)).permutation(len(train))[:limit])
+        train = TensorPairs(train.x[rows], train.y[rows], train.classes)
+    return train, pairs(x_test, y_test).tensors()
+
+
 TASKS: dict[str, Task] = {}
 
 
@@ -87,4 +103,12 @@ register_task(Task(
     load=_keel("magic"), model=lambda: mlp(10, 2, hidden=512, depth=4),
     epochs=30, batch_size=64, lrs=(0.02, 0.05, 0.1), weight_decay=1e-4,
     quick_epochs=10, quick_limit=None, quick_lrs=(0.05, 0.1),
+))
+register_task(Task(
+    name="adult",
+    description="UCI Adult income (32.6k/16.3k, 109 one-hot/standardised features, 2 classes), "
+                "MLP 256x3",
+    load=_adult, model=lambda: mlp(109, 2, hidden=256, depth=3),
+    epochs=12, batch_size=128, lrs=(0.02, 0.05, 0.1), weight_decay=1e-4,
+    quick_epochs=4, quick_limit=None, quick_lrs=(0.05, 0.1),
 ))

@@ -334,9 +334,10 @@ def make_method(name: str, train, batch_size: int, seed: int, epochs: int,
     if name == "uniform_reshuffled":
         return Uniform(*args, order_seed=RESHUFFLE_OFFSET + seed)
     if name == "autoassist":
-        return AutoAssist(*args, settings=settings or AUTOASSIST_SETTINGS)
+        return AutoAssist(*args, settings=AUTOASSIST_SETTINGS if settings is None else settings)
     if name == "random_subset":
-        kept = matched_kept_counts(len(train), epochs, settings or AUTOASSIST_SETTINGS,
+        kept = matched_kept_counts(len(train), epochs,
+                                   AUTOASSIST_SETTINGS if settings is None else settings,
                                    matched_run)
         return RandomSubsetMethod(*args, kept=kept)
     if name == "published":
@@ -351,14 +352,24 @@ def make_method(name: str, train, batch_size: int, seed: int, epochs: int,
 # ------------------------------------------------------------------------------------------------
 # One training run
 # ------------------------------------------------------------------------------------------------
+LOOPS = ("sgd", "adam")  # the two training loops users write most (see run_one)
+
+
 def run_one(task: Task, method: str, train, test, *, seed: int, lr: float, epochs: int,
             progress: bool = True, settings: dict[str, Any] | None = None,
             device: str | torch.device = "cpu", log=print,
-            matched_run: dict[str, Any] | None = None) -> dict[str, Any]:
+            matched_run: dict[str, Any] | None = None, loop: str = "sgd") -> dict[str, Any]:
     """Train ``task.model()`` (initialised from ``seed``) with ``method``; return its record.
 
+    ``loop``: ``"sgd"`` is SGD with Nesterov momentum and a one-cycle schedule decayed for this
+    run's own ``epochs`` (driven by progress, so shrunk epochs still decay fully); ``"adam"`` is
+    Adam at the fixed learning rate ``lr`` with no schedule (the usual first loop).
     On a CUDA ``device`` the clock waits for the GPU at each epoch's end, so seconds are real.
+    The record has wall ``train_seconds`` and this process's ``cpu_seconds`` (cumulative per
+    epoch, setup included); an Assistant's own CPU seconds are in its ``telemetry``.
     """
+    if loop not in LOOPS:
+        raise ValueError(f"loop {loop!r}: choose from {LOOPS}")
     from tqdm.auto import tqdm
 
     device = torch.device(device)
@@ -366,9 +377,13 @@ def run_one(task: Task, method: str, train, test, *, seed: int, lr: float, epoch
         torch.manual_seed(seed)  # so every device starts alike); the global RNG is kept
         model = task.model().to(device)
     test = tuple(t.to(device) for t in test)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True,
-                                weight_decay=task.weight_decay)
+    if loop == "sgd":
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True,
+                                    weight_decay=task.weight_decay)
+    else:
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     curve = Curve(LABELS.get(method, method))
+    cpu_seconds: list[float] = []
     forwarded: list[int] = []
     backpropagated: list[int] = []
     fwd = bwd = 0
@@ -383,8 +398,9 @@ def run_one(task: Task, method: str, train, test, *, seed: int, lr: float, epoch
             torch.cuda.synchronize(device)
 
     def step(loss, progress_now):
-        for group in optimizer.param_groups:
-            group["lr"] = one_cycle_lr(progress_now, lr)
+        if loop == "sgd":
+            for group in optimizer.param_groups:
+                group["lr"] = one_cycle_lr(progress_now, lr)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -409,6 +425,7 @@ def run_one(task: Task, method: str, train, test, *, seed: int, lr: float, epoch
                 step(loss, (epoch + 1.0) / epochs)
             settle()
             seconds = clock.pause()
+            cpu_seconds.append(clock.cpu_total)
             t0 = time.perf_counter()
             acc = evaluate(model, *test)
             curve.eval_seconds += time.perf_counter() - t0
@@ -422,7 +439,8 @@ def run_one(task: Task, method: str, train, test, *, seed: int, lr: float, epoch
         runner.close()
     record = curve.as_dict()
     record.update(method=method, seed=seed, lr=lr, forwarded=forwarded,
-                  backpropagated=backpropagated, setup_seconds=setup_seconds, **info)
+                  backpropagated=backpropagated, setup_seconds=setup_seconds,
+                  cpu_seconds=cpu_seconds, loop=loop, **info)
     return record
 
 
@@ -790,13 +808,15 @@ def add_arguments(p) -> None:
     p.add_argument("--task", default="fashion_mnist", choices=sorted(TASKS))
     p.add_argument("--seeds", type=int, default=None,
                    help="seeds 0..N-1 (default 3, or 1 with --quick)")
-    p.add_argument("--sweep-seeds", type=int, default=1,
-                   help="seeds the uniform LR sweep runs on (default 1: the first)")
+    p.add_argument("--sweep-seeds", type=int, default=None,
+                   help="seeds the uniform LR sweep runs on (default 1: the first; "
+                        "--frontier: 2)")
     p.add_argument("--quick", action="store_true",
                    help="a few-minute version: fewer epochs, a slice of the data, 1 seed")
-    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated, from "
+    p.add_argument("--methods", default=None, help="comma-separated, from "
                    f"{','.join(ALL_METHODS)} (default: all but the opt-in {','.join(CONTROLS)})")
-    p.add_argument("--threads", type=int, default=2, help="torch threads for every method")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads for every method (default 2; --frontier: 1)")
     p.add_argument("--epochs", type=int, default=None, help="override the task's epoch budget")
     p.add_argument("--lrs", default=None, help="override the LR sweep, e.g. 0.05,0.1,0.2")
     p.add_argument("--max-extend", type=int, default=2,
@@ -820,10 +840,11 @@ def run_cli(args, directory: Path, stem: str) -> dict:
     """Run from parsed ``add_arguments`` options; write the outputs; print the table."""
     seeds = args.seeds or (1 if args.quick else 3)
     result = run_benchmark(
-        args.task, seeds=seeds, quick=args.quick, methods=tuple(args.methods.split(",")),
-        threads=args.threads, epochs=args.epochs,
+        args.task, seeds=seeds, quick=args.quick,
+        methods=tuple(args.methods.split(",")) if args.methods else METHODS,
+        threads=args.threads or 2, epochs=args.epochs,
         lrs=tuple(float(v) for v in args.lrs.split(",")) if args.lrs else None,
-        sweep_seeds=min(args.sweep_seeds, seeds), limit=args.limit,
+        sweep_seeds=min(args.sweep_seeds or 1, seeds), limit=args.limit,
         progress=not args.no_progress, device=args.device, max_extend=args.max_extend,
         checkpoint=lambda partial: write_outputs(partial, directory, stem),
     )

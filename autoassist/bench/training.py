@@ -97,18 +97,27 @@ def per_sample_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torc
 
 
 class Stopwatch:
-    """Accumulates time only while running; ``pause()`` around evaluation."""
+    """Accumulates time only while running; ``pause()`` around evaluation.
+
+    Keeps two clocks over the same spans: wall seconds (``total``) and this process's CPU
+    seconds, every thread together (``cpu_total``). The CPU clock barely moves when another
+    program shares the machine, so it is the steadier cost on a noisy host.
+    """
 
     def __init__(self) -> None:
         self.total = 0.0
+        self.cpu_total = 0.0
         self._start: float | None = None
+        self._cpu_start = 0.0
 
     def start(self) -> None:
         self._start = time.perf_counter()
+        self._cpu_start = time.process_time()
 
     def pause(self) -> float:
         if self._start is not None:
             self.total += time.perf_counter() - self._start
+            self.cpu_total += time.process_time() - self._cpu_start
             self._start = None
         return self.total
 

@@ -1,0 +1,640 @@
+"""Accuracy-cost frontiers: every method at several budgets, each with its own decayed schedule.
+
+The question a user asks is not "does the method reach uniform's accuracy on the same epoch
+budget" but "to get the accuracy of my usual run, should I train fewer uniform epochs or wrap
+my loader?". So each method is trained at several epoch counts, every run's schedule decayed
+for its own length, and the final test accuracy is read against the run's cost.
+
+Protocol (``run_frontier``):
+
+- The learning rate is swept for uniform at the full budget ``E`` on a validation split held
+  out of the training set (``VAL_FRACTION``, fixed seed); every method then uses it, and trains
+  on the rest of the training set. Test accuracy is only reported.
+- Budgets: uniform at ``E * {1/3, 2/3, 1, 3/2}`` epochs; a method whose epochs cost about a
+  fraction ``c`` of uniform's runs at those fractions times ``1/c`` (``MULTIPLIERS``), so its
+  costs span about the same range.
+- Seeds are paired: the same initial weights and data order for every method on a seed.
+- Cost: CPU seconds of training, the Boss process's (every thread) plus the Assistant's
+  process's, so the Assistant's work counts as if it ran on the Boss's cores; evaluation is
+  excluded. Wall seconds and backpropagated instances are recorded beside it.
+- Every finished run is stored at once (``runs/<key>.json``) with a fingerprint of the code that
+  trained it; re-running the same command skips runs whose file exists with the same
+  fingerprint, so a long frontier can be completed across sittings.
+
+Readings (``analyse``): the **target** is the best mean accuracy on uniform's frontier, its
+reference cost the mean cost of the uniform budget that reaches it; a method's **saving** is
+``1 - cost(method's mean frontier first reaches the target) / reference``, interpolated linearly
+between budget points, with a 90% bootstrap interval over seeds; "not reached within its largest
+budget" is reported as such (None). **Gain at equal cost**: at each uniform budget point, the
+method's frontier accuracy (interpolated at that cost, per seed) minus uniform's, paired mean and
+standard error over seeds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from autoassist.bench.tasks import Task, get_task
+
+VAL_FRACTION = 0.1
+SPLIT_SEED = 20_261_206
+NOISE_SEED = 7_321
+FRACTIONS = (1 / 3, 2 / 3, 1.0, 3 / 2)
+# epochs per unit of uniform's budget, so each method's costs span about uniform's range
+MULTIPLIERS = {"uniform": 1.0, "autoassist": 2.0, "autoassist_reweight_anneal": 2.0,
+               "published": 2.0, "random_subset": 2.0, "infobatch": 1.5,
+               "selective_backprop": 1.5}
+# frontier method -> (harness method, its autoassist settings): "autoassist" is exactly
+# ``autoassist.wrap(loader)`` with the library's defaults (only the seed is passed)
+VARIANTS: dict[str, tuple[str, dict[str, Any] | None]] = {
+    "autoassist": ("autoassist", {}),
+    "autoassist_reweight_anneal": ("autoassist", None),  # the old harness's AUTOASSIST_SETTINGS
+}
+METHODS = ("uniform", "autoassist", "published", "infobatch", "selective_backprop",
+           "random_subset")
+QUICK_METHODS = ("uniform", "autoassist", "infobatch", "selective_backprop")
+# the full budget E of each task's frontier (uniform's usual run) and the quick one
+FRONTIER_EPOCHS = {"keel_magic": 20, "fashion_mnist": 12, "adult": 12}
+QUICK_EPOCHS = {"keel_magic": 15, "fashion_mnist": 6, "adult": 8}
+BOOTSTRAP = 2000
+# the files whose code decides a run's outcome: a stored run is reused only if they are unchanged
+_TRAINING_CODE = ("bench/time_to_accuracy.py", "bench/tasks.py", "bench/training.py",
+                  "bench/models.py", "bench/datasets.py", "bench/peers")
+
+
+# ------------------------------------------------------------------------------------------------
+# Data: the validation split and label noise
+# ------------------------------------------------------------------------------------------------
+def split_validation(train, fraction: float = VAL_FRACTION, seed: int = SPLIT_SEED):
+    """``(fit, val)``: a fixed random ``fraction`` of ``train`` held out (both ``TensorPairs``)."""
+    from autoassist.bench.datasets import TensorPairs
+
+    if not 0 < fraction < 1:
+        raise ValueError(f"validation fraction {fraction}: must lie in (0, 1)")
+    x, y = train.tensors()
+    order = np.random.Generator(np.random.PCG64(seed)).permutation(len(y))
+    n_val = max(1, round(fraction * len(y)))
+    val, fit = torch.from_numpy(np.sort(order[:n_val])), torch.from_numpy(np.sort(order[n_val:]))
+    classes = getattr(train, "classes", ())
+    return TensorPairs(x[fit], y[fit], classes), TensorPairs(x[val], y[val], classes)
+
+
+def flip_labels(train, fraction: float, seed: int = NOISE_SEED):
+    """A copy of ``train`` with ``fraction`` of its labels moved to another class, chosen and
+    replaced uniformly at random (seeded); ``fraction = 0`` returns ``train`` itself."""
+    from autoassist.bench.datasets import TensorPairs
+
+    if fraction == 0:
+        return train
+    if not 0 < fraction < 1:
+        raise ValueError(f"label noise {fraction}: must lie in [0, 1)")
+    x, y = train.tensors()
+    classes = int(y.max()) + 1
+    rng = np.random.Generator(np.random.PCG64(seed))
+    flip = rng.permutation(len(y))[: round(fraction * len(y))]
+    labels = y.numpy().copy()
+    labels[flip] = (labels[flip] + rng.integers(1, classes, len(flip))) % classes
+    return TensorPairs(x, torch.from_numpy(labels).to(y.dtype), getattr(train, "classes", ()))
+
+
+def budget_epochs(full: int, multiplier: float,
+                  fractions: Sequence[float] = FRACTIONS) -> list[int]:
+    """Epoch counts ``round(full * f * multiplier)`` (at least 1; duplicates removed)."""
+    out: list[int] = []
+    for f in fractions:
+        e = max(1, round(full * f * multiplier))
+        if e not in out:
+            out.append(e)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Resumable storage
+# ------------------------------------------------------------------------------------------------
+def code_fingerprint() -> str:
+    """Hash of the product code (everything under ``autoassist/`` but ``bench/``, plus the
+    kernels and pipelines) and of the harness files that train: runs made by other code are
+    not reused."""
+    package = Path(__file__).resolve().parent.parent
+    import autoassist.kernels
+    import autoassist.pipelines
+
+    roots = [package, Path(autoassist.kernels.__file__).parent,
+             Path(autoassist.pipelines.__file__).parent]
+    files: list[Path] = []
+    for root in roots:
+        for path in sorted(root.rglob("*.py")):
+            rel = path.relative_to(root).as_posix()
+            if root == package and rel.startswith("bench/"):
+                continue
+            files.append(path)
+    for rel in _TRAINING_CODE:
+        target = package / rel
+        files.extend(sorted(target.rglob("*.py")) if target.is_dir() else [target])
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def run_key(task: str, loop: str, noise: float, method: str, epochs: int, seed: int,
+            lr: float, split: str) -> str:
+    return (f"{task}-{loop}-noise{noise:g}-{split}-{method}-e{epochs}-s{seed}-lr{lr:g}")
+
+
+class RunStore:
+    """One JSON file per finished run under ``directory``; a run made by other code is stale."""
+
+    def __init__(self, directory: Path, fingerprint: str):
+        self.directory = Path(directory)
+        self.fingerprint = fingerprint
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        path = self.directory / f"{key}.json"
+        if not path.is_file():
+            return None
+        try:
+            record = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            return None  # a run cut off while writing: run it again
+        return record if record.get("fingerprint") == self.fingerprint else None
+
+    def put(self, key: str, record: dict[str, Any]) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        record = dict(record, fingerprint=self.fingerprint, key=key)
+        tmp = self.directory / f".{key}.tmp"
+        tmp.write_text(json.dumps(record, default=_jsonable) + "\n")
+        tmp.replace(self.directory / f"{key}.json")  # atomic: never half a file
+
+
+def _jsonable(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+# ------------------------------------------------------------------------------------------------
+# Costs and frontiers: pure functions on run records (tested on hand-made ones)
+# ------------------------------------------------------------------------------------------------
+def run_cost(record: dict[str, Any]) -> float:
+    """CPU seconds of training: the Boss process's plus its Assistant's (if any)."""
+    cpu = record["cpu_seconds"][-1] if record.get("cpu_seconds") else record["train_seconds"][-1]
+    telemetry = record.get("telemetry") or []
+    assistant = telemetry[-1].get("assistant_cpu_seconds", 0.0) if telemetry else 0.0
+    return float(cpu) + float(assistant or 0.0)
+
+
+def point(record: dict[str, Any]) -> dict[str, Any]:
+    """A frontier point: one finished run's cost and final test accuracy."""
+    return {"method": record["method"], "epochs": len(record["accuracy"]),
+            "seed": record["seed"], "cost": run_cost(record),
+            "wall": float(record["train_seconds"][-1]), "accuracy": record["accuracy"][-1],
+            "backpropagated": int(record["backpropagated"][-1])}
+
+
+def interpolate_cost(costs: Sequence[float], accs: Sequence[float], target: float) -> float | None:
+    """The cost at which the piecewise-linear frontier (points in budget order) first reaches
+    ``target``: the first point's cost if it already does, None if no point does."""
+    for i, (c, a) in enumerate(zip(costs, accs, strict=True)):
+        if a >= target:
+            if i == 0:
+                return float(c)
+            c0, a0 = costs[i - 1], accs[i - 1]
+            return float(c0 + (c - c0) * (target - a0) / (a - a0))
+    return None
+
+
+def accuracy_at_cost(costs: Sequence[float], accs: Sequence[float], cost: float) -> float | None:
+    """The frontier's accuracy at ``cost``, linear between points in cost order; None outside
+    the measured range (no extrapolation)."""
+    order = np.argsort(costs, kind="stable")
+    c, a = np.asarray(costs, float)[order], np.asarray(accs, float)[order]
+    if len(c) == 0 or cost < c[0] - 1e-12 or cost > c[-1] + 1e-12:
+        return None
+    return float(np.interp(cost, c, a))
+
+
+def _table(points: list[dict[str, Any]], method: str, seeds: Sequence[int]) -> np.ndarray | None:
+    """``[budgets, seeds, 2]`` of (cost, accuracy), budgets in epoch order; None if incomplete."""
+    mine = [p for p in points if p["method"] == method]
+    budgets = sorted({p["epochs"] for p in mine})
+    if not budgets:
+        return None
+    out = np.full((len(budgets), len(seeds), 2), np.nan)
+    for p in mine:
+        if p["seed"] in seeds:
+            out[budgets.index(p["epochs"]), list(seeds).index(p["seed"])] = (p["cost"],
+                                                                            p["accuracy"])
+    return None if np.isnan(out).any() else out
+
+
+def _saving(uniform: np.ndarray, method: np.ndarray, cols) -> tuple[float | None, float, float]:
+    """(saving, target, reference cost) of the mean frontiers over seed columns ``cols``."""
+    u = uniform[:, cols].mean(axis=1)
+    m = method[:, cols].mean(axis=1)
+    best = int(np.argmax(u[:, 1]))
+    target, reference = float(u[best, 1]), float(u[best, 0])
+    reached = interpolate_cost(m[:, 0], m[:, 1], target)
+    return (None if reached is None else 1.0 - reached / reference), target, reference
+
+
+def analyse(points: list[dict[str, Any]], seeds: Sequence[int], *, bootstrap: int = BOOTSTRAP,
+            rng_seed: int = 0, equal_cost_budget: int | None = None) -> dict[str, Any]:
+    """Target, reference cost, each method's saving (with a 90% seed-bootstrap interval) and its
+    gain at equal cost at each of uniform's budgets. ``equal_cost_budget``: the uniform epoch
+    count whose gain is the headline ``gain_equal_time`` (default: the second budget, ⅔ E)."""
+    seeds = list(seeds)
+    uniform = _table(points, "uniform", seeds)
+    if uniform is None:
+        raise ValueError("uniform's frontier is incomplete: every budget needs every seed")
+    u_budgets = sorted({p["epochs"] for p in points if p["method"] == "uniform"})
+    cols_all = np.arange(len(seeds))
+    u_mean = uniform.mean(axis=1)
+    best = int(np.argmax(u_mean[:, 1]))
+    out: dict[str, Any] = {
+        "target": float(u_mean[best, 1]), "reference_cost": float(u_mean[best, 0]),
+        "reference_epochs": u_budgets[best], "seeds": seeds, "methods": {},
+    }
+    rng = np.random.Generator(np.random.PCG64(rng_seed))
+    resamples = [rng.integers(0, len(seeds), len(seeds)) for _ in range(bootstrap)]
+    for method in sorted({p["method"] for p in points}):
+        table = _table(points, method, seeds)
+        budgets = sorted({p["epochs"] for p in points if p["method"] == method})
+        entry: dict[str, Any] = {"budgets": budgets, "complete": table is not None}
+        if table is None:
+            out["methods"][method] = entry
+            continue
+        mean = table.mean(axis=1)
+        entry["mean_cost"] = mean[:, 0].tolist()
+        entry["mean_accuracy"] = mean[:, 1].tolist()
+        entry["se_accuracy"] = (table[:, :, 1].std(axis=1, ddof=1) / math.sqrt(len(seeds))
+                                ).tolist() if len(seeds) > 1 else None
+        entry["best_accuracy"] = float(mean[:, 1].max())
+        saving, _, _ = _saving(uniform, table, cols_all)
+        entry["saving"] = saving
+        boots = [_saving(uniform, table, cols)[0] for cols in resamples]
+        vals = np.array([-np.inf if b is None else b for b in boots])
+        entry["reached_fraction"] = float(np.isfinite(vals).mean())
+        with np.errstate(invalid="ignore"):  # -inf (not reached) sorts first, as it should
+            low, high = np.quantile(vals, [0.05, 0.95], method="lower") if len(vals) \
+                else (np.nan, np.nan)
+        entry["saving_ci"] = [None if not np.isfinite(low) else float(low),
+                              None if not np.isfinite(high) else float(high)]
+        gains = {}
+        for b, budget in enumerate(u_budgets):
+            diffs = []
+            for s in range(len(seeds)):
+                acc = accuracy_at_cost(table[:, s, 0], table[:, s, 1], uniform[b, s, 0])
+                if acc is not None:
+                    diffs.append(acc - uniform[b, s, 1])
+            gains[str(budget)] = {
+                "uniform_cost": float(u_mean[b, 0]),
+                "n": len(diffs),
+                "mean": statistics.fmean(diffs) if len(diffs) == len(seeds) else None,
+                "se": (statistics.stdev(diffs) / math.sqrt(len(diffs))
+                       if len(diffs) == len(seeds) and len(diffs) > 1 else None),
+            }
+        entry["gain_equal_cost"] = gains
+        out["methods"][method] = entry
+    headline_budget = equal_cost_budget or (u_budgets[1] if len(u_budgets) > 1 else u_budgets[0])
+    out["equal_cost_budget"] = headline_budget
+    return out
+
+
+def headline(task: str, analysis: dict[str, Any]) -> dict[str, Any]:
+    """The last stdout line: savings per method, the interval's low end, the equal-cost gain."""
+    methods = analysis["methods"]
+
+    def get(method: str, key: str):
+        return methods.get(method, {}).get(key)
+
+    aa = methods.get("autoassist", {})
+    gain = (aa.get("gain_equal_cost") or {}).get(str(analysis["equal_cost_budget"]), {})
+    best_u = get("uniform", "best_accuracy")
+    best_a = get("autoassist", "best_accuracy")
+    return {
+        "task": task,
+        "saving": get("autoassist", "saving"),
+        "saving_ci_low": (aa.get("saving_ci") or [None])[0],
+        "saving_infobatch": get("infobatch", "saving"),
+        "saving_sb": get("selective_backprop", "saving"),
+        "saving_published": get("published", "saving"),
+        "saving_random": get("random_subset", "saving"),
+        "gain_equal_time": gain.get("mean"),
+        "gain_equal_time_se": gain.get("se"),
+        "best_gap": None if best_u is None or best_a is None else best_a - best_u,
+        "target": analysis["target"],
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# Outputs
+# ------------------------------------------------------------------------------------------------
+def _fmt(v, spec=".1%"):
+    return "n/a" if v is None else format(v, spec)
+
+
+def markdown(task: Task, result: dict[str, Any]) -> str:
+    a = result["analysis"]
+    lines = [
+        f"### {task.name}: accuracy-cost frontiers ({result['loop']} loop"
+        + (f", {result['label_noise']:.0%} flipped labels" if result["label_noise"] else "")
+        + f", E = {result['epochs']}, LR {result['lr']:g} chosen on a validation split, "
+        f"seeds {len(a['seeds'])})",
+        "",
+        f"Target: uniform's best mean test accuracy **{a['target']:.4f}** (at "
+        f"{a['reference_epochs']} epochs, {a['reference_cost']:.1f} CPU s). Cost: CPU seconds "
+        "of training, Boss + Assistant.",
+        "",
+        "| method | epochs | mean CPU s | mean test acc | saving [90% CI] | gain at ⅔E cost |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for method, m in a["methods"].items():
+        if not m.get("complete"):
+            lines.append(f"| {method} | {m['budgets']} | incomplete | | | |")
+            continue
+        ci = m["saving_ci"]
+        saving = ("not reached" if m["saving"] is None else
+                  f"{m['saving']:.1%} [{_fmt(ci[0])}, {_fmt(ci[1])}]")
+        gain = m["gain_equal_cost"].get(str(a["equal_cost_budget"]), {})
+        g = ("n/a" if gain.get("mean") is None else
+             f"{gain['mean']:+.4f} ± {gain['se'] or 0:.4f}")
+        lines.append(
+            f"| {method} | {','.join(map(str, m['budgets']))} | "
+            f"{', '.join(f'{c:.0f}' for c in m['mean_cost'])} | "
+            f"{', '.join(f'{x:.4f}' for x in m['mean_accuracy'])} | {saving} | {g} |")
+    lines += ["", "Saving: 1 - cost for the method's mean frontier to first reach the target / "
+              "uniform's reference cost (linear between budgets; 'not reached' within the "
+              "largest budget is never a number). Interval: 90% bootstrap over seeds."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(task: Task, points: list[dict[str, Any]], result: dict[str, Any],
+         path: Path) -> Path | None:
+    from autoassist.plotting import subplots
+
+    made = subplots(figsize=(7, 4.5))
+    if made is None:
+        return None
+    fig, ax = made
+    a = result["analysis"]
+    for method, m in a["methods"].items():
+        if not m.get("complete"):
+            continue
+        cost, acc = np.array(m["mean_cost"]), np.array(m["mean_accuracy"])
+        (line,) = ax.plot(cost, acc, marker="o", label=method)
+        if m.get("se_accuracy"):
+            se = np.array(m["se_accuracy"])
+            ax.fill_between(cost, acc - se, acc + se, color=line.get_color(), alpha=0.15)
+        for p in points:
+            if p["method"] == method:
+                ax.plot(p["cost"], p["accuracy"], ".", color=line.get_color(), alpha=0.35)
+    ax.axhline(a["target"], color="gray", lw=0.8, ls="--", label="target (uniform's best)")
+    ax.set_xlabel("training cost (CPU seconds, Boss + Assistant)")
+    ax.set_ylabel("final test accuracy")
+    ax.set_title(f"{task.name}: accuracy vs cost, each run's schedule decayed for its budget",
+                 fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# The whole frontier
+# ------------------------------------------------------------------------------------------------
+def run_frontier(task_name: str, *, out: Path, seeds: int = 5, quick: bool = False,
+                 methods: Sequence[str] | None = None, loop: str = "sgd",
+                 label_noise: float = 0.0, epochs: int | None = None,
+                 lrs: Sequence[float] | None = None, sweep_seeds: int = 2, threads: int = 1,
+                 fractions: Sequence[float] = FRACTIONS, progress: bool = True,
+                 log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Sweep uniform's LR on the validation split, then train every (method, budget, seed) not
+    stored yet, writing the outputs after each run; return the full record."""
+    from autoassist.bench.provenance import git_commit, machine_info, thread_info
+    from autoassist.bench.time_to_accuracy import (
+        LOOPS,
+        _warm_up,
+        pick_learning_rate,
+        run_one,
+    )
+
+    task = get_task(task_name)
+    methods = tuple(methods or (QUICK_METHODS if quick else METHODS))
+    unknown = [m for m in methods if m not in MULTIPLIERS]
+    if unknown or "uniform" not in methods:
+        raise ValueError(f"methods must include 'uniform' and come from "
+                         f"{tuple(MULTIPLIERS)}; got {methods}")
+    if "random_subset" in methods and (
+            "autoassist" not in methods
+            or methods.index("autoassist") > methods.index("random_subset")):
+        raise ValueError("random_subset matches autoassist's kept counts: list 'autoassist' "
+                         "before it")
+    if loop not in LOOPS:
+        raise ValueError(f"loop {loop!r}: choose from {LOOPS}")
+    full = epochs or (QUICK_EPOCHS if quick else FRONTIER_EPOCHS).get(task.name, task.epochs)
+    sweep = tuple(lrs or (ADAM_LRS if loop == "adam" else task.lrs))
+    out = Path(out)
+    stem = f"frontier_{task.name}" + ("" if loop == "sgd" else f"_{loop}") + (
+        f"_noise{label_noise:g}" if label_noise else "") + ("_quick" if quick else "")
+    store = RunStore(out / "frontier_runs", code_fingerprint())
+    commit = git_commit()
+    started = time.perf_counter()
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        train, test = task.load(None)
+        fit, val = split_validation(flip_labels(train, label_noise))
+        val_set = val.tensors()
+        _warm_up(task, fit)
+        log(f"{task.name}: {len(fit)} train / {len(val)} validation / {len(test[1])} test; "
+            f"E = {full} epochs, {loop} loop, label noise {label_noise:g}, seeds {seeds}, "
+            f"{threads} torch threads")
+
+        def get_run(method, e, seed, lr, split, matched=None):
+            key = run_key(task.name, loop, label_noise, method, e, seed, lr, split)
+            record = store.get(key)
+            if record is None:
+                base, settings = VARIANTS.get(method, (method, None))
+                record = run_one(task, base, fit, val_set if split == "val" else test,
+                                 seed=seed, lr=lr, epochs=e, progress=progress, log=log,
+                                 matched_run=matched, loop=loop, settings=settings)
+                record.update(method=method, commit=commit)
+                store.put(key, record)
+            return record
+
+        # 1. the learning rate, for uniform at the full budget, on the validation split
+        finals: dict[float, list[float]] = {}
+        pending = list(sweep)
+        while pending:
+            for lr in pending:
+                for seed in range(min(sweep_seeds, seeds)):
+                    finals.setdefault(lr, []).append(
+                        get_run("uniform", full, seed, lr, "val")["accuracy"][-1])
+            lr, beyond = pick_learning_rate(finals)
+            pending = [beyond] if beyond is not None and len(finals) < len(sweep) + 2 else []
+        log(f"learning rate {lr:g} (validation accuracy "
+            f"{ {k: round(statistics.fmean(v), 4) for k, v in sorted(finals.items())} })")
+
+        # 2. the frontiers, written after every run
+        plan = [(m, e) for m in methods for e in budget_epochs(full, MULTIPLIERS[m], fractions)]
+        points: list[dict[str, Any]] = []
+        result: dict[str, Any] = {}
+
+        def write():
+            nonlocal result
+            done_seeds = [s for s in range(seeds)
+                          if all(any(p["method"] == m and p["epochs"] == e and p["seed"] == s
+                                     for p in points) for m, e in plan)]
+            analysis = analyse(points, done_seeds) if len(done_seeds) >= 1 else None
+            result = {
+                "task": {"name": task.name, "description": task.description,
+                         "train_instances": len(fit), "validation_instances": len(val),
+                         "test_instances": len(test[1]), "batch_size": task.batch_size,
+                         "weight_decay": task.weight_decay},
+                "loop": loop, "label_noise": label_noise, "epochs": full, "lr": lr,
+                "lr_sweep": {str(k): v for k, v in sorted(finals.items())},
+                "budgets": {m: budget_epochs(full, MULTIPLIERS[m], fractions) for m in methods},
+                "cost": "CPU seconds of training: Boss process (all threads) + Assistant process",
+                "settings": _method_settings(),
+                "points": points, "analysis": analysis,
+                "headline": None if analysis is None else headline(task.name, analysis),
+                "seeds": seeds, "seeds_done": len(done_seeds), "quick": quick,
+                "commit": commit, "run_commits": sorted({r.get("commit") or "?" for r in
+                                                         runs}),
+                "fingerprint": store.fingerprint, "machine": machine_info(),
+                "threads": dict(thread_info(), torch_threads=threads),
+                "wall_seconds": time.perf_counter() - started,
+                "partial": len(done_seeds) < seeds,
+            }
+            write_outputs(task, result, out, stem)
+
+        runs: list[dict[str, Any]] = []
+        for seed in range(seeds):
+            for method, e in plan:
+                matched = next((r for r in runs if r["method"] == "autoassist"
+                                and r["seed"] == seed and len(r["accuracy"]) == e), None)
+                runs.append(get_run(method, e, seed, lr, "test", matched))
+                points.append(point(runs[-1]))
+            write()
+    finally:
+        torch.set_num_threads(previous_threads)
+    return result
+
+
+ADAM_LRS = (3e-4, 1e-3, 3e-3)
+
+
+def _method_settings() -> dict[str, Any]:
+    from autoassist.bench.time_to_accuracy import AUTOASSIST_SETTINGS, PUBLISHED_SETTINGS
+    from autoassist.config import ShrinkConfig
+
+    return {"autoassist": ShrinkConfig().to_dict(),
+            "autoassist_reweight_anneal": AUTOASSIST_SETTINGS, "published": PUBLISHED_SETTINGS,
+            "infobatch": {"ratio": 0.5, "delta": 0.875},
+            "selective_backprop": {"beta": 3.0, "history": 1024, "warmup_epochs": 1},
+            "random_subset": "autoassist's per-epoch kept counts at the same budget and seed"}
+
+
+def write_outputs(task: Task, result: dict[str, Any], directory: Path, stem: str) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    if result["analysis"] is not None:
+        result["table"] = markdown(task, result)
+        if result["partial"]:
+            result["table"] += (f"\nPARTIAL: {result['seeds_done']} of {result['seeds']} seeds "
+                                "so far; re-run the same command to continue.\n")
+        (directory / f"{stem}.md").write_text(result["table"])
+        png = plot(task, result["points"], result, directory / f"{stem}.png")
+        result["png"] = None if png is None else png.name
+    (directory / f"{stem}.json").write_text(json.dumps(result, indent=2, default=_jsonable) + "\n")
+
+
+# ------------------------------------------------------------------------------------------------
+# Command line (``autoassist bench --frontier`` and ``python -m benchmarks.frontier``)
+# ------------------------------------------------------------------------------------------------
+def add_frontier_arguments(p) -> None:
+    """The options only the frontier has (``autoassist bench --frontier`` adds them too)."""
+    p.add_argument("--loop", default="sgd", choices=("sgd", "adam"),
+                   help="frontier: sgd = one-cycle decayed for each run's budget; adam = "
+                        "fixed LR, no schedule")
+    p.add_argument("--label-noise", type=float, default=0.0,
+                   help="frontier: flip this fraction of training labels to another class "
+                        "(seeded; test labels untouched)")
+
+
+def add_arguments(p) -> None:
+    from autoassist.bench.tasks import TASKS
+
+    p.add_argument("--task", default="keel_magic", choices=sorted(TASKS))
+    p.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default 5; 3 quick)")
+    p.add_argument("--quick", action="store_true",
+                   help="E=15 epochs on magic, 3 seeds, uniform/autoassist/InfoBatch/SB")
+    p.add_argument("--methods", default=None,
+                   help=f"comma-separated, from {','.join(MULTIPLIERS)} (default: "
+                        f"{','.join(METHODS)}; quick: {','.join(QUICK_METHODS)})")
+    add_frontier_arguments(p)
+    p.add_argument("--epochs", type=int, default=None, help="the full budget E")
+    p.add_argument("--lrs", default=None, help="uniform's LR sweep, e.g. 0.05,0.1,0.2")
+    p.add_argument("--sweep-seeds", type=int, default=None, help="default 2")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default 1)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def check_arguments(args) -> None:
+    """Bad options as one-line ``UsageError``s, before anything is loaded or trained."""
+    from autoassist.errors import UsageError
+
+    def fail(message):
+        raise UsageError(message)
+
+    if args.methods:
+        methods = args.methods.split(",")
+        if not set(methods) <= set(MULTIPLIERS) or "uniform" not in methods:
+            fail(f"--methods {args.methods!r}: must include 'uniform' and come from "
+                 f"{','.join(MULTIPLIERS)}")
+        if "random_subset" in methods and ("autoassist" not in methods or methods.index(
+                "autoassist") > methods.index("random_subset")):
+            fail("--methods: random_subset matches autoassist's kept counts; list "
+                 "'autoassist' before it")
+    if not 0 <= args.label_noise < 1:
+        fail(f"--label-noise {args.label_noise}: must lie in [0, 1)")
+    for name in ("seeds", "epochs", "sweep_seeds", "threads"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            fail(f"--{name.replace('_', '-')} {value}: must be >= 1")
+    if args.lrs:
+        try:
+            lrs = [float(v) for v in args.lrs.split(",")]
+        except ValueError:
+            fail(f"--lrs {args.lrs!r}: comma-separated numbers, e.g. 0.05,0.1,0.2")
+        if not all(lr > 0 for lr in lrs):
+            fail(f"--lrs {args.lrs!r}: learning rates must be > 0")
+
+
+def run_cli(args, directory: Path) -> dict[str, Any]:
+    check_arguments(args)
+    seeds = args.seeds or (3 if args.quick else 5)
+    result = run_frontier(
+        args.task, out=directory, seeds=seeds, quick=args.quick,
+        methods=tuple(args.methods.split(",")) if args.methods else None, loop=args.loop,
+        label_noise=args.label_noise, epochs=args.epochs,
+        lrs=tuple(float(v) for v in args.lrs.split(",")) if args.lrs else None,
+        sweep_seeds=args.sweep_seeds or 2, threads=args.threads or 1,
+        progress=not args.no_progress)
+    if result.get("table"):
+        print()
+        print(result["table"])
+    return result
