@@ -15,8 +15,25 @@ _EPS = 1e-8
 _CLIP = 6.0
 
 
+def relative_loss(last: np.ndarray, mean: float) -> np.ndarray:
+    """How far each loss lies above the running mean: finite and non-decreasing in the loss for
+    every finite real input, clipped to ``[-6, 6]``."""
+    last = last.astype(np.float64)
+    if mean > 0:  # the usual case (non-negative losses): the log ratio; a loss <= 0 is the floor
+        out = np.log((np.maximum(last, 0.0) + _EPS) / (mean + _EPS))
+    else:  # a mean <= 0 (losses that go negative): a scale-free signed distance
+        out = np.arcsinh((last - mean) / (abs(mean) + _EPS))
+    return np.clip(out, -_CLIP, _CLIP)
+
+
 class LossMemory:
-    """``[seen, clip(log(last loss / running mean loss))]`` per instance."""
+    """``[seen, relative last loss]`` per instance.
+
+    The relative loss is ``log(last / mean)`` while the running mean is positive (cross-entropy
+    and other non-negative losses), else ``asinh((last - mean) / |mean|)``: any real-valued loss
+    (Gaussian NLL, contrastive, regression) gives a finite feature, 0 at the mean and rising
+    with the loss either way (``relative_loss``).
+    """
 
     dim = 2
 
@@ -30,8 +47,7 @@ class LossMemory:
         if not np.isfinite(mean):
             return out
         out[:, 0] = seen
-        ratio = np.log((last.astype(np.float64) + _EPS) / (max(mean, 0.0) + _EPS))
-        out[:, 1] = np.where(seen.astype(bool), np.clip(ratio, -_CLIP, _CLIP), 0.0)
+        out[:, 1] = np.where(seen.astype(bool), relative_loss(last, mean), 0.0)
         return out
 
     def update(self, ids: np.ndarray, losses: np.ndarray) -> None:

@@ -103,6 +103,7 @@ class AssistantProcess:
         self._last_model_state: dict | None = None
         self._token = 0
         self.cpu_seconds_before_restart = 0.0
+        self._bad_scores_seen = 0
         self.failed = False
 
     # -- life cycle -----------------------------------------------------------------------------
@@ -149,7 +150,19 @@ class AssistantProcess:
         return None if self._proc is None else self._proc.pid
 
     def check(self) -> bool:
-        """Restart a dead Assistant (bounded); returns whether an Assistant is running."""
+        """Restart a dead Assistant (bounded); returns whether an Assistant is running.
+
+        Also says, once per occurrence, that the Assistant withheld a non-finite scoring."""
+        bad = self.state.bad_scores
+        if bad > self._bad_scores_seen:
+            self._bad_scores_seen = bad
+            warnings.warn(
+                f"autoassist: the Assistant's model gave non-finite scores ({bad} time(s) so "
+                "far); they were not published, its learner was started afresh, and selection "
+                "uses the last good scores meanwhile. Check the features (NaN/inf or huge "
+                "values) or lower assistant_lr.",
+                RuntimeWarning, stacklevel=3,
+            )
         if self.alive:
             return True
         if self._proc is None or self.failed:
@@ -323,4 +336,5 @@ class AssistantProcess:
             "dropped_instances": self.dropped_instances,
             "backlog_instances": self._backlog_instances,
             "score_version": s.version,
+            "assistant_bad_scores": s.bad_scores,
         }

@@ -108,7 +108,7 @@ class AssistantSettings:
 # 8-byte header cells: int64 counters, then float64 values (the same cells viewed as float64)
 _VERSION, _PROCESSED, _TRAINED, _PUBLISHED_EPOCH = 0, 1, 2, 3
 _ACCURACY, _CPU_SECONDS, _LOSS_MEAN, _TRAIN_SECONDS = 4, 5, 6, 7
-_SEQ = 8
+_SEQ, _BAD_SCORES = 8, 9
 _HEADER_CELLS = 16
 _INT, _FLOAT = "_header", "_fheader"  # the two views of the header
 
@@ -172,6 +172,8 @@ class SharedState:
     trained = _cell(_INT, _TRAINED, int, "instances the Assistant trained on (with features)")
     published_epoch = _cell(_INT, _PUBLISHED_EPOCH, int, "epoch of the last ScoreRequest")
     seq = _cell(_INT, _SEQ, int, "the scores' seqlock count (odd while the Assistant writes)")
+    bad_scores = _cell(_INT, _BAD_SCORES, int, "scorings withheld because the model's output "
+                       "was not finite (the Assistant then starts its learner afresh)")
     accuracy = _cell(_FLOAT, _ACCURACY, float, "the Assistant's running accuracy")
     loss_mean = _cell(_FLOAT, _LOSS_MEAN, float, "the running mean loss: 'informative' above")
     cpu_seconds = _cell(_FLOAT, _CPU_SECONDS, float, "the Assistant process's CPU time")

@@ -67,7 +67,9 @@ class _Worker:
         n = state.num_instances
         self.memory = LossMemory(n) if settings.loss_history else None
         dim = state.feature_dim + (LossMemory.dim if self.memory is not None else 0)
-        self.model = make_assistant_model(settings.kind, dim, settings.lr, settings.seed)
+        self._new_model = lambda: make_assistant_model(settings.kind, dim, settings.lr,
+                                                       settings.seed)
+        self.model = self._new_model()
         self.mean, self.accuracy = state.loss_mean, state.accuracy
         if model_state is not None:
             self.model.load_state_dict(model_state["model"])
@@ -97,8 +99,16 @@ class _Worker:
         return scores
 
     def publish(self, epoch: int = -1) -> None:
-        self.state.publish(self._score_all(), epoch=epoch)
+        """Publish fresh scores, never non-finite ones: a learner whose output went bad is
+        counted (``bad_scores``: the Boss warns and keeps selecting from the last good scores)
+        and started afresh, so the next scoring comes from a sane model."""
+        scores = self._score_all()
         self.fresh = 0
+        if not np.isfinite(scores).all():
+            self.state.bad_scores = self.state.bad_scores + 1
+            self.model = self._new_model()
+            return
+        self.state.publish(scores, epoch=epoch)
 
     def write_cells(self) -> None:
         s = self.state

@@ -1,0 +1,110 @@
+"""Faults and misuse: each case runs under a deadline, so a hang fails the test instead of
+stalling CI, and each asserts what the user sees (a clear error, a warning, or correct work)."""
+
+from __future__ import annotations
+
+import signal
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+import autoassist
+from autoassist.assistant.loss_memory import LossMemory, relative_loss
+
+DEADLINE_SECONDS = 180
+
+
+@pytest.fixture(autouse=True)
+def deadline():
+    """Fail (with the stack) instead of hanging past ``DEADLINE_SECONDS``."""
+    def expired(signum, frame):
+        raise TimeoutError(f"test exceeded its {DEADLINE_SECONDS} s deadline (a hang?)")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(DEADLINE_SECONDS)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _magic(limit=1200):
+    from autoassist.bench.tasks import get_task
+
+    train, _ = get_task("keel_magic").load(limit)
+    return train
+
+
+# -- 1. any real-valued loss; a non-finite scoring is never published --------------------------
+def test_relative_loss_is_finite_for_any_real_loss_and_unchanged_for_positive_ones():
+    last = np.array([-3.0, -0.01, 0.0, 0.5, 2.0, 1e30, -1e30], np.float32)
+    for mean in (-2.0, -1e-9, 0.0, 0.7, 1e6):
+        out = relative_loss(last, mean)
+        assert np.isfinite(out).all() and (np.abs(out) <= 6).all()
+        assert np.all(np.diff(relative_loss(np.sort(last), mean)) >= 0)  # monotone in the loss
+    positive = np.array([0.1, 0.7, 3.0], np.float32)
+    np.testing.assert_allclose(relative_loss(positive, 0.7),
+                               np.log((positive.astype(np.float64) + 1e-8) / (0.7 + 1e-8)))
+    memory = LossMemory(3)
+    memory.update(np.array([0, 1]), np.array([-5.0, -0.01], np.float32))
+    feats = memory.features(np.arange(3), -1.0)
+    assert np.isfinite(feats).all() and feats[2].tolist() == [0.0, 0.0]
+
+
+def test_negative_losses_keep_shrinking_with_finite_scores():
+    """Gaussian-NLL-like losses below zero: the Assistant still learns and selection shrinks."""
+    train = _magic()
+    torch.manual_seed(0)
+    model = torch.nn.Linear(10, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    loader = autoassist.wrap(DataLoader(train, batch_size=64, shuffle=True), sync=True, seed=1)
+    with loader, warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no NaN warning, no withheld scores
+        for epoch in range(4):
+            loader.set_epoch(epoch)
+            for x, y in loader:
+                per_sample = F.cross_entropy(model(x), y, reduction="none") - 3.0
+                assert (per_sample < 0).all()
+                opt.zero_grad()
+                loader.report(per_sample).backward()
+                opt.step()
+        scores, version = loader.engine.state.snapshot()
+        tele = loader.telemetry
+    assert version >= 3 and np.isfinite(scores).all()
+    assert tele[-1]["assistant_bad_scores"] == 0
+    assert tele[-1]["kept_fraction"] < 0.95  # shrinking, not stuck keeping everything
+
+
+def test_a_non_finite_scoring_is_withheld_the_learner_restarts_and_the_boss_is_told():
+    from autoassist.assistant.process import AssistantProcess
+    from autoassist.assistant.protocol import AssistantSettings, SharedState
+    from autoassist.assistant.worker import _Worker
+    from autoassist.config import ShrinkConfig
+
+    state = SharedState(50, 4)
+    try:
+        state.features[:] = np.random.default_rng(0).normal(size=(50, 4))
+        state.have[:] = 1
+        settings = AssistantSettings.from_config(ShrinkConfig(sync=True, loss_history=False))
+        worker = _Worker(state, settings, None, outbox=None)
+        worker.model.w[:] = np.nan  # a learner that diverged
+        worker.publish(epoch=0)
+        assert state.version == 0 and state.bad_scores == 1  # nothing published
+        assert np.isfinite(worker.model.w).all()  # started afresh
+        worker.publish(epoch=1)
+        scores, version = state.snapshot()
+        assert version == 1 and np.isfinite(scores).all()
+        handle = AssistantProcess(state, settings, queue_size=4, max_restarts=0)
+        with pytest.warns(RuntimeWarning, match="non-finite scores"):
+            handle.check()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            handle.check()  # told once per occurrence, not every epoch
+        assert handle.telemetry()["assistant_bad_scores"] == 1
+    finally:
+        state.close()
