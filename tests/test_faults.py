@@ -108,3 +108,75 @@ def test_a_non_finite_scoring_is_withheld_the_learner_restarts_and_the_boss_is_t
         assert handle.telemetry()["assistant_bad_scores"] == 1
     finally:
         state.close()
+
+
+# -- 2. a frozen Assistant: training goes on, checkpoints say so, close and exit never hang -----
+def _train_epochs(loader, model, opt, epochs):
+    for epoch in epochs:
+        loader.set_epoch(epoch)
+        for x, y in loader:
+            opt.zero_grad()
+            loader.report(F.cross_entropy(model(x), y, reduction="none")).backward()
+            opt.step()
+
+
+def _gone(pid: int) -> bool:
+    import os
+
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] in ("Z", "X")  # a zombie is dead
+    except FileNotFoundError:
+        return not os.path.exists(f"/proc/{pid}")
+
+
+def test_frozen_assistant_checkpoint_close_and_process_state():
+    import os
+
+    train = _magic(2000)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(10, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    loader = autoassist.wrap(DataLoader(train, batch_size=32, shuffle=True), seed=2,
+                             queue_size=2, send_every=1)
+    try:
+        _train_epochs(loader, model, opt, [0])
+        handle = loader.engine.assistant
+        pid = handle.pid
+        os.kill(pid, signal.SIGSTOP)  # frozen from here on, whatever its speed
+        handle.state_timeout = 1.0
+        _train_epochs(loader, model, opt, [1, 2])  # the Boss goes on; messages wait, held
+        assert handle.backlog_instances > 0
+        with pytest.warns(RuntimeWarning, match="did not answer"):
+            state = loader.state_dict()
+        assert state["engine"]["assistant_current"] is False
+        loader.close()
+        assert _gone(pid), "close() left the frozen Assistant behind"
+    finally:
+        loader.close()
+
+
+def test_interpreter_exit_with_a_frozen_assistant_does_not_hang(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "frozen.py"
+    script.write_text(
+        "import os, signal, torch, torch.nn.functional as F\n"
+        "from torch.utils.data import DataLoader, TensorDataset\n"
+        "import autoassist\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "x, y = torch.randn(512, 6, generator=g), torch.randint(0, 2, (512,), generator=g)\n"
+        "loader = autoassist.wrap(DataLoader(TensorDataset(x, y), batch_size=32), seed=0)\n"
+        "model = torch.nn.Linear(6, 2)\n"
+        "for b in loader:\n"
+        "    loader.report(F.cross_entropy(model(b[0]), b[1], reduction='none'))\n"
+        "pid = loader.engine.assistant.pid\n"
+        "os.kill(pid, signal.SIGSTOP)\n"
+        "print(pid, flush=True)\n"  # exits with the loader open and its Assistant frozen
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=60)  # a hang fails here
+    assert done.returncode == 0, done.stderr
+    pid = int(done.stdout.split()[-1])
+    assert _gone(pid), "the frozen Assistant outlived the interpreter"

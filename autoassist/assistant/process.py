@@ -19,13 +19,17 @@ doing that.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import multiprocessing as mp
+import os
 import queue
+import signal
 import sys
 import threading
 import time
 import warnings
+import weakref
 from collections import deque
 from typing import Any
 
@@ -69,6 +73,27 @@ def _main_module_hidden():
         finally:
             main.__dict__.pop("__spec__", None)
             main.__dict__.update(saved)
+
+
+_LIVE: weakref.WeakSet[AssistantProcess] = weakref.WeakSet()
+_AT_EXIT_REGISTERED = False
+
+
+def _stop_at_exit(handle: AssistantProcess) -> None:
+    """Stop still-running Assistants when the interpreter exits, before multiprocessing's own
+    exit hook (registered earlier, so run later) joins its children without a deadline: a
+    frozen Assistant would hang the exit there."""
+    global _AT_EXIT_REGISTERED
+    _LIVE.add(handle)
+    if not _AT_EXIT_REGISTERED:
+        _AT_EXIT_REGISTERED = True
+        atexit.register(_stop_all)
+
+
+def _stop_all() -> None:
+    for handle in list(_LIVE):
+        with contextlib.suppress(Exception):
+            handle.stop(timeout=1.0)
 
 
 class AssistantProcess:
@@ -140,6 +165,7 @@ class AssistantProcess:
         )
         with _main_module_hidden():
             self._proc.start()
+        _stop_at_exit(self)
 
     @property
     def alive(self) -> bool:
@@ -190,19 +216,29 @@ class AssistantProcess:
         return True
 
     def stop(self, timeout: float = 5.0) -> None:
-        if self._proc is None:
+        """Stop the process: a ``Stop`` message, then (after ``timeout`` seconds) SIGTERM, then
+        SIGKILL. A frozen process (SIGSTOPped, stuck in a library call) is killed, never left
+        behind; the whole stop takes at most about ``timeout + 2`` seconds."""
+        proc = self._proc
+        if proc is None:
             return
-        if self._proc.is_alive():
+        if proc.is_alive():
             try:
-                self._inbox.put(Stop(), timeout=1.0)
+                self._inbox.put_nowait(Stop())  # a full queue: the process is not reading
             except (queue.Full, ValueError, OSError):
                 pass
-            self._proc.join(timeout)
-            if self._proc.is_alive():
-                self._proc.terminate()
-                self._proc.join(timeout)
+            proc.join(timeout)
+            if proc.is_alive():
+                proc.terminate()
+                with contextlib.suppress(OSError):  # a stopped process takes SIGTERM only
+                    os.kill(proc.pid, signal.SIGCONT)  # once continued
+                proc.join(1.0)
+            if proc.is_alive():
+                proc.kill()  # SIGKILL ends even a stopped process
+                proc.join(1.0)
         self._discard_queues()
         self._proc = None
+        _LIVE.discard(self)
 
     def _discard_queues(self) -> None:
         for q in (self._inbox, self._outbox):
