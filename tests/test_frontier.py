@@ -149,10 +149,19 @@ def test_frontier_runs_are_stored_and_skipped_on_rerun(tmp_path, monkeypatch):
     # autoassist ran with the library's defaults: wrap(loader) with nothing but the seed
     aa = [json.loads(p.read_text()) for p in (tmp_path / "frontier_runs").glob("*autoassist*")]
     assert all(r["method"] == "autoassist" and r["telemetry"] for r in aa)
+    first = list(calls)
+    real_training = frontier.code_fingerprint(product=False)
     calls.clear()
     frontier.run_frontier("magic_tiny", **kwargs)
     assert calls == []
-    monkeypatch.setattr(frontier, "code_fingerprint", lambda: "other-code")
+    # other product code: autoassist's runs again, uniform's kept (no product code in them)
+    monkeypatch.setattr(frontier, "code_fingerprint",
+                        lambda product=True: "other-product" if product else real_training)
+    calls.clear()
+    frontier.run_frontier("magic_tiny", **kwargs)
+    assert sorted(calls) == sorted(c for c in first if c[0] == "autoassist")
+    # other training code: everything again
+    monkeypatch.setattr(frontier, "code_fingerprint", lambda product=True: "other")
     calls.clear()
     frontier.run_frontier("magic_tiny", **kwargs)
     assert len(calls) == 9

@@ -121,23 +121,24 @@ def budget_epochs(full: int, multiplier: float,
 # ------------------------------------------------------------------------------------------------
 # Resumable storage
 # ------------------------------------------------------------------------------------------------
-def code_fingerprint() -> str:
-    """Hash of the product code (everything under ``autoassist/`` but ``bench/``, plus the
-    kernels and pipelines) and of the harness files that train: runs made by other code are
-    not reused."""
-    package = Path(__file__).resolve().parent.parent
-    import autoassist.kernels
-    import autoassist.pipelines
+# methods whose runs no product code touches: their stored runs survive changes to the library
+PRODUCT_FREE = ("uniform", "selective_backprop")
 
-    roots = [package, Path(autoassist.kernels.__file__).parent,
-             Path(autoassist.pipelines.__file__).parent]
+
+def code_fingerprint(product: bool = True) -> str:
+    """Hash of the harness files that train and, with ``product``, of the product code
+    (everything under ``autoassist/`` but ``bench/``, plus the kernels and pipelines): a stored
+    run made by other code is not reused."""
+    package = Path(__file__).resolve().parent.parent
     files: list[Path] = []
-    for root in roots:
-        for path in sorted(root.rglob("*.py")):
-            rel = path.relative_to(root).as_posix()
-            if root == package and rel.startswith("bench/"):
-                continue
-            files.append(path)
+    if product:
+        import autoassist.kernels
+        import autoassist.pipelines
+
+        for root in (package, Path(autoassist.kernels.__file__).parent,
+                     Path(autoassist.pipelines.__file__).parent):
+            files += [path for path in sorted(root.rglob("*.py"))
+                      if not (root == package and path.relative_to(root).parts[0] == "bench")]
     for rel in _TRAINING_CODE:
         target = package / rel
         files.extend(sorted(target.rglob("*.py")) if target.is_dir() else [target])
@@ -154,13 +155,22 @@ def run_key(task: str, loop: str, noise: float, method: str, epochs: int, seed: 
 
 
 class RunStore:
-    """One JSON file per finished run under ``directory``; a run made by other code is stale."""
+    """One JSON file per finished run under ``directory``; a run made by other code is stale.
 
-    def __init__(self, directory: Path, fingerprint: str):
+    Args:
+        directory: where the run files live.
+        fingerprints: ``{"product": ..., "training": ...}``: a run of a method in
+            ``PRODUCT_FREE`` is checked against the training code's fingerprint only.
+    """
+
+    def __init__(self, directory: Path, fingerprints: dict[str, str]):
         self.directory = Path(directory)
-        self.fingerprint = fingerprint
+        self.fingerprints = dict(fingerprints)
 
-    def get(self, key: str) -> dict[str, Any] | None:
+    def fingerprint(self, method: str) -> str:
+        return self.fingerprints["training" if method in PRODUCT_FREE else "product"]
+
+    def get(self, key: str, method: str) -> dict[str, Any] | None:
         path = self.directory / f"{key}.json"
         if not path.is_file():
             return None
@@ -168,11 +178,11 @@ class RunStore:
             record = json.loads(path.read_text())
         except json.JSONDecodeError:
             return None  # a run cut off while writing: run it again
-        return record if record.get("fingerprint") == self.fingerprint else None
+        return record if record.get("fingerprint") == self.fingerprint(method) else None
 
-    def put(self, key: str, record: dict[str, Any]) -> None:
+    def put(self, key: str, method: str, record: dict[str, Any]) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        record = dict(record, fingerprint=self.fingerprint, key=key)
+        record = dict(record, fingerprint=self.fingerprint(method), key=key)
         tmp = self.directory / f".{key}.tmp"
         tmp.write_text(json.dumps(record, default=_jsonable) + "\n")
         tmp.replace(self.directory / f"{key}.json")  # atomic: never half a file
@@ -450,7 +460,8 @@ def run_frontier(task_name: str, *, out: Path, seeds: int = 5, quick: bool = Fal
     out = Path(out)
     stem = f"frontier_{task.name}" + ("" if loop == "sgd" else f"_{loop}") + (
         f"_noise{label_noise:g}" if label_noise else "") + ("_quick" if quick else "")
-    store = RunStore(out / "frontier_runs", code_fingerprint())
+    store = RunStore(out / "frontier_runs", {"product": code_fingerprint(product=True),
+                                             "training": code_fingerprint(product=False)})
     commit = git_commit()
     started = time.perf_counter()
     previous_threads = torch.get_num_threads()
@@ -466,14 +477,14 @@ def run_frontier(task_name: str, *, out: Path, seeds: int = 5, quick: bool = Fal
 
         def get_run(method, e, seed, lr, split, matched=None):
             key = run_key(task.name, loop, label_noise, method, e, seed, lr, split)
-            record = store.get(key)
+            record = store.get(key, method)
             if record is None:
                 base, settings = VARIANTS.get(method, (method, None))
                 record = run_one(task, base, fit, val_set if split == "val" else test,
                                  seed=seed, lr=lr, epochs=e, progress=progress, log=log,
                                  matched_run=matched, loop=loop, settings=settings)
                 record.update(method=method, commit=commit)
-                store.put(key, record)
+                store.put(key, method, record)
             return record
 
         # 1. the learning rate, for uniform at the full budget, on the validation split
@@ -515,7 +526,7 @@ def run_frontier(task_name: str, *, out: Path, seeds: int = 5, quick: bool = Fal
                 "seeds": seeds, "seeds_done": len(done_seeds), "quick": quick,
                 "commit": commit, "run_commits": sorted({r.get("commit") or "?" for r in
                                                          runs}),
-                "fingerprint": store.fingerprint, "machine": machine_info(),
+                "fingerprints": store.fingerprints, "machine": machine_info(),
                 "threads": dict(thread_info(), torch_threads=threads),
                 "wall_seconds": time.perf_counter() - started,
                 "partial": len(done_seeds) < seeds,
