@@ -180,3 +180,89 @@ def test_interpreter_exit_with_a_frozen_assistant_does_not_hang(tmp_path):
     assert done.returncode == 0, done.stderr
     pid = int(done.stdout.split()[-1])
     assert _gone(pid), "the frozen Assistant outlived the interpreter"
+
+
+# -- 3. shared memory: 9 bytes per instance in /dev/shm; no room is a clear error --------------
+def test_dev_shm_holds_only_the_scores_and_flags():
+    import os
+
+    from autoassist.assistant.protocol import SHM_BYTES_PER_INSTANCE, SharedState
+
+    n = 1_000_000
+    state = SharedState(n, 48)
+    try:
+        shm_bytes = os.stat(f"/dev/shm/{state.name.lstrip('/')}").st_size
+        assert shm_bytes <= 16 * n and SHM_BYTES_PER_INSTANCE <= 16
+        assert shm_bytes == SHM_BYTES_PER_INSTANCE * n + 16 * 8
+        assert os.path.getsize(state.feature_path) == n * 48 * 4  # the features: a file
+        state.features[n - 1] = 7.0  # both sides see the same rows
+        other = SharedState(n, 48, name=state.name, feature_dir=state.feature_dir)
+        assert float(other.features[n - 1, 5]) == 7.0
+        other.close()
+        path = state.feature_path
+    finally:
+        state.close()
+    assert not os.path.exists(path)
+
+
+def test_no_room_in_dev_shm_is_a_clear_error_before_anything_is_made(monkeypatch):
+    import shutil
+
+    from autoassist.assistant import protocol
+    from autoassist.errors import UsageError
+
+    usage = shutil.disk_usage("/")
+    monkeypatch.setattr(protocol.shutil, "disk_usage", lambda path: usage._replace(
+        free=64 * 2**20 if path == protocol.SHM_DIR else usage.free))
+    with pytest.raises(protocol.SharedMemoryTooSmall, match=r"--shm-size") as info:
+        protocol.SharedState(10_000_000, 48)
+    assert isinstance(info.value, UsageError) and isinstance(info.value, MemoryError)
+    assert "85.8 MB" in str(info.value) and "64.0 MB" in str(info.value)
+
+
+def _can_mount_tmpfs() -> bool:
+    import os
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-m", "sh", "-c",
+                            "mount -t tmpfs -o size=1m tmpfs /dev/shm"], capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs root and unshare to mount a tmpfs")
+def test_a_million_instances_train_in_a_64_mb_dev_shm(tmp_path):
+    """Docker's default /dev/shm: 1M instances train an epoch; 10M get the clear error."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "big.py"
+    script.write_text(
+        "import sys, torch, torch.nn.functional as F\n"
+        "from torch.utils.data import DataLoader, TensorDataset\n"
+        "import autoassist\n"
+        "from autoassist.assistant.protocol import SharedMemoryTooSmall\n"
+        "n = int(sys.argv[1])\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "x, y = torch.randn(n, 4, generator=g), torch.randint(0, 2, (n,), generator=g)\n"
+        "try:\n"
+        "    loader = autoassist.wrap(DataLoader(TensorDataset(x, y), batch_size=8192), seed=0,\n"
+        "                             sync=True)\n"
+        "except SharedMemoryTooSmall as e:\n"
+        "    print('TOO SMALL', e); sys.exit(0)\n"
+        "model = torch.nn.Linear(4, 2)\n"
+        "with loader:\n"
+        "    for b in loader:\n"
+        "        loader.report(F.cross_entropy(model(b[0]), b[1], reduction='none'))\n"
+        "    print('reported', loader.telemetry[-1]['reported_instances'])\n"
+    )
+    for n, expect in ((1_000_000, "reported 1000000"), (10_000_000, "TOO SMALL")):
+        done = subprocess.run(
+            ["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=64m tmpfs /dev/shm && "
+             f"exec {sys.executable} {script} {n}"],
+            capture_output=True, text=True, timeout=170)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert expect in done.stdout, (done.stdout, done.stderr[-2000:])

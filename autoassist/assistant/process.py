@@ -159,7 +159,8 @@ class AssistantProcess:
         self._proc = self._ctx.Process(
             target=run_assistant,
             args=(self.state.name, self.state.num_instances, self.state.feature_dim,
-                  self.settings, self._last_model_state, self._inbox, self._outbox),
+                  self.state.feature_dir, self.settings, self._last_model_state, self._inbox,
+                  self._outbox),
             name="autoassist-assistant",
             daemon=True,
         )

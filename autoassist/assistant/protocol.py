@@ -15,7 +15,7 @@ Two processes, three channels:
 ``outbox`` (Assistant -> Boss, unbounded)
     ``StateReply(token, state)``     the answer to the ``StateRequest`` with the same token
 
-``SharedState`` (one shared-memory block, no copies, no waits)
+``SharedState`` (one shared-memory block plus a mapped feature file; no copies, no waits)
     written by the Boss:      ``features`` / ``have`` (an instance's row, the first time the Boss
                               sees it: rows survive an Assistant restart)
     written by the Assistant: the scores (``publish``), and the cells ``processed``, ``trained``,
@@ -39,12 +39,18 @@ CPUs).
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from multiprocessing import shared_memory
 from typing import Any, NamedTuple
 
 import numpy as np
+
+from autoassist.errors import UsageError
 
 
 # -- messages ------------------------------------------------------------------------------------
@@ -124,30 +130,72 @@ def _cell(view: str, index: int, cast: type, doc: str) -> property:
     return property(get, set, doc=doc)
 
 
+SHM_DIR = "/dev/shm"  # where Linux keeps POSIX shared memory (Docker's default: 64 MB)
+SHM_BYTES_PER_INSTANCE = 9  # two float32 score buffers + the "have" flag
+FEATURE_DIR_ENV = "AUTOASSIST_FEATURE_DIR"
+
+
+class SharedMemoryTooSmall(UsageError, MemoryError):
+    """Not enough room in /dev/shm (or the feature directory) for this data set's tables."""
+
+
+def default_feature_dir() -> str:
+    """Where the feature table's file goes: $AUTOASSIST_FEATURE_DIR, else the temp directory."""
+    return os.environ.get(FEATURE_DIR_ENV) or tempfile.gettempdir()
+
+
+def _check_room(directory: str, need: int, what: str, fixes: str) -> None:
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError:
+        return  # no such mount here (not Linux): nothing to check
+    if free < need:
+        raise SharedMemoryTooSmall(
+            f"autoassist needs {need / 2**20:.1f} MB in {directory} for {what} but only "
+            f"{free / 2**20:.1f} MB are free; {fixes}")
+
+
 class SharedState:
-    """Header cells, double-buffered scores (float32[2, N]) and features (float32[N, d] + have[N]).
+    """Header cells and double-buffered scores (float32[2, N]) and ``have[N]`` in shared memory;
+    the feature table (float32[N, d]) in a memory-mapped file.
+
+    Only what both processes touch every epoch lives in ``/dev/shm`` (9 bytes per instance), so
+    a container's small ``/dev/shm`` holds millions of instances; the features (``4 d`` bytes per
+    instance) are a file in ``feature_dir``, in the page cache like any mapped file.
 
     Args:
         num_instances: N, the data set's size.
         feature_dim: d, the width of each instance's feature row.
         name: attach to the block another process made (the Assistant), else make one (the Boss,
-            which owns it and unlinks it on ``close``).
+            which owns it and unlinks it and the feature file on ``close``).
+        feature_dir: the feature file's folder (default ``default_feature_dir()``); an attaching
+            process must pass the owner's.
 
     Raises:
         ValueError: N < 1, or the named block is smaller than this layout.
+        SharedMemoryTooSmall: /dev/shm or the feature folder lacks the room (the message says
+            how much is needed and the fixes).
     """
 
-    def __init__(self, num_instances: int, feature_dim: int, name: str | None = None):
+    def __init__(self, num_instances: int, feature_dim: int, name: str | None = None,
+                 feature_dir: str | None = None):
         if num_instances <= 0:
             raise ValueError(f"need at least one instance, got num_instances={num_instances}")
         self.num_instances = int(num_instances)
         self.feature_dim = int(feature_dim)
         n, d = self.num_instances, self.feature_dim
-        sizes = [_HEADER_CELLS * 8, 2 * n * 4, n * d * 4, n]
+        sizes = [_HEADER_CELLS * 8, 2 * n * 4, n]
         offsets = np.cumsum([0] + sizes)
         total = int(offsets[-1])
+        self.feature_dir = str(feature_dir or default_feature_dir())
         self._owner = name is None
         if name is None:
+            _check_room(SHM_DIR, total, f"the scores of {n} instances",
+                        "give the container more shared memory (docker run --shm-size=1g) or "
+                        "train on a subset")
+            _check_room(self.feature_dir, n * d * 4, f"a {n} x {d} feature table",
+                        f"point feature_dir (or ${FEATURE_DIR_ENV}) at a folder with room, or "
+                        "lower feature_dim")
             self._shm = shared_memory.SharedMemory(create=True, size=total)
         else:
             self._shm = shared_memory.SharedMemory(name=name, create=False)
@@ -157,8 +205,13 @@ class SharedState:
         self._header = np.ndarray((_HEADER_CELLS,), np.int64, buf, offset=int(offsets[0]))
         self._fheader = np.ndarray((_HEADER_CELLS,), np.float64, buf, offset=int(offsets[0]))
         self.scores = np.ndarray((2, n), np.float32, buf, offset=int(offsets[1]))
-        self.features = np.ndarray((n, d), np.float32, buf, offset=int(offsets[2]))
-        self.have = np.ndarray((n,), np.uint8, buf, offset=int(offsets[3]))
+        self.have = np.ndarray((n,), np.uint8, buf, offset=int(offsets[2]))
+        self.feature_path = os.path.join(self.feature_dir,
+                                         f"autoassist-{self._shm.name.lstrip('/')}.features")
+        if self._owner:
+            with open(self.feature_path, "wb") as f:
+                f.truncate(n * d * 4)  # sparse: pages are made as rows are written
+        self.features = np.memmap(self.feature_path, np.float32, "r+", shape=(n, d))
         if self._owner:
             self._header[:] = 0
             self._fheader[_ACCURACY] = np.nan
@@ -228,6 +281,9 @@ class SharedState:
         for attr in ("_header", "_fheader", "scores", "features", "have"):
             if hasattr(self, attr):
                 delattr(self, attr)
+        if self._owner and hasattr(self, "feature_path"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.feature_path)
         try:
             self._shm.close()
         except BufferError:  # a view still alive somewhere; the OS frees it with the process

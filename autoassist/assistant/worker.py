@@ -162,7 +162,7 @@ class _Worker:
             self.publish()
 
 
-def run_assistant(shm_name: str, num_instances: int, feature_dim: int,
+def run_assistant(shm_name: str, num_instances: int, feature_dim: int, feature_dir: str,
                   settings: AssistantSettings, model_state: dict | None, inbox, outbox) -> None:
     """Entry point of the Assistant process (module-level so *spawn* can import it)."""
     # Imports run before the process lowers its priority: at nice 10 beside a Boss using every
@@ -178,7 +178,7 @@ def run_assistant(shm_name: str, num_instances: int, feature_dim: int,
 
         torch.set_num_threads(settings.threads)
 
-    state = SharedState(num_instances, feature_dim, name=shm_name)
+    state = SharedState(num_instances, feature_dim, name=shm_name, feature_dir=feature_dir)
     worker = _Worker(state, settings, model_state, outbox)
     handlers = {Losses: worker.on_losses, ScoreRequest: worker.on_score,
                 StateRequest: worker.on_state}
