@@ -53,12 +53,19 @@ FRACTIONS = (1 / 3, 2 / 3, 1.0, 3 / 2)
 # epochs per unit of uniform's budget, so each method's costs span about uniform's range
 MULTIPLIERS = {"uniform": 1.0, "autoassist": 2.0, "autoassist_reweight_anneal": 2.0,
                "published": 2.0, "random_subset": 2.0, "infobatch": 1.5,
-               "selective_backprop": 1.5}
+               "selective_backprop": 1.5, "aa_floor05_rw": 1.5, "aa_floor05_rw_tail": 1.5}
 # frontier method -> (harness method, its autoassist settings): "autoassist" is exactly
 # ``autoassist.wrap(loader)`` with the library's defaults (only the seed is passed)
-VARIANTS: dict[str, tuple[str, dict[str, Any] | None]] = {
+# (a callable gets the run's epoch count: settings that depend on the budget)
+VARIANTS: dict[str, tuple[str, Any]] = {
     "autoassist": ("autoassist", {}),
     "autoassist_reweight_anneal": ("autoassist", None),  # the old harness's AUTOASSIST_SETTINGS
+    # candidates for the defaults (issue 26): InfoBatch's pruning level and rescaling, with and
+    # without its full-data tail (12.5% of the epochs, which needs the budget)
+    "aa_floor05_rw": ("autoassist", {"floor": 0.5, "reweight": True}),
+    "aa_floor05_rw_tail": ("autoassist", lambda e: {"floor": 0.5, "reweight": True,
+                                                    "anneal_epochs": max(1, round(e / 8)),
+                                                    "epochs": e}),
 }
 METHODS = ("uniform", "autoassist", "published", "infobatch", "selective_backprop",
            "random_subset")
@@ -480,6 +487,8 @@ def run_frontier(task_name: str, *, out: Path, seeds: int = 5, quick: bool = Fal
             record = store.get(key, method)
             if record is None:
                 base, settings = VARIANTS.get(method, (method, None))
+                if callable(settings):
+                    settings = settings(e)
                 record = run_one(task, base, fit, val_set if split == "val" else test,
                                  seed=seed, lr=lr, epochs=e, progress=progress, log=log,
                                  matched_run=matched, loop=loop, settings=settings)
@@ -553,8 +562,12 @@ def _method_settings() -> dict[str, Any]:
     from autoassist.bench.time_to_accuracy import AUTOASSIST_SETTINGS, PUBLISHED_SETTINGS
     from autoassist.config import ShrinkConfig
 
+    variants = {name: ("depends on the epoch count" if callable(v) else v)
+                for name, (_, v) in VARIANTS.items() if name not in ("autoassist",
+                                                                    "autoassist_reweight_anneal")}
     return {"autoassist": ShrinkConfig().to_dict(),
-            "autoassist_reweight_anneal": AUTOASSIST_SETTINGS, "published": PUBLISHED_SETTINGS,
+            "autoassist_reweight_anneal": AUTOASSIST_SETTINGS, **variants,
+            "published": PUBLISHED_SETTINGS,
             "infobatch": {"ratio": 0.5, "delta": 0.875},
             "selective_backprop": {"beta": 3.0, "history": 1024, "warmup_epochs": 1},
             "random_subset": "autoassist's per-epoch kept counts at the same budget and seed"}
