@@ -74,6 +74,7 @@ QUICK_METHODS = ("uniform", "autoassist", "infobatch", "selective_backprop")
 FRONTIER_EPOCHS = {"keel_magic": 20, "fashion_mnist": 12, "adult": 12}
 QUICK_EPOCHS = {"keel_magic": 15, "fashion_mnist": 6, "adult": 8}
 BOOTSTRAP = 2000
+SPIN_RATIO = 1.25  # CPU seconds per wall second per torch thread above which a run is flagged
 # the files whose code decides a run's outcome: a stored run is reused only if they are unchanged
 _TRAINING_CODE = ("bench/time_to_accuracy.py", "bench/tasks.py", "bench/training.py",
                   "bench/models.py", "bench/datasets.py", "bench/peers")
@@ -219,7 +220,8 @@ def point(record: dict[str, Any]) -> dict[str, Any]:
     return {"method": record["method"], "epochs": len(record["accuracy"]),
             "seed": record["seed"], "cost": run_cost(record),
             "wall": float(record["train_seconds"][-1]), "accuracy": record["accuracy"][-1],
-            "backpropagated": int(record["backpropagated"][-1])}
+            "backpropagated": int(record["backpropagated"][-1]),
+            "suspect": record.get("suspect_cpu_ratio") is not None}
 
 
 def interpolate_cost(costs: Sequence[float], accs: Sequence[float], target: float) -> float | None:
@@ -393,6 +395,11 @@ def markdown(task: Task, result: dict[str, Any]) -> str:
             f"| {method} | {','.join(map(str, m['budgets']))} | "
             f"{', '.join(f'{c:.0f}' for c in m['mean_cost'])} | "
             f"{', '.join(f'{x:.4f}' for x in m['mean_accuracy'])} | {saving} | {g} |")
+    suspect = [f"{p['method']} e{p['epochs']} s{p['seed']}" for p in result["points"]
+               if p.get("suspect")]
+    if suspect:
+        lines += ["", f"WARNING: {len(suspect)} run(s) used more CPU than their threads allow "
+                  f"(a spinning thread): {', '.join(suspect)}; their cost is inflated."]
     lines += ["", "Saving: 1 - cost for the method's mean frontier to first reach the target / "
               "uniform's reference cost (linear between budgets; 'not reached' within the "
               "largest budget is never a number). Interval: 90% bootstrap over seeds."]
@@ -493,6 +500,12 @@ def run_frontier(task_name: str, *, out: Path, seeds: int = 5, quick: bool = Fal
                                  seed=seed, lr=lr, epochs=e, progress=progress, log=log,
                                  matched_run=matched, loop=loop, settings=settings)
                 record.update(method=method, commit=commit)
+                ratio = record["cpu_seconds"][-1] / max(record["train_seconds"][-1], 1e-9)
+                if ratio > SPIN_RATIO * threads:
+                    log(f"WARNING: {key} used {ratio:.2f} CPU seconds per wall second on "
+                        f"{threads} torch thread(s): a spinning thread (an OpenMP pool larger "
+                        "than torch's threads?) inflates its cost; set OMP_NUM_THREADS")
+                    record["suspect_cpu_ratio"] = ratio
                 store.put(key, method, record)
             return record
 
