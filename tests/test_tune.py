@@ -230,7 +230,7 @@ def trace_dir(fmnist_dir, tmp_path_factory):
 def test_the_engine_writes_what_the_boss_reported(trace_dir):
     import numpy as np
 
-    from autoassist.trace import read_trace
+    from autoassist.assistant.trace import read_trace
 
     out, reported, kept = trace_dir
     trace = read_trace(out)
