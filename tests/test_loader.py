@@ -483,3 +483,49 @@ def test_a_script_without_a_main_guard_works_and_is_not_rerun(fmnist_dir, tmp_pa
     assert restarts == 0, out.stderr[-3000:]
     assert version >= 1 and kept < 512  # the Assistant scored and epoch 2 shrank
     assert len(marker.read_text().split()) == 1  # only the script's own process ran it
+
+
+# -- the adapters' base (pipelines/base.py) -----------------------------------------------------
+def test_the_loader_base_names_what_a_subclass_forgot():
+    from autoassist.config import ShrinkConfig
+    from autoassist.pipelines.base import EngineLoader
+
+    class NoEpochs(EngineLoader):  # started its engine, but says nothing of an epoch's batches
+        def __init__(self):
+            super().__init__(10, ShrinkConfig())
+
+    class NoBase(EngineLoader):
+        def __init__(self):  # never started the engine
+            pass
+
+    with NoEpochs() as loader, pytest.raises(NotImplementedError, match=r"_iter_epoch\("):
+        next(iter(loader))
+    with pytest.raises(RuntimeError, match=r"must call EngineLoader.__init__"):
+        next(iter(NoBase()))
+
+
+def test_the_batch_sampler_is_handed_what_it_needs():
+    from autoassist.pipelines.dataloader import _ShrinkBatchSampler
+
+    batches = [np.array([0, 1]), np.array([4]), np.array([7, 9])]
+    sampler = _ShrinkBatchSampler(lambda: iter(batches), length=lambda: len(batches))
+    pushed = []
+    sampler.next_iteration(skip=1, push=pushed.append)  # a resumed epoch: one batch done
+    assert list(sampler) == [[4], [7, 9]] and [p.tolist() for p in pushed] == [[4], [7, 9]]
+    assert len(list(sampler)) == len(sampler) == 3  # the skip was for one iteration only
+
+
+def test_adapters_import_no_private_names_of_each_other():
+    """What the adapters share lives in pipelines/base.py under public names."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "pipelines"
+    private = [
+        f"{path.name}:{node.lineno} {node.module}.{alias.name}"
+        for path in root.rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("autoassist.")
+        for alias in node.names if alias.name.startswith("_")
+    ]
+    assert not private, private
