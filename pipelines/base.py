@@ -119,9 +119,24 @@ class EngineLoader:
         return self._epoch
 
     def set_epoch(self, epoch: int) -> None:
-        """Start epoch ``epoch`` at the next ``iter()`` (as DistributedSampler.set_epoch)."""
+        """Make ``epoch`` the one the next ``iter()`` runs, and plan it now.
+
+        As ``DistributedSampler.set_epoch``: every data-parallel rank calls it at the same
+        point, so the plan's collectives (reports gathered, scores broadcast) match up there.
+        Afterwards ``len(loader)`` is this epoch's (shrunk) number of batches.
+
+        Args:
+            epoch: the epoch to run, a non-negative integer. The same epoch again after it
+                finished runs it again; while it is unfinished (a resumed checkpoint), the
+                iteration continues where it stopped.
+
+        Raises:
+            ValueError: ``epoch`` is negative or not an integer.
+            RuntimeError: the loader was closed.
+        """
         if int(epoch) != epoch or epoch < 0:
             raise ValueError(f"set_epoch takes a non-negative integer, got {epoch!r}")
+        self._check_open()
         epoch = int(epoch)
         if epoch != self._epoch or self._epoch_complete:
             self._epoch = epoch
@@ -129,6 +144,8 @@ class EngineLoader:
             self._epoch_complete = False
             self._forget_epoch_position()
         self._epoch_set = True
+        if self._pending_end is None:  # the previous epoch has ended (not deferred by
+            self.engine.plan(self._epoch)  # late_reports): its scores are asked for
 
     def _check_open(self) -> None:
         if "engine" not in vars(self):
@@ -139,7 +156,7 @@ class EngineLoader:
 
     def _start_epoch(self) -> EpochPlan:
         """At ``iter()``: a finished epoch not followed by set_epoch advances by one; the
-        epoch is planned."""
+        epoch is planned unless set_epoch did it."""
         self._check_open()
         if self._epoch_complete and not self._epoch_set:
             self.set_epoch(self._epoch + 1)

@@ -3,10 +3,11 @@
 The wrapper rebuilds the user's DataLoader around its own batch sampler and leaves dataset,
 collate_fn, workers and pinning untouched. Each epoch:
 
-1. the engine's plan (``autoassist.engine.ShrinkEngine.plan``) takes a snapshot of the
-   Assistant's scores and keeps instance i with probability ``b + (1 - b) * p_i``
-   (``autoassist.kernels.keep_mask``: counter-based random numbers, so the same seed gives the
-   same choice on every rank and at any thread count, from NumPy or the Numba kernel alike);
+1. ``set_epoch(e)`` (or else ``iter()``) makes the epoch's plan
+   (``autoassist.engine.ShrinkEngine.plan``): from a snapshot of the Assistant's scores it keeps
+   instance i with probability ``b + (1 - b) * p_i`` (``autoassist.kernels.keep_mask``:
+   counter-based random numbers, so the same seed gives the same choice on every rank and at
+   any thread count, from NumPy or the Numba kernel alike); ``len(loader)`` reads the plan;
 2. the batch sampler walks the user's sampler order, drops the shrunk instances and batches the
    rest exactly as the user's BatchSampler would (``batch_size``, ``drop_last``);
 3. every batch's instance ids go into a FIFO as the sampler emits them. DataLoader delivers batches
@@ -259,8 +260,16 @@ class ShrinkingLoader(EngineLoader):
         return -(-kept // self._batch_size)
 
     def __len__(self) -> int:
-        """Batches in the current epoch (fewer than the wrapped loader's when shrinking)."""
-        return self._batches_in(self.engine.plan(self._epoch))
+        """Batches in the current epoch: fewer than the wrapped loader's when it shrinks.
+
+        Never plans (planning can start a collective under DDP): call ``set_epoch(e)`` before
+        ``len(loader)`` to get epoch ``e``'s shrunk length. Before the current epoch is planned
+        it is the count of an unshrunk epoch, the wrapped loader's length.
+        """
+        plan = self.engine.current
+        if plan is None or plan.epoch != self._epoch:
+            return len(self.user_loader)
+        return self._batches_in(plan)
 
     # -- iteration --------------------------------------------------------------------------------
     def _iter_epoch(self, plan: EpochPlan, skip: int) -> Iterator[tuple[np.ndarray, Any]]:

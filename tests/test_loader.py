@@ -529,3 +529,33 @@ def test_adapters_import_no_private_names_of_each_other():
         for alias in node.names if alias.name.startswith("_")
     ]
     assert not private, private
+
+
+def test_len_never_plans_and_after_set_epoch_is_what_the_epoch_yields(monkeypatch):
+    """Planning can start collectives (DDP) and starts the epoch's clock, so ``len()`` only
+    reads a plan: before ``set_epoch`` it is the unshrunk count, afterwards the shrunk one."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1000, 4, generator=gen)
+    base = DataLoader(TensorDataset(x, torch.arange(1000)), batch_size=64, shuffle=True)
+    loss = torch.nn.functional.softplus(3 * x[:, 0])
+    with autoassist.wrap(base, features=x, sync=True, warmup_epochs=1, floor=0.2) as loader:
+        planned = []
+        real_plan = loader.engine.plan
+        monkeypatch.setattr(loader.engine, "plan", lambda e: planned.append(e) or real_plan(e))
+        assert len(loader) == len(base) and planned == []  # nothing planned yet: unshrunk
+        for epoch in range(3):
+            loader.set_epoch(epoch)
+            assert planned[-1] == epoch  # planned at set_epoch, as DistributedSampler
+            calls = len(planned)
+            expected = len(loader)
+            assert len(planned) == calls  # len() did not plan
+            batches = 0
+            for _x, idx in loader:
+                loader.report(loss[idx])
+                batches += 1
+            assert batches == expected
+            assert len(loader) == expected  # the finished epoch's count, still without a plan
+        assert loader.telemetry[-1]["reason"] == "shrink" and expected < len(base)
+    # iter() without set_epoch plans the next epoch itself
+    with autoassist.wrap(base, features=x, sync=True, warmup_epochs=0, floor=0.2) as loader:
+        assert sum(1 for _ in loader) == len(loader) == len(base)  # no scores yet: all kept
