@@ -15,40 +15,64 @@ ASSISTANT_KINDS = ("logistic", "sgd", "mlp")
 
 @dataclass
 class ShrinkConfig:
-    """How the shrinking loader chooses instances.
+    """How the shrinking loader chooses instances, and how its Assistant learns.
 
-    floor: keep probability floor ``b`` in ``P_i = b + (1 - b) * p_i``.
-    rank_power: None: ``p_i`` is the Assistant's score. ``k``: ``p_i`` is the score's rank
-        percentile to the ``k``-th power, so selection follows the Assistant's ordering, not its
-        calibration, and each shrinking epoch keeps ``b + (1 - b) / (k + 1)`` of the data
-        whatever the scores (0.4 at ``b = 0.2, k = 3``).
-    adaptive_floor: use ``b = max(floor, 1 - assistant accuracy)`` (the paper's translation rule).
-    warmup_epochs: leading epochs that keep every instance (the Assistant learns meanwhile).
-    anneal_epochs: trailing epochs that keep every instance (needs ``epochs``).
-    epochs: the training budget in epochs, only needed for ``anneal_epochs``.
-    first_scores_wait: when a shrinking epoch starts before the Assistant has published any
-        scores (it is still starting, on a fast Boss), wait up to this fraction of the previous
-        epoch's duration for them; otherwise that epoch keeps everything, which costs a whole
-        epoch's worth of extra work. 0 = never wait (the Boss then never waits for the Assistant).
-    reweight: weight kept instances by ``mean(P) / P_i`` so the expected gradient is unbiased.
-    assistant: "logistic" (online logistic regression), "sgd" (scikit-learn SGDClassifier),
-        or "mlp" (a tiny torch net).
-    loss_history: give the Assistant each instance's last reported loss (relative to the running
-        mean) as two extra features; off = the paper's Assistant, on input features only.
-    label_ema: smoothing of the running mean loss that defines "informative" (loss above it).
-    feature_dim: size of the fixed random projection of the input used as Assistant features.
-    label_buckets: one-hot buckets for the instance's class label in the features (0 = none).
-    assistant_lr: learning rate of the Assistant's online updates.
-    assistant_threads: CPU threads the Assistant process may use (keeps the Boss's cores free).
-    kernel_threads: Numba threads for the selection kernel in the Boss process (None = Numba's).
-    queue_size: bound of the Boss -> Assistant queue; when full, messages wait in a merged
-    backlog (the Boss never blocks; only losses beyond ~4N held are dropped, and counted).
-    send_every: batches of losses grouped into one message (fewer, larger messages are cheaper).
-    sync: wait for the Assistant at every epoch boundary: reproducible, slower. For tests/debug.
-    seed: seed of the selection stream, the projection and the Assistant.
-    max_restarts: how often a dead Assistant process is restarted before running without it.
-    trace_dir: write every epoch's reported ids, losses and Assistant features there (rank 0),
-        for ``autoassist tune --offline``; None writes nothing.
+    Every setting has a default that works (the paper's image setting); ``autoassist tune``
+    finds better ones for a given job. Pass one to ``autoassist.wrap(loader, config=...)``,
+    or single settings as keywords.
+
+    Attributes:
+        floor: keep probability floor ``b`` in ``P_i = b + (1 - b) * p_i``.
+        rank_power: None: ``p_i`` is the Assistant's score. ``k``: ``p_i`` is the score's rank
+            percentile to the ``k``-th power, so selection follows the Assistant's ordering,
+            not its calibration, and each shrinking epoch keeps ``b + (1 - b) / (k + 1)`` of
+            the data whatever the scores (0.4 at ``b = 0.2, k = 3``).
+        adaptive_floor: use ``b = max(floor, 1 - assistant accuracy)`` (the paper's
+            translation rule).
+        warmup_epochs: leading epochs that keep every instance (the Assistant learns
+            meanwhile).
+        anneal_epochs: trailing epochs that keep every instance (needs ``epochs``).
+        epochs: the training budget in epochs, only needed for ``anneal_epochs``.
+        first_scores_wait: when a shrinking epoch starts before the Assistant has published
+            any scores (it is still starting, on a fast Boss), wait up to this fraction of the
+            previous epoch's duration for them; otherwise that epoch keeps everything, which
+            costs a whole epoch's worth of extra work. 0 = never wait (the Boss then never
+            waits for the Assistant).
+        reweight: weight kept instances by ``mean(P) / P_i`` so the expected gradient is
+            unbiased.
+        assistant: "logistic" (online logistic regression), "sgd" (scikit-learn
+            SGDClassifier), or "mlp" (a tiny torch net).
+        loss_history: give the Assistant each instance's last reported loss (relative to the
+            running mean) as two extra features; off = the paper's Assistant, on input
+            features only.
+        label_ema: smoothing of the running mean loss that defines "informative" (loss above
+            it).
+        feature_dim: size of the fixed random projection of the input used as Assistant
+            features.
+        label_buckets: one-hot buckets for the instance's class label in the features
+            (0 = none).
+        assistant_lr: learning rate of the Assistant's online updates.
+        assistant_threads: CPU threads the Assistant process may use (keeps the Boss's cores
+            free).
+        kernel_threads: Numba threads for the selection kernel in the Boss process
+            (None = Numba's).
+        queue_size: bound of the Boss -> Assistant queue; when full, messages wait in a merged
+            backlog (the Boss never blocks; only losses beyond ~4N held are dropped, and
+            counted).
+        send_every: batches of losses grouped into one message (fewer, larger messages are
+            cheaper).
+        sync: wait for the Assistant at every epoch boundary: reproducible, slower. For
+            tests/debug.
+        seed: seed of the selection stream, the projection and the Assistant.
+        max_restarts: how often a dead Assistant process is restarted before running without
+            it.
+        trace_dir: write every epoch's reported ids, losses and Assistant features there
+            (rank 0), for ``autoassist tune --offline``; None writes nothing.
+        extra: free-form notes carried along (not read by autoassist).
+
+    Raises:
+        ValueError: a setting out of its range, named with the reason (checked when the
+            config is made).
     """
 
     floor: float = 0.3
@@ -168,7 +192,9 @@ class ShrinkConfig:
     @classmethod
     def coerce(cls, config: ShrinkConfig | dict | str | os.PathLike | None = None,
                **overrides: Any) -> ShrinkConfig:
-        """The one place a config given in any accepted form is resolved.
+        """The one place a config given in any accepted form is resolved (``wrap``, the other
+        adapters, ``tune`` and the fairseq task all call it, so a config means the same
+        everywhere).
 
         Args:
             config: None (the defaults), a ``ShrinkConfig``, a dict of settings (optionally

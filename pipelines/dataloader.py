@@ -102,7 +102,9 @@ class ShrinkingLoader(EngineLoader):
     """A DataLoader that trains on the instances the Assistant still finds informative.
 
     Use exactly like the loader it wraps, plus ``set_epoch``, ``report``, ``state_dict``,
-    ``load_state_dict`` and ``close`` (also a context manager). See ``autoassist.wrap``.
+    ``load_state_dict`` and ``close`` (also a context manager); other attributes (``dataset``,
+    ``batch_size``, ...) are the wrapped loader's. Made by ``autoassist.wrap``, whose
+    docstring lists the arguments.
     """
 
     def __init__(self, loader: DataLoader, config=None, *, features=None, inputs=None,
@@ -296,17 +298,40 @@ class ShrinkingLoader(EngineLoader):
 
 def wrap(loader: DataLoader, config=None, *, key=None, num_instances: int | None = None,
          **options) -> EngineLoader:
-    """Wrap any ``torch.utils.data.DataLoader`` in the shrinking loader.
+    """Wrap a ``torch.utils.data.DataLoader`` so that each epoch trains on the instances the
+    Assistant still finds informative.
 
-    Map-style datasets need nothing more. Iterable-style datasets need ``key=fn(item) -> id``
-    and ``num_instances=N`` (ids in ``[0, N)``): the stream is filtered by the kept ids.
+    Epoch by epoch, instance i is kept with probability ``b + (1 - b) * p_i``, ``p_i`` being
+    the Assistant's score, learned in its own process from the losses you ``report``. Your
+    dataset, sampler order, collate_fn, workers and pinning stay as they are.
 
-    ``config``: a ``ShrinkConfig``, a dict, or a .toml/.json file (``autoassist tune`` writes
-    one); keyword ``options`` override single settings (``floor=0.3, reweight=True``, ...).
-    ``features``: a ``Tensor[N, d]`` of per-instance features, or ``fn(batch) -> Tensor[B, d]``
-    with ``feature_dim=d`` (default: a random projection of the input plus the class label).
-    ``inputs``: ``fn(batch) -> (x, y)`` when the batch's structure is not (x, y, ...) or a dict.
-    ``tensorboard``: a log directory for per-epoch telemetry.
+    Args:
+        loader: the DataLoader to wrap. Map-style datasets need nothing more; iterable-style
+            ones need ``key`` and ``num_instances``.
+        config: a ``ShrinkConfig``, a dict of its settings, or a .toml/.json file
+            (``autoassist tune`` writes one); None for the defaults.
+        key: iterable-style datasets: ``key(item) -> id`` in ``[0, num_instances)``, by which
+            the stream is filtered.
+        num_instances: with ``key``, the number of distinct ids.
+        **options: single settings that win over ``config``'s (``floor=0.3``,
+            ``reweight=True``, ...); ``features``: a ``Tensor[N, d]`` of per-instance
+            features, or ``fn(batch) -> Tensor[B, d]`` with ``feature_dim=d`` (default: a
+            random projection of the input plus the class label); ``inputs``:
+            ``fn(batch) -> (x, y)`` when a batch is not ``(x, y, ...)`` or a dict;
+            ``tensorboard``: a log directory for the per-epoch telemetry.
+
+    Returns:
+        The shrinking loader (a ``KeyedShrinkingLoader`` with ``key``): iterate it as the
+        original, and call ``set_epoch``, ``report``, ``state_dict`` / ``load_state_dict`` and
+        ``close`` (or use it as a context manager). A wrapped loader comes back unchanged.
+
+    Raises:
+        TypeError: ``loader`` is not a DataLoader, or its iterable dataset comes without
+            ``key``.
+        ValueError: an unknown setting or one out of its range, an empty
+            dataset, ``num_instances`` that contradicts a map-style dataset, or a loader that
+            does not batch, or not in order.
+        FileNotFoundError: ``config`` names a file that does not exist.
     """
     if isinstance(loader, EngineLoader):  # either kind
         warnings.warn("loader is already wrapped; returning it unchanged", stacklevel=2)
