@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autoassist.errors import UsageError, UsageFileNotFoundError
+
 ASSISTANT_KINDS = ("logistic", "sgd", "mlp")
 
 
@@ -71,8 +73,8 @@ class ShrinkConfig:
         extra: free-form notes carried along (not read by autoassist).
 
     Raises:
-        ValueError: a setting out of its range, named with the reason (checked when the
-            config is made).
+        UsageError: a setting out of its range, named with the reason, when the config is
+            made (a ``ValueError``).
     """
 
     floor: float = 0.3
@@ -103,8 +105,8 @@ class ShrinkConfig:
         self.validate()
 
     def validate(self) -> None:
-        def bad(name: str, why: str) -> ValueError:
-            return ValueError(f"ShrinkConfig.{name}={getattr(self, name)!r}: {why}")
+        def bad(name: str, why: str) -> UsageError:
+            return UsageError(f"ShrinkConfig.{name}={getattr(self, name)!r}: {why}")
 
         if not (0.0 <= self.floor <= 1.0) or math.isnan(self.floor):
             raise bad("floor", "must lie in [0, 1] (0.3 is the paper's image setting)")
@@ -151,7 +153,7 @@ class ShrinkConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(
+            raise UsageError(
                 f"unknown shrink setting(s) {unknown}; known settings are {sorted(known)}"
             )
         return cls(**data)
@@ -160,17 +162,10 @@ class ShrinkConfig:
     def from_file(cls, path: str | os.PathLike) -> ShrinkConfig:
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"shrink config {path} does not exist")
-        text = path.read_text()
-        if path.suffix == ".json":
-            data = json.loads(text)
-        elif path.suffix == ".toml":
-            import tomllib
-
-            data = tomllib.loads(text)
-        else:
-            raise ValueError(f"shrink config {path}: use a .toml or .json file")
-        return cls.from_dict(data)
+            raise UsageFileNotFoundError(f"shrink config {path} does not exist")
+        if path.suffix not in (".json", ".toml"):
+            raise UsageError(f"shrink config {path}: use a .toml or .json file")
+        return cls.from_dict(read_settings_file(path))
 
     def to_file(self, path: str | os.PathLike) -> Path:
         path = Path(path)
@@ -183,7 +178,7 @@ class ShrinkConfig:
                 lines.append(f"{key} = {json.dumps(value)}")
             path.write_text("\n".join(lines) + "\n")
         else:
-            raise ValueError(f"shrink config {path}: use a .toml or .json file")
+            raise UsageError(f"shrink config {path}: use a .toml or .json file")
         return path
 
     def replace(self, **changes: Any) -> ShrinkConfig:
@@ -206,8 +201,9 @@ class ShrinkConfig:
 
         Raises:
             TypeError: ``config`` is of another type.
-            ValueError: an unknown setting, or a value out of its range.
-            FileNotFoundError: the file does not exist.
+            UsageError: an unknown setting, a value out of its range, or a file that is not
+                .toml/.json or does not parse (``UsageError`` is a ``ValueError``).
+            UsageFileNotFoundError: the file does not exist (a ``FileNotFoundError``).
         """
         if config is None:
             base = cls()
@@ -221,3 +217,16 @@ class ShrinkConfig:
             raise TypeError(f"config must be a ShrinkConfig, a dict of settings or a .toml/.json "
                             f"file path, got {type(config).__name__}")
         return base.replace(**overrides) if overrides else base
+
+
+def read_settings_file(path: Path) -> dict[str, Any]:
+    """The table in a .toml or .json file the user wrote; a parse error is theirs to fix."""
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+
+            return tomllib.loads(text)
+        return json.loads(text)
+    except ValueError as exc:  # TOMLDecodeError and JSONDecodeError are ValueErrors
+        raise UsageError(f"{path} does not parse as {path.suffix[1:].upper()}: {exc}") from None

@@ -143,7 +143,7 @@ def tune_offline(trace_dir: str | os.PathLike, *, recall: float = 0.9,
     from tqdm.auto import tqdm
 
     if not 0.0 < recall <= 1.0:
-        raise ValueError(f"recall={recall}: must lie in (0, 1]")
+        raise UsageError(f"recall={recall}: must lie in (0, 1]")
     trace = read_trace(trace_dir)
     X, y, _epoch = replay(trace)
     if max_rows is not None and len(X) > max_rows:
@@ -155,7 +155,7 @@ def tune_offline(trace_dir: str | os.PathLike, *, recall: float = 0.9,
                          "trace a longer run")
     grid = list(ParameterGrid(candidates or DEFAULT_CANDIDATES))
     if not grid:
-        raise ValueError("no candidates to try")
+        raise UsageError("no candidates to try")
     cv = TimeSeriesSplit(n_splits=n_splits)
     rows = []
     for params in tqdm(grid, desc="autoassist tune --offline", disable=not progress):

@@ -69,10 +69,10 @@ class TuneResult:
 def budgets(min_epochs: int, max_epochs: int, factor: int) -> list[int]:
     """Epoch budget per rung: ``max_epochs / factor**k`` rounded up, down to ``min_epochs``."""
     if not 1 <= min_epochs <= max_epochs:
-        raise ValueError(f"min_epochs={min_epochs}, max_epochs={max_epochs}: need "
+        raise UsageError(f"min_epochs={min_epochs}, max_epochs={max_epochs}: need "
                          "1 <= min_epochs <= max_epochs")
     if factor < 2:
-        raise ValueError(f"factor={factor}: successive halving keeps 1/factor, so factor >= 2")
+        raise UsageError(f"factor={factor}: successive halving keeps 1/factor, so factor >= 2")
     out = [max_epochs]
     while True:
         nxt = max(min_epochs, math.ceil(out[0] / factor))
@@ -275,24 +275,29 @@ def tune(job: str, space=None, *, objective: str = "time_to_target",
         ``tune.png`` are written to ``out`` too.
 
     Raises:
-        ValueError: a bad argument, job name, space, base config or budget, or an ``out``
-            holding a tune with other settings, found before any probe runs.
-        FileNotFoundError: the job's or the space's file does not exist.
+        UsageError: a bad argument, job name, space, base config or budget, or an ``out``
+            holding a tune with other settings, found before any probe runs (a
+            ``ValueError``; the ``autoassist`` command prints it as one line).
+        UsageFileNotFoundError: the job's, the space's or the base's file does not exist (a
+            ``FileNotFoundError``).
         RuntimeError: the job failed on its uniform baseline, or every candidate failed.
     """
+    # the user's arguments, job, space and base are checked before anything runs or is written
     if objective not in OBJECTIVES:
-        raise ValueError(f"objective={objective!r}: one of {OBJECTIVES}")
+        raise UsageError(f"objective={objective!r}: one of {OBJECTIVES}")
     if cost not in COSTS:
-        raise ValueError(f"cost={cost!r}: one of {COSTS}")
+        raise UsageError(f"cost={cost!r}: one of {COSTS}")
     if mode not in ("max", "min"):
-        raise ValueError(f"mode={mode!r}: 'max' (accuracy, BLEU) or 'min' (loss, error)")
+        raise UsageError(f"mode={mode!r}: 'max' (accuracy, BLEU) or 'min' (loss, error)")
     if cost_budget is not None and (objective != "metric_at_cost" or cost_budget <= 0):
-        raise ValueError("cost_budget is a positive cost for objective='metric_at_cost'")
+        raise UsageError("cost_budget is a positive cost for objective='metric_at_cost'")
     if tolerance < 0:
-        raise ValueError(f"tolerance={tolerance}: must be >= 0")
+        raise UsageError(f"tolerance={tolerance}: must be >= 0")
     if seeds < 1 or n_jobs < 1:
-        raise ValueError("seeds and n_jobs must be >= 1")
-    load_job(job)  # a bad job path fails here, before any probe starts
+        raise UsageError("seeds and n_jobs must be >= 1")
+    if timeout_s is not None and timeout_s <= 0:
+        raise UsageError(f"timeout_s={timeout_s}: seconds, > 0")
+    load_job(job)
     space = load_space(space)
     base = ShrinkConfig.coerce(base)
     if cost == "seconds" and n_jobs > 1:
