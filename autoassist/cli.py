@@ -5,9 +5,10 @@ theirs through the ``autoassist.commands`` entry-point group: each entry point i
 ``add(subparsers)`` that adds one sub-command (the laboratory's ``demo`` and ``bench`` come that
 way, from ``autoassist.bench.commands``), so the product never imports the laboratory.
 
-Errors: a ``UsageError`` (bad arguments, settings file or input, found by the checks below or by
-the library's validators of user input) prints one line and exits with code 2; any other
-exception is a bug and propagates with its full traceback.
+Errors: a ``UsageError`` (bad arguments, settings file or input, found by the checks below or
+raised by the library's own validators of user input: config and space files, job names,
+budgets, traces) prints one line and exits with code 2; any other exception, also one raised by
+the user's job while it is imported, propagates with its full traceback.
 """
 
 from __future__ import annotations
@@ -27,25 +28,6 @@ def require(ok: bool, message: str) -> None:
     """Raise a ``UsageError`` with ``message`` unless ``ok`` (for commands' argument checks)."""
     if not ok:
         raise UsageError(message)
-
-
-def _user_input(check: Callable[..., Any], *args: Any, own_raises_only: bool = False) -> Any:
-    """Run ``check``, a validator of user input: the ``ValueError`` / ``FileNotFoundError`` it
-    raises describes that input, so it becomes a ``UsageError``.
-
-    ``own_raises_only``: only when raised in ``check``'s own module, for validators that run
-    the user's code (importing a job): an error inside that code keeps its traceback.
-    """
-    try:
-        return check(*args)
-    except (ValueError, FileNotFoundError) as exc:
-        if own_raises_only:
-            tb = exc.__traceback__
-            while tb.tb_next is not None:
-                tb = tb.tb_next
-            if tb.tb_frame.f_code.co_filename != sys.modules[check.__module__].__file__:
-                raise
-        raise UsageError(str(exc)) from exc
 
 
 def positive(args: argparse.Namespace, *names: str, allow_none: bool = False) -> None:
@@ -115,9 +97,6 @@ def _tune_parser(sub) -> None:
             require(args.job is None,
                      "give either JOB (probe trainings) or --offline TRACE, not both")
             require(0.0 < args.recall <= 1.0, f"--recall {args.recall}: must lie in (0, 1]")
-            require((Path(args.offline) / "meta.json").is_file(),
-                     f"--offline {args.offline}: no loss trace there (meta.json is missing); "
-                     "train with autoassist.wrap(loader, trace_dir=...) to write one")
             from autoassist.tuning.offline import tune_offline
 
             off = tune_offline(args.offline, recall=args.recall, seed=args.seed,
@@ -129,10 +108,7 @@ def _tune_parser(sub) -> None:
             return 0
         require(args.job is not None, "autoassist tune needs JOB (module:function or "
                  "file.py:function) or --offline TRACE")
-        from autoassist.config import ShrinkConfig
-        from autoassist.tuning import budgets, tune
-        from autoassist.tuning.probe import load_job
-        from autoassist.tuning.space import load_space
+        from autoassist.tuning import tune
 
         positive(args, "candidates", "seeds", "jobs")
         positive(args, "threads", allow_none=True)
@@ -142,12 +118,7 @@ def _tune_parser(sub) -> None:
         require(args.cost_budget is None or (args.objective == "metric_at_cost"
                                               and args.cost_budget > 0),
                  "--cost-budget is a positive cost for --objective metric_at_cost")
-        _user_input(budgets, args.min_epochs, args.max_epochs, args.factor)
-        # tune() repeats these checks; here their errors are the user's (one line)
-        _user_input(load_job, args.job, own_raises_only=True)  # the job's own errors: traced
-        _user_input(load_space, args.space)
-        if args.base is not None:
-            _user_input(ShrinkConfig.from_file, args.base)
+        # the job, space, base and budgets are checked by tune() before anything runs
         result = tune(args.job, args.space, objective=args.objective, target=args.target,
                       cost=args.cost, mode=args.mode, candidates_n=args.candidates,
                       grid=args.grid, min_epochs=args.min_epochs, max_epochs=args.max_epochs,

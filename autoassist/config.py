@@ -10,45 +10,71 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autoassist.errors import UsageError, UsageFileNotFoundError
+
 ASSISTANT_KINDS = ("logistic", "sgd", "mlp")
 
 
 @dataclass
 class ShrinkConfig:
-    """How the shrinking loader chooses instances.
+    """How the shrinking loader chooses instances, and how its Assistant learns.
 
-    floor: keep probability floor ``b`` in ``P_i = b + (1 - b) * p_i``.
-    rank_power: None: ``p_i`` is the Assistant's score. ``k``: ``p_i`` is the score's rank
-        percentile to the ``k``-th power, so selection follows the Assistant's ordering, not its
-        calibration, and each shrinking epoch keeps ``b + (1 - b) / (k + 1)`` of the data
-        whatever the scores (0.4 at ``b = 0.2, k = 3``).
-    adaptive_floor: use ``b = max(floor, 1 - assistant accuracy)`` (the paper's translation rule).
-    warmup_epochs: leading epochs that keep every instance (the Assistant learns meanwhile).
-    anneal_epochs: trailing epochs that keep every instance (needs ``epochs``).
-    epochs: the training budget in epochs, only needed for ``anneal_epochs``.
-    first_scores_wait: when a shrinking epoch starts before the Assistant has published any
-        scores (it is still starting, on a fast Boss), wait up to this fraction of the previous
-        epoch's duration for them; otherwise that epoch keeps everything, which costs a whole
-        epoch's worth of extra work. 0 = never wait (the Boss then never waits for the Assistant).
-    reweight: weight kept instances by ``mean(P) / P_i`` so the expected gradient is unbiased.
-    assistant: "logistic" (online logistic regression), "sgd" (scikit-learn SGDClassifier),
-        or "mlp" (a tiny torch net).
-    loss_history: give the Assistant each instance's last reported loss (relative to the running
-        mean) as two extra features; off = the paper's Assistant, on input features only.
-    label_ema: smoothing of the running mean loss that defines "informative" (loss above it).
-    feature_dim: size of the fixed random projection of the input used as Assistant features.
-    label_buckets: one-hot buckets for the instance's class label in the features (0 = none).
-    assistant_lr: learning rate of the Assistant's online updates.
-    assistant_threads: CPU threads the Assistant process may use (keeps the Boss's cores free).
-    kernel_threads: Numba threads for the selection kernel in the Boss process (None = Numba's).
-    queue_size: bound of the Boss -> Assistant queue; when full, messages wait in a merged
-    backlog (the Boss never blocks; only losses beyond ~4N held are dropped, and counted).
-    send_every: batches of losses grouped into one message (fewer, larger messages are cheaper).
-    sync: wait for the Assistant at every epoch boundary: reproducible, slower. For tests/debug.
-    seed: seed of the selection stream, the projection and the Assistant.
-    max_restarts: how often a dead Assistant process is restarted before running without it.
-    trace_dir: write every epoch's reported ids, losses and Assistant features there (rank 0),
-        for ``autoassist tune --offline``; None writes nothing.
+    Every setting has a default that works (the paper's image setting); ``autoassist tune``
+    finds better ones for a given job. Pass one to ``autoassist.wrap(loader, config=...)``,
+    or single settings as keywords.
+
+    Attributes:
+        floor: keep probability floor ``b`` in ``P_i = b + (1 - b) * p_i``.
+        rank_power: None: ``p_i`` is the Assistant's score. ``k``: ``p_i`` is the score's rank
+            percentile to the ``k``-th power, so selection follows the Assistant's ordering,
+            not its calibration, and each shrinking epoch keeps ``b + (1 - b) / (k + 1)`` of
+            the data whatever the scores (0.4 at ``b = 0.2, k = 3``).
+        adaptive_floor: use ``b = max(floor, 1 - assistant accuracy)`` (the paper's
+            translation rule).
+        warmup_epochs: leading epochs that keep every instance (the Assistant learns
+            meanwhile).
+        anneal_epochs: trailing epochs that keep every instance (needs ``epochs``).
+        epochs: the training budget in epochs, only needed for ``anneal_epochs``.
+        first_scores_wait: when a shrinking epoch starts before the Assistant has published
+            any scores (it is still starting, on a fast Boss), wait up to this fraction of the
+            previous epoch's duration for them; otherwise that epoch keeps everything, which
+            costs a whole epoch's worth of extra work. 0 = never wait (the Boss then never
+            waits for the Assistant).
+        reweight: weight kept instances by ``mean(P) / P_i`` so the expected gradient is
+            unbiased.
+        assistant: "logistic" (online logistic regression), "sgd" (scikit-learn
+            SGDClassifier), or "mlp" (a tiny torch net).
+        loss_history: give the Assistant each instance's last reported loss (relative to the
+            running mean) as two extra features; off = the paper's Assistant, on input
+            features only.
+        label_ema: smoothing of the running mean loss that defines "informative" (loss above
+            it).
+        feature_dim: size of the fixed random projection of the input used as Assistant
+            features.
+        label_buckets: one-hot buckets for the instance's class label in the features
+            (0 = none).
+        assistant_lr: learning rate of the Assistant's online updates.
+        assistant_threads: CPU threads the Assistant process may use (keeps the Boss's cores
+            free).
+        kernel_threads: Numba threads for the selection kernel in the Boss process
+            (None = Numba's).
+        queue_size: bound of the Boss -> Assistant queue; when full, messages wait in a merged
+            backlog (the Boss never blocks; only losses beyond ~4N held are dropped, and
+            counted).
+        send_every: batches of losses grouped into one message (fewer, larger messages are
+            cheaper).
+        sync: wait for the Assistant at every epoch boundary: reproducible, slower. For
+            tests/debug.
+        seed: seed of the selection stream, the projection and the Assistant.
+        max_restarts: how often a dead Assistant process is restarted before running without
+            it.
+        trace_dir: write every epoch's reported ids, losses and Assistant features there
+            (rank 0), for ``autoassist tune --offline``; None writes nothing.
+        extra: free-form notes carried along (not read by autoassist).
+
+    Raises:
+        UsageError: a setting out of its range, named with the reason, when the config is
+            made (a ``ValueError``).
     """
 
     floor: float = 0.3
@@ -79,8 +105,8 @@ class ShrinkConfig:
         self.validate()
 
     def validate(self) -> None:
-        def bad(name: str, why: str) -> ValueError:
-            return ValueError(f"ShrinkConfig.{name}={getattr(self, name)!r}: {why}")
+        def bad(name: str, why: str) -> UsageError:
+            return UsageError(f"ShrinkConfig.{name}={getattr(self, name)!r}: {why}")
 
         if not (0.0 <= self.floor <= 1.0) or math.isnan(self.floor):
             raise bad("floor", "must lie in [0, 1] (0.3 is the paper's image setting)")
@@ -127,7 +153,7 @@ class ShrinkConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(
+            raise UsageError(
                 f"unknown shrink setting(s) {unknown}; known settings are {sorted(known)}"
             )
         return cls(**data)
@@ -136,17 +162,10 @@ class ShrinkConfig:
     def from_file(cls, path: str | os.PathLike) -> ShrinkConfig:
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"shrink config {path} does not exist")
-        text = path.read_text()
-        if path.suffix == ".json":
-            data = json.loads(text)
-        elif path.suffix == ".toml":
-            import tomllib
-
-            data = tomllib.loads(text)
-        else:
-            raise ValueError(f"shrink config {path}: use a .toml or .json file")
-        return cls.from_dict(data)
+            raise UsageFileNotFoundError(f"shrink config {path} does not exist")
+        if path.suffix not in (".json", ".toml"):
+            raise UsageError(f"shrink config {path}: use a .toml or .json file")
+        return cls.from_dict(read_settings_file(path))
 
     def to_file(self, path: str | os.PathLike) -> Path:
         path = Path(path)
@@ -159,7 +178,7 @@ class ShrinkConfig:
                 lines.append(f"{key} = {json.dumps(value)}")
             path.write_text("\n".join(lines) + "\n")
         else:
-            raise ValueError(f"shrink config {path}: use a .toml or .json file")
+            raise UsageError(f"shrink config {path}: use a .toml or .json file")
         return path
 
     def replace(self, **changes: Any) -> ShrinkConfig:
@@ -168,7 +187,9 @@ class ShrinkConfig:
     @classmethod
     def coerce(cls, config: ShrinkConfig | dict | str | os.PathLike | None = None,
                **overrides: Any) -> ShrinkConfig:
-        """The one place a config given in any accepted form is resolved.
+        """The one place a config given in any accepted form is resolved (``wrap``, the other
+        adapters, ``tune`` and the fairseq task all call it, so a config means the same
+        everywhere).
 
         Args:
             config: None (the defaults), a ``ShrinkConfig``, a dict of settings (optionally
@@ -180,8 +201,9 @@ class ShrinkConfig:
 
         Raises:
             TypeError: ``config`` is of another type.
-            ValueError: an unknown setting, or a value out of its range.
-            FileNotFoundError: the file does not exist.
+            UsageError: an unknown setting, a value out of its range, or a file that is not
+                .toml/.json or does not parse (``UsageError`` is a ``ValueError``).
+            UsageFileNotFoundError: the file does not exist (a ``FileNotFoundError``).
         """
         if config is None:
             base = cls()
@@ -195,3 +217,16 @@ class ShrinkConfig:
             raise TypeError(f"config must be a ShrinkConfig, a dict of settings or a .toml/.json "
                             f"file path, got {type(config).__name__}")
         return base.replace(**overrides) if overrides else base
+
+
+def read_settings_file(path: Path) -> dict[str, Any]:
+    """The table in a .toml or .json file the user wrote; a parse error is theirs to fix."""
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+
+            return tomllib.loads(text)
+        return json.loads(text)
+    except ValueError as exc:  # TOMLDecodeError and JSONDecodeError are ValueErrors
+        raise UsageError(f"{path} does not parse as {path.suffix[1:].upper()}: {exc}") from None

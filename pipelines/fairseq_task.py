@@ -161,8 +161,8 @@ class AutoAssistTranslationTask(TranslationTask):
         self._start_engine(dataset)
 
     def _start_engine(self, dataset) -> None:
+        from autoassist.assistant.text_features import sentence_pair_features
         from autoassist.engine import ShrinkEngine
-        from autoassist.text_features import sentence_pair_features
 
         n = len(dataset)
         sources = [dataset.src[i] for i in range(n)]

@@ -16,13 +16,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from autoassist.config import ShrinkConfig
-from autoassist.engine import ShrinkEngine
-from autoassist.pipelines.dataloader import (
-    STATE_VERSION,
-    _check_ids,
-    _check_state_version,
-    _EngineLoader,
-)
+from autoassist.engine import EpochPlan
+from autoassist.pipelines.base import EngineLoader, check_ids
 
 
 class _KeyedStream(IterableDataset):
@@ -54,7 +49,7 @@ class _KeyedCollate:
         return ids, self.collate_fn([p[1] for p in pairs])
 
 
-class KeyedShrinkingLoader(_EngineLoader):
+class KeyedShrinkingLoader(EngineLoader):
     """The shrinking loader for iterable-style datasets (see module docstring)."""
 
     def __init__(self, loader: DataLoader, config=None, *, key: Callable[[Any], int],
@@ -70,11 +65,9 @@ class KeyedShrinkingLoader(_EngineLoader):
             )
         if num_instances is None or int(num_instances) <= 0:
             raise ValueError("key= needs num_instances=N, the number of distinct instance ids")
-        self.config = ShrinkConfig.coerce(config, **options)
         self.user_loader = loader
-        self.num_instances = int(num_instances)
-        self.engine = ShrinkEngine(self.num_instances, self.config, features=features,
-                                   inputs=inputs, tensorboard=tensorboard)
+        super().__init__(int(num_instances), ShrinkConfig.coerce(config, **options),
+                         features=features, inputs=inputs, tensorboard=tensorboard)
         self._stream = _KeyedStream(loader.dataset, key, self.num_instances)
         kwargs = dict(
             batch_size=loader.batch_size, drop_last=loader.drop_last,
@@ -88,33 +81,10 @@ class KeyedShrinkingLoader(_EngineLoader):
             kwargs["prefetch_factor"] = loader.prefetch_factor
         self._loader = DataLoader(self._stream, **kwargs)
 
-    def __iter__(self) -> Iterator[Any]:
-        self._start_epoch()
-        self._stream.mask = self.engine.plan(self._epoch).mask
-        skip = self._batches_done  # resume: the stream is replayed, done batches are skipped
+    def _iter_epoch(self, plan: EpochPlan, skip: int) -> Iterator[tuple[np.ndarray, Any]]:
+        self._stream.mask = plan.mask  # before the workers copy the stream
         for ids, batch in self._loader:
-            if skip:
+            if skip:  # resume: the stream is replayed, done batches are skipped
                 skip -= 1
                 continue
-            self._last_ids = _check_ids(ids.numpy(), self.num_instances)
-            self._last_batch = batch
-            self._batches_done += 1
-            yield batch
-        self._finish_epoch()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"version": STATE_VERSION, "num_instances": self.num_instances, "epoch": self._epoch,
-                "batches_done": self._batches_done, "epoch_complete": self._epoch_complete,
-                "engine": self.engine.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        _check_state_version(state)
-        if state["num_instances"] != self.num_instances:
-            raise ValueError(
-                f"this state comes from {state['num_instances']} instances, this loader has "
-                f"num_instances={self.num_instances}: load it into a loader over the same data"
-            )
-        self.engine.load_state_dict(state["engine"])
-        self._epoch, self._batches_done = state["epoch"], state["batches_done"]
-        self._epoch_complete = state["epoch_complete"]
-        self._epoch_set = not self._epoch_complete
+            yield check_ids(ids.numpy(), self.num_instances), batch

@@ -27,7 +27,7 @@ from torchdata.nodes import BaseNode
 
 from autoassist.config import ShrinkConfig
 from autoassist.engine import ShrinkEngine
-from autoassist.pipelines.dataloader import _as_ids
+from autoassist.pipelines.base import as_ids
 
 
 class ShrinkSampler(BaseNode[int]):
@@ -92,7 +92,7 @@ class ShrinkSampler(BaseNode[int]):
 
     def report(self, per_sample: torch.Tensor, ids, batch: Any = None) -> torch.Tensor:
         """Feed per-instance losses of the instances ``ids``; returns the (re)weighted mean."""
-        return self.engine.report(per_sample, _as_ids(ids, self.num_instances), batch)
+        return self.engine.report(per_sample, as_ids(ids, self.num_instances), batch)
 
     @property
     def telemetry(self) -> list[dict[str, Any]]:

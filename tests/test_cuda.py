@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 import autoassist
+from autoassist.assistant.trace import read_trace
 from autoassist.bench.datasets import FashionMNIST
 from autoassist.bench.models import small_cnn
 from autoassist.bench.training import evaluate
-from autoassist.trace import read_trace
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CUDA = torch.device("cuda")

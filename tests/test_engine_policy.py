@@ -46,6 +46,30 @@ def test_warmup_shrink_anneal_schedule():
         reasons = [t["reason"] for t in loader.telemetry]
     assert reasons == ["warmup", "shrink", "shrink", "anneal"]
     assert counts[0] == counts[3] == N and counts[1] < N and counts[2] < N
+    assert all(type(r) is str for r in reasons)  # plain words in telemetry (JSON, pickles)
+
+
+def test_the_keep_policy_is_pure_functions_of_config_epoch_and_scores():
+    import json
+
+    from autoassist.config import ShrinkConfig
+    from autoassist.engine.plan import Reason, floor, keep_all_reason, make_plan
+
+    c = ShrinkConfig(warmup_epochs=2, epochs=10, anneal_epochs=3, floor=0.2)
+    assert [keep_all_reason(c, e) for e in (0, 1, 2, 6, 7, 9)] == [
+        Reason.WARMUP, Reason.WARMUP, None, None, Reason.ANNEAL, Reason.ANNEAL]
+    assert keep_all_reason(c.replace(floor=1.0), 3) is Reason.KEEP_ALL
+    assert json.dumps([Reason.KEEP_ALL]) == '["keep-all"]' and f"{Reason.SHRINK}" == "shrink"
+    assert floor(c, 0.6) == 0.2  # adaptive_floor off: the configured floor
+    adaptive = c.replace(adaptive_floor=True)
+    assert floor(adaptive, 0.6) == pytest.approx(0.4) and floor(adaptive, 0.9) == 0.2
+    assert floor(adaptive, float("nan")) == 0.2  # no accuracy yet
+    scores = np.linspace(0, 1, 500, dtype=np.float32)
+    a, b = make_plan(c, 4, scores, 3, 0.2), make_plan(c, 4, scores, 3, 0.2)
+    assert a.reason is Reason.SHRINK and np.array_equal(a.mask, b.mask)  # seeded by (seed, epoch)
+    assert a.kept == int(a.mask.sum()) and 0 < a.kept < 500
+    p = 0.2 + 0.8 * scores
+    assert np.allclose(a.weights(np.arange(500)), p.mean() / p, rtol=1e-5)
 
 
 def test_adaptive_floor_rises_when_the_assistant_cannot_predict():

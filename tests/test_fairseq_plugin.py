@@ -96,7 +96,7 @@ def test_corpus_is_split_by_book_and_aligned():
 
 
 def test_text_features_are_tfidf_rows_plus_length():
-    from autoassist.text_features import sentence_pair_features
+    from autoassist.assistant.text_features import sentence_pair_features
 
     src = [[5, 6, 7], [5, 5, 9, 10, 11, 12], [8]]
     tgt = [[1, 2], [3, 4, 4, 4], [2]]
@@ -133,7 +133,7 @@ def test_per_sentence_losses_sum_to_fairseq_label_smoothed_loss(data_bin):
         torch.testing.assert_close(log["nll_loss"], ref_log["nll_loss"], rtol=1e-5, atol=1e-4)
         assert size == ref_size
         # and the Assistant got one loss per sentence of the batch
-        assert task.engine._reported == len(sample["id"])
+        assert task.engine.reported_instances == len(sample["id"])
     finally:
         task.close()
 

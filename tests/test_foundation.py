@@ -167,7 +167,7 @@ def test_regular_install_ships_kernels_and_pipelines(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("autoassist-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     for module in ("autoassist/kernels/select.py", "autoassist/pipelines/dataloader.py",
-                   "autoassist/engine.py"):
+                   "autoassist/engine/engine.py"):
         assert module in names
     expected = {prefix + source.relative_to(src / folder).as_posix()
                 for folder, prefix in (("autoassist", "autoassist/"),

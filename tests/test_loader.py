@@ -483,3 +483,79 @@ def test_a_script_without_a_main_guard_works_and_is_not_rerun(fmnist_dir, tmp_pa
     assert restarts == 0, out.stderr[-3000:]
     assert version >= 1 and kept < 512  # the Assistant scored and epoch 2 shrank
     assert len(marker.read_text().split()) == 1  # only the script's own process ran it
+
+
+# -- the adapters' base (pipelines/base.py) -----------------------------------------------------
+def test_the_loader_base_names_what_a_subclass_forgot():
+    from autoassist.config import ShrinkConfig
+    from autoassist.pipelines.base import EngineLoader
+
+    class NoEpochs(EngineLoader):  # started its engine, but says nothing of an epoch's batches
+        def __init__(self):
+            super().__init__(10, ShrinkConfig())
+
+    class NoBase(EngineLoader):
+        def __init__(self):  # never started the engine
+            pass
+
+    with NoEpochs() as loader, pytest.raises(NotImplementedError, match=r"_iter_epoch\("):
+        next(iter(loader))
+    with pytest.raises(RuntimeError, match=r"must call EngineLoader.__init__"):
+        next(iter(NoBase()))
+
+
+def test_the_batch_sampler_is_handed_what_it_needs():
+    from autoassist.pipelines.dataloader import _ShrinkBatchSampler
+
+    batches = [np.array([0, 1]), np.array([4]), np.array([7, 9])]
+    sampler = _ShrinkBatchSampler(lambda: iter(batches), length=lambda: len(batches))
+    pushed = []
+    sampler.next_iteration(skip=1, push=pushed.append)  # a resumed epoch: one batch done
+    assert list(sampler) == [[4], [7, 9]] and [p.tolist() for p in pushed] == [[4], [7, 9]]
+    assert len(list(sampler)) == len(sampler) == 3  # the skip was for one iteration only
+
+
+def test_adapters_import_no_private_names_of_each_other():
+    """What the adapters share lives in pipelines/base.py under public names."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "pipelines"
+    private = [
+        f"{path.name}:{node.lineno} {node.module}.{alias.name}"
+        for path in root.rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("autoassist.")
+        for alias in node.names if alias.name.startswith("_")
+    ]
+    assert not private, private
+
+
+def test_len_never_plans_and_after_set_epoch_is_what_the_epoch_yields(monkeypatch):
+    """Planning can start collectives (DDP) and starts the epoch's clock, so ``len()`` only
+    reads a plan: before ``set_epoch`` it is the unshrunk count, afterwards the shrunk one."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1000, 4, generator=gen)
+    base = DataLoader(TensorDataset(x, torch.arange(1000)), batch_size=64, shuffle=True)
+    loss = torch.nn.functional.softplus(3 * x[:, 0])
+    with autoassist.wrap(base, features=x, sync=True, warmup_epochs=1, floor=0.2) as loader:
+        planned = []
+        real_plan = loader.engine.plan
+        monkeypatch.setattr(loader.engine, "plan", lambda e: planned.append(e) or real_plan(e))
+        assert len(loader) == len(base) and planned == []  # nothing planned yet: unshrunk
+        for epoch in range(3):
+            loader.set_epoch(epoch)
+            assert planned[-1] == epoch  # planned at set_epoch, as DistributedSampler
+            calls = len(planned)
+            expected = len(loader)
+            assert len(planned) == calls  # len() did not plan
+            batches = 0
+            for _x, idx in loader:
+                loader.report(loss[idx])
+                batches += 1
+            assert batches == expected
+            assert len(loader) == expected  # the finished epoch's count, still without a plan
+        assert loader.telemetry[-1]["reason"] == "shrink" and expected < len(base)
+    # iter() without set_epoch plans the next epoch itself
+    with autoassist.wrap(base, features=x, sync=True, warmup_epochs=0, floor=0.2) as loader:
+        assert sum(1 for _ in loader) == len(loader) == len(base)  # no scores yet: all kept

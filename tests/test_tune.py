@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 import autoassist
 from autoassist.config import ShrinkConfig
+from autoassist.errors import UsageError, UsageFileNotFoundError
 from autoassist.tuning import budgets, score_probe, tune
 from autoassist.tuning.space import load_space, to_config
 
@@ -114,8 +115,9 @@ def test_scores_compare_with_the_uniform_run_of_the_same_budget():
 
 
 def test_bad_jobs_and_spaces_are_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(UsageFileNotFoundError, match="does not exist") as missing:
         tune(str(tmp_path / "nope.py") + ":job", SPACE, out=tmp_path)
+    assert isinstance(missing.value, FileNotFoundError)  # what it was before
     with pytest.raises(ValueError, match="has no function 'missing'"):
         tune(f"{ROOT / 'tests' / 'tune_jobs.py'}:missing", SPACE, out=tmp_path)
     with pytest.raises(ValueError, match="cannot import module"):
@@ -128,8 +130,58 @@ def test_bad_jobs_and_spaces_are_named(tmp_path):
         load_space({"prune_ratio": [0.3]})
     with pytest.raises(ValueError, match="floor"):
         load_space({"floor": [0.5, 1.5]})
-    with pytest.raises(ValueError, match="low < high"):
+    with pytest.raises(UsageError, match="low < high"):
         load_space({"floor": {"uniform": [0.9, 0.1]}})
+    for bad in ({"floor": [0.5, 1.5]}, {"prune_ratio": [0.3]}, {}):
+        with pytest.raises(UsageError):
+            load_space(bad)
+    with pytest.raises(UsageError, match="min_epochs"):
+        budgets(5, 2, 2)
+
+
+def _cli_error(argv, capsys) -> str:
+    from autoassist.cli import main
+
+    assert main(argv) == 2, argv
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err  # one line
+    assert err.startswith("autoassist: error: "), err
+    return err
+
+
+def test_the_cli_says_in_one_line_what_is_wrong_with_a_job_or_a_space(tmp_path, capsys,
+                                                                       monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing may be written, not even the default out folder
+    missing = tmp_path / "missing_job.py"
+    err = _cli_error(["tune", f"{missing}:job"], capsys)
+    assert err == f"autoassist: error: job '{missing}:job': file {missing} does not exist\n"
+    job = f"{ROOT / 'tests' / 'tune_jobs.py'}:tiny"
+    (tmp_path / "space.toml").write_text("[space]\nfloor = [0.5, 1.5]\n")
+    err = _cli_error(["tune", job, "--space", "space.toml"], capsys)
+    assert err == ("autoassist: error: ShrinkConfig.floor=1.5: must lie in [0, 1] (0.3 is the "
+                   "paper's image setting)\n")
+    (tmp_path / "typo.toml").write_text("[space]\nflor = [0.5]\n")
+    assert "'flor' is not a tunable setting" in _cli_error(
+        ["tune", job, "--space", "typo.toml"], capsys)
+    (tmp_path / "broken.toml").write_text("[space\nfloor = [0.5]\n")
+    assert "broken.toml does not parse as TOML" in _cli_error(
+        ["tune", job, "--space", "broken.toml"], capsys)
+    assert "base.toml does not exist" in _cli_error(["tune", job, "--base", "base.toml"], capsys)
+    assert not (tmp_path / "autoassist-tune").exists()  # refused before anything ran
+
+
+def test_a_job_module_that_fails_to_import_keeps_its_own_traceback(tmp_path, monkeypatch):
+    """Only a job *name* that leads nowhere is the user's one-line mistake; a module the job
+    imports that is missing is an error in the job, shown with its traceback."""
+    from autoassist.tuning.probe import load_job
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "needs_more.py").write_text("import no_such_dependency_anywhere\n")
+    with pytest.raises(ModuleNotFoundError) as exc:
+        load_job("needs_more:job")
+    assert not isinstance(exc.value, UsageError)
+    with pytest.raises(UsageError, match="cannot import module 'no_such_job_module'"):
+        load_job("no_such_job_module:job")
 
 
 @pytest.mark.slow
@@ -230,7 +282,7 @@ def trace_dir(fmnist_dir, tmp_path_factory):
 def test_the_engine_writes_what_the_boss_reported(trace_dir):
     import numpy as np
 
-    from autoassist.trace import read_trace
+    from autoassist.assistant.trace import read_trace
 
     out, reported, kept = trace_dir
     trace = read_trace(out)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from autoassist.errors import UsageError
+from autoassist.errors import UsageFileNotFoundError
 
 FASHION_MNIST_ENV = "AUTOASSIST_FASHION_MNIST"
 FASHION_MNIST_DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's documented location
@@ -32,7 +32,7 @@ FASHION_MNIST_STD = 0.3530
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-class DataNotFoundError(UsageError, FileNotFoundError):
+class DataNotFoundError(UsageFileNotFoundError):
     """A data set's files are missing; the message says how to install them (the user's to fix:
     the ``autoassist`` command shows it as one line)."""
 

@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoassist.boss import checkpoint as ckpt
 from autoassist.boss.aux_vars import AuxTables
+from autoassist.boss.trainer import EpochTrainer
 
 MODES = ("batch", "online")
 
@@ -107,7 +107,7 @@ class NMFBlock(nn.Module):
         return float(((a - c @ self.W) ** 2).sum() / (a ** 2).sum().clamp_min(1e-12))
 
 
-class BlockADMM:
+class BlockADMM(EpochTrainer):
     """Trains ``blocks`` (an ``nn.Sequential`` of K modules) on ``(x, y)`` tensors."""
 
     def __init__(self, blocks: nn.Sequential, x: torch.Tensor, y: torch.Tensor,
@@ -322,32 +322,16 @@ class BlockADMM:
         """Run the remaining epochs. ``processes=True``: one process per block
         (``block_admm_parallel.py``; identical numbers), as one launch: evaluation, constraints
         and the checkpoint follow the whole run."""
-        from tqdm.auto import tqdm
-
         if processes and self.K > 1 and self.epoch < self.cfg.epochs:
             from autoassist.boss.block_admm_parallel import run_parallel
 
             epochs = self.cfg.epochs - self.epoch
             records = run_parallel(self, epochs, timeout_s)  # timed: launch, no checks
             records[-1].update(self.constraints())
-            if evaluate is not None:
-                records[-1]["accuracy"] = evaluate(self.blocks)
-            self.history.extend(records)
-            self.epoch += epochs
-            if checkpoint is not None:
-                self.save(checkpoint)
+            self._epochs_done(records, epochs, evaluate, checkpoint)
             return self.history
-
-        for _ in tqdm(range(self.epoch, self.cfg.epochs), desc=f"block-admm ({self.cfg.mode})",
-                      disable=not progress, leave=False):
-            record = self.epoch_pass()
-            if evaluate is not None:
-                record["accuracy"] = evaluate(self.blocks)
-            self.history.append(record)
-            self.epoch += 1
-            if checkpoint is not None:
-                self.save(checkpoint)
-        return self.history
+        return self._run_epochs(self.cfg.epochs, f"block-admm ({self.cfg.mode})",
+                                self.epoch_pass, evaluate, checkpoint, progress)
 
     # -- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -368,9 +352,3 @@ class BlockADMM:
         self.epoch = state["epoch"]
         self.gen.set_state(state["generator"])
         self.history = list(state["history"])
-
-    def save(self, path: str | Path) -> None:
-        ckpt.save_atomic(self.state_dict(), path)
-
-    def load(self, path: str | Path) -> None:
-        self.load_state_dict(ckpt.load_own(path))

@@ -51,7 +51,7 @@ class BossConfig:
 
 def split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """``(inputs, labels)`` from a collated batch (tuple/list or a dict with input/label keys)."""
-    from autoassist.features import split_batch as find
+    from autoassist.assistant.features import split_batch as find
 
     x, y = find(batch)
     if y is None:

@@ -35,9 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoassist.boss import checkpoint as ckpt
 from autoassist.boss.aux_vars import AuxTables, ByteLedger
 from autoassist.boss.filters import make_filter
+from autoassist.boss.trainer import EpochTrainer
 
 SOLVERS = ("penalty", "al")
 
@@ -91,7 +91,7 @@ def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 2, flip: bool = Tr
     return out.contiguous()
 
 
-class HybridTrainer:
+class HybridTrainer(EpochTrainer):
     """Trains ``blocks`` (an ``nn.Sequential`` of K block modules) on ``(x, y)`` tensors."""
 
     def __init__(self, blocks: nn.Sequential, x: torch.Tensor, y: torch.Tensor,
@@ -277,8 +277,6 @@ class HybridTrainer:
         (``hybrid_parallel.py``; identical numbers), as one launch: evaluation and the checkpoint
         follow the whole phase.
         """
-        from tqdm.auto import tqdm
-
         if processes and self.epoch < self.cfg.parallel_epochs and self.K > 1:
             from autoassist.boss.hybrid_parallel import run_parallel_phase
 
@@ -287,24 +285,15 @@ class HybridTrainer:
             rho, self.rho = self.rho, records[-1]["rho"]  # the last epoch's weight
             records[-1].update(self.constraints())
             self.rho = rho
-            if evaluate is not None:
-                records[-1]["accuracy"] = evaluate(self.blocks)
-            self.history.extend(records)
-            self.epoch += epochs
-            if checkpoint is not None:
-                self.save(checkpoint)
-        total = self.cfg.parallel_epochs + self.cfg.serial_epochs
-        for _ in tqdm(range(self.epoch, total), desc=f"hybrid ({self.cfg.solver})",
-                      disable=not progress, leave=False):
-            record = (self.parallel_epoch() if self.epoch < self.cfg.parallel_epochs
-                      else self.serial_epoch())
-            if evaluate is not None:
-                record["accuracy"] = evaluate(self.blocks)
-            self.history.append(record)
-            self.epoch += 1
-            if checkpoint is not None:
-                self.save(checkpoint)
-        return self.history
+            self._epochs_done(records, epochs, evaluate, checkpoint)
+
+        def epoch() -> dict[str, Any]:
+            return (self.parallel_epoch() if self.epoch < self.cfg.parallel_epochs
+                    else self.serial_epoch())
+
+        return self._run_epochs(self.cfg.parallel_epochs + self.cfg.serial_epochs,
+                                f"hybrid ({self.cfg.solver})", epoch, evaluate, checkpoint,
+                                progress)
 
     # -- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -325,9 +314,3 @@ class HybridTrainer:
         self.gen.set_state(state["generator"])
         self.ledger.bytes = state["bytes"]
         self.history = list(state["history"])
-
-    def save(self, path: str | Path) -> None:
-        ckpt.save_atomic(self.state_dict(), path)
-
-    def load(self, path: str | Path) -> None:
-        self.load_state_dict(ckpt.load_own(path))

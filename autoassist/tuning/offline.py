@@ -1,9 +1,9 @@
 """``autoassist tune --offline TRACE``: choose the Assistant and the floor from a logged run.
 
-No training is repeated. The trace (``autoassist.trace``) holds every loss the Boss reported, in
-order, and the Assistant's input features. From it this module rebuilds exactly the rows the
-online Assistant learns from: the "informative" label of each report (loss above the running
-mean, ``kernels.ema_stream`` with the run's ``label_ema``) and the loss-memory features
+No training is repeated. The trace (``autoassist.assistant.trace``) holds every loss the Boss
+reported, in order, and the Assistant's input features. From it this module rebuilds exactly the
+rows the online Assistant learns from: the "informative" label of each report (loss above the
+running mean, ``kernels.ema_stream`` with the run's ``label_ema``) and the loss-memory features
 (the instance's previous loss relative to the running mean). Reports are replayed one Boss
 report at a time; online they travel in groups of ``send_every``, a small difference.
 
@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
+from autoassist.assistant.trace import Trace, read_trace
 from autoassist.config import ShrinkConfig
 from autoassist.errors import UsageError
 from autoassist.plotting import subplots
-from autoassist.trace import Trace, read_trace
 
 DEFAULT_CANDIDATES = [  # the tiny net's Adam step is capped at 0.01 (assistant/models.py)
     {"assistant": ["logistic", "sgd"], "assistant_lr": [0.03, 0.1, 0.3],
@@ -143,7 +143,7 @@ def tune_offline(trace_dir: str | os.PathLike, *, recall: float = 0.9,
     from tqdm.auto import tqdm
 
     if not 0.0 < recall <= 1.0:
-        raise ValueError(f"recall={recall}: must lie in (0, 1]")
+        raise UsageError(f"recall={recall}: must lie in (0, 1]")
     trace = read_trace(trace_dir)
     X, y, _epoch = replay(trace)
     if max_rows is not None and len(X) > max_rows:
@@ -155,7 +155,7 @@ def tune_offline(trace_dir: str | os.PathLike, *, recall: float = 0.9,
                          "trace a longer run")
     grid = list(ParameterGrid(candidates or DEFAULT_CANDIDATES))
     if not grid:
-        raise ValueError("no candidates to try")
+        raise UsageError("no candidates to try")
     cv = TimeSeriesSplit(n_splits=n_splits)
     rows = []
     for params in tqdm(grid, desc="autoassist tune --offline", disable=not progress):

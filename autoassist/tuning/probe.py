@@ -26,16 +26,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from autoassist.errors import UsageError, UsageFileNotFoundError
+
 
 def load_job(spec: str) -> Callable[..., Any]:
-    """The function named by ``module:function`` or ``file.py:function``, with clear errors."""
+    """The function named by ``module:function`` or ``file.py:function``.
+
+    A name that leads nowhere raises a ``UsageError`` (``UsageFileNotFoundError`` for a missing
+    file) that says how to name the job; an error raised by the job's own module while it is
+    imported is the job's, and comes through as it is.
+    """
     if not isinstance(spec, str) or spec.count(":") != 1:
-        raise ValueError(f"job {spec!r}: name it as module:function or path/to/file.py:function")
+        raise UsageError(f"job {spec!r}: name it as module:function or path/to/file.py:function")
     where, name = spec.split(":")
     if where.endswith(".py"):
         path = Path(where)
         if not path.is_file():
-            raise FileNotFoundError(f"job {spec!r}: file {path} does not exist")
+            raise UsageFileNotFoundError(f"job {spec!r}: file {path} does not exist")
         module_name = f"autoassist_tune_job_{path.stem}"
         loaded = importlib.util.spec_from_file_location(module_name, path.resolve())
         module = importlib.util.module_from_spec(loaded)
@@ -47,14 +54,16 @@ def load_job(spec: str) -> Callable[..., Any]:
         try:
             module = importlib.import_module(where)
         except ModuleNotFoundError as exc:
-            raise ValueError(f"job {spec!r}: cannot import module {where!r} ({exc}); run from "
+            if exc.name is None or not (where == exc.name or where.startswith(exc.name + ".")):
+                raise  # a module the job imports is missing: the job's error, traced
+            raise UsageError(f"job {spec!r}: cannot import module {where!r} ({exc}); run from "
                              "the folder that holds it, or name the file: path/to/file.py:"
                              f"{name}") from None
     job = getattr(module, name, None)
     if job is None:
-        raise ValueError(f"job {spec!r}: {where} has no function {name!r}")
+        raise UsageError(f"job {spec!r}: {where} has no function {name!r}")
     if not callable(job):
-        raise ValueError(f"job {spec!r}: {name} is not callable")
+        raise UsageError(f"job {spec!r}: {name} is not callable")
     return job
 
 

@@ -69,10 +69,10 @@ class TuneResult:
 def budgets(min_epochs: int, max_epochs: int, factor: int) -> list[int]:
     """Epoch budget per rung: ``max_epochs / factor**k`` rounded up, down to ``min_epochs``."""
     if not 1 <= min_epochs <= max_epochs:
-        raise ValueError(f"min_epochs={min_epochs}, max_epochs={max_epochs}: need "
+        raise UsageError(f"min_epochs={min_epochs}, max_epochs={max_epochs}: need "
                          "1 <= min_epochs <= max_epochs")
     if factor < 2:
-        raise ValueError(f"factor={factor}: successive halving keeps 1/factor, so factor >= 2")
+        raise UsageError(f"factor={factor}: successive halving keeps 1/factor, so factor >= 2")
     out = [max_epochs]
     while True:
         nxt = max(min_epochs, math.ceil(out[0] / factor))
@@ -234,25 +234,70 @@ def tune(job: str, space=None, *, objective: str = "time_to_target",
          out: str | os.PathLike = "autoassist-tune", fresh: bool = False,
          progress: bool = True, timeout_s: float | None = None,
          cost_budget: float | None = None, tolerance: float = 0.0) -> TuneResult:
-    """Tune the shrink settings of ``job`` (``module:function`` or ``file.py:function``).
+    """Find the shrink settings for your own training job, by successive halving.
 
-    See the module docstring and ``autoassist.tuning.probe`` for the job's contract. Writes
-    ``tuned.toml`` (load it with ``autoassist.wrap(loader, config=...)`` or fairseq's
-    ``--aa-config``), ``tune.json``, ``tune.md`` and ``tune.png`` into ``out``.
+    Each candidate setting trains ``job`` for a few epochs, in a process of its own, and is
+    scored against the uniform run of the same budget and seed: what a shrinking run has to
+    beat is the plain loader on the same job. The best ``1/factor`` go on to ``factor`` times
+    the epochs, up to ``max_epochs``. The objectives are described in this module's docstring,
+    the job's contract in ``autoassist.tuning.probe``.
+
+    Args:
+        job: ``module:function`` or ``path/to/file.py:function``, called as
+            ``job(config=ShrinkConfig | None, epochs=E, seed=S)`` and returning its
+            evaluations (None: the uniform baseline, the plain loader).
+        space: the settings to vary: a dict of lists or scipy distributions, a .toml/.json
+            file, or None for the built-in space over every tunable setting.
+        objective: ``"time_to_target"`` (the cost of reaching the target) or
+            ``"metric_at_cost"`` (the metric reached within uniform's cost, or
+            ``cost_budget``).
+        target: the metric to reach; default: the uniform run's final metric.
+        cost: ``"seconds"`` of training, or ``"instances"`` trained on (reproducible, fair
+            when probes share the CPU).
+        mode: ``"max"`` for accuracy or BLEU, ``"min"`` for a loss or an error rate.
+        candidates_n: settings sampled from ``space``; ``grid``: every point of a list-only
+            space instead.
+        min_epochs, max_epochs, factor: the rungs' epoch budgets (see ``budgets``).
+        seeds, seed: probes per candidate and budget, and the first seed.
+        n_jobs, threads, timeout_s: probes run at once, torch threads of each, seconds each.
+        base: the ``ShrinkConfig`` (or dict, or file) the candidates start from.
+        out, fresh: the output folder; a tune started again with the same settings resumes
+            from its ``probes.jsonl`` unless ``fresh``.
+        progress: show a progress bar.
+        cost_budget: ``metric_at_cost``: compare at this cost (at ``max_epochs``) instead of
+            uniform's.
+        tolerance: ``time_to_target``: the target is uniform's final metric less this.
+
+    Returns:
+        A ``TuneResult``: the chosen ``config`` and its file ``tuned.toml`` (for
+        ``autoassist.wrap(loader, config=...)`` or fairseq's ``--aa-config``), whether it
+        ``beats_uniform``, and every rung's probes and scores. ``tune.json``, ``tune.md`` and
+        ``tune.png`` are written to ``out`` too.
+
+    Raises:
+        UsageError: a bad argument, job name, space, base config or budget, or an ``out``
+            holding a tune with other settings, found before any probe runs (a
+            ``ValueError``; the ``autoassist`` command prints it as one line).
+        UsageFileNotFoundError: the job's, the space's or the base's file does not exist (a
+            ``FileNotFoundError``).
+        RuntimeError: the job failed on its uniform baseline, or every candidate failed.
     """
+    # the user's arguments, job, space and base are checked before anything runs or is written
     if objective not in OBJECTIVES:
-        raise ValueError(f"objective={objective!r}: one of {OBJECTIVES}")
+        raise UsageError(f"objective={objective!r}: one of {OBJECTIVES}")
     if cost not in COSTS:
-        raise ValueError(f"cost={cost!r}: one of {COSTS}")
+        raise UsageError(f"cost={cost!r}: one of {COSTS}")
     if mode not in ("max", "min"):
-        raise ValueError(f"mode={mode!r}: 'max' (accuracy, BLEU) or 'min' (loss, error)")
+        raise UsageError(f"mode={mode!r}: 'max' (accuracy, BLEU) or 'min' (loss, error)")
     if cost_budget is not None and (objective != "metric_at_cost" or cost_budget <= 0):
-        raise ValueError("cost_budget is a positive cost for objective='metric_at_cost'")
+        raise UsageError("cost_budget is a positive cost for objective='metric_at_cost'")
     if tolerance < 0:
-        raise ValueError(f"tolerance={tolerance}: must be >= 0")
+        raise UsageError(f"tolerance={tolerance}: must be >= 0")
     if seeds < 1 or n_jobs < 1:
-        raise ValueError("seeds and n_jobs must be >= 1")
-    load_job(job)  # a bad job path fails here, before any probe starts
+        raise UsageError("seeds and n_jobs must be >= 1")
+    if timeout_s is not None and timeout_s <= 0:
+        raise UsageError(f"timeout_s={timeout_s}: seconds, > 0")
+    load_job(job)
     space = load_space(space)
     base = ShrinkConfig.coerce(base)
     if cost == "seconds" and n_jobs > 1:

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from autoassist.errors import UsageError, UsageFileNotFoundError
+
 FORMAT = 1
 
 
@@ -70,17 +72,18 @@ class Trace:
 
 
 def read_trace(directory: str | Path) -> Trace:
+    """The trace in ``directory``; a folder without one is the user's to fix (``UsageError``)."""
     d = Path(directory)
     meta_path = d / "meta.json"
     if not meta_path.is_file():
-        raise FileNotFoundError(f"{d} holds no loss trace (meta.json is missing): train with "
+        raise UsageFileNotFoundError(f"{d} holds no loss trace (meta.json is missing): train with "
                                 "autoassist.wrap(loader, trace_dir=...) to write one")
     meta = json.loads(meta_path.read_text())
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{d}: trace format {meta.get('format')}, this version reads {FORMAT}")
+        raise UsageError(f"{d}: trace format {meta.get('format')}, this version reads {FORMAT}")
     files = sorted(d.glob("epoch*.npz"))
     if not files:
-        raise ValueError(f"{d} holds no finished epoch: a trace is written at each epoch's end")
+        raise UsageError(f"{d} holds no finished epoch: a trace is written at each epoch's end")
     n, dim = meta["num_instances"], meta["feature_dim"]
     features, have = np.zeros((n, dim), np.float32), np.zeros(n, bool)
     for f in sorted(d.glob("features*.npz")):
