@@ -187,3 +187,22 @@ def test_third_task_is_real_adult_data():
     assert x.shape == (32561, 109) and len(y_test) == 16281
     assert set(np.unique(y.numpy())) == {0, 1}
     assert task.model()(x[:4]).shape == (4, 2)
+
+
+def test_recording_thread_facts_leaves_torch_on_its_thread_count():
+    """provenance.thread_info() starts Numba's threading layer (OpenMP), which set torch's
+    thread count to Numba's: a 1-thread benchmark trained on 2 threads after its first write."""
+    import subprocess
+    import sys
+
+    code = ("import torch, numba\n"
+            "torch.set_num_threads(1)\n"
+            "from autoassist.bench.provenance import thread_info\n"
+            "info = thread_info()\n"
+            "print(torch.get_num_threads(), info['numba_threads'])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, env={**__import__("os").environ, "NUMBA_NUM_THREADS": "2",
+                                           "OMP_NUM_THREADS": "2"})
+    assert out.returncode == 0, out.stderr
+    torch_threads, numba_threads = map(int, out.stdout.split())
+    assert (torch_threads, numba_threads) == (1, 2)
