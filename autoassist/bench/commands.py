@@ -27,7 +27,8 @@ def demo(sub) -> None:
     p.add_argument("--lr", type=float, default=0.1, help="one-cycle max learning rate")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--floor", type=float, default=0.3, help="keep-probability floor b")
+    p.add_argument("--floor", type=float, default=None,
+                   help="keep-probability floor b (default: the library's, 0.3)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N train images")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
     p.add_argument("--methods", default="uniform,autoassist",
@@ -45,7 +46,8 @@ def demo(sub) -> None:
                  f"--methods {args.methods!r}: a comma-separated subset of uniform,autoassist")
         positive(args, "epochs", "batch_size", "threads")
         positive(args, "limit", allow_none=True)
-        require(0.0 <= args.floor <= 1.0, f"--floor {args.floor}: must lie in [0, 1]")
+        require(args.floor is None or 0.0 <= args.floor <= 1.0,
+                f"--floor {args.floor}: must lie in [0, 1]")
         require(args.num_workers >= 0, f"--num-workers {args.num_workers}: must be >= 0")
         return main(args)
 
