@@ -12,7 +12,7 @@ from typing import Any
 
 from autoassist.errors import UsageError, UsageFileNotFoundError
 
-ASSISTANT_KINDS = ("logistic", "sgd", "mlp")
+ASSISTANT_KINDS = ("logistic", "sgd", "mlp", "memory")
 
 
 @dataclass
@@ -43,7 +43,9 @@ class ShrinkConfig:
         reweight: weight kept instances by ``mean(P) / P_i`` so the expected gradient is
             unbiased.
         assistant: "logistic" (online logistic regression), "sgd" (scikit-learn
-            SGDClassifier), or "mlp" (a tiny torch net).
+            SGDClassifier), "mlp" (a tiny torch net), or "memory" (no learner: informative
+            while the instance's last loss was above the running mean, InfoBatch's rule;
+            needs ``loss_history``).
         loss_history: give the Assistant each instance's last reported loss (relative to the
             running mean) as two extra features; off = the paper's Assistant, on input
             features only.
@@ -126,6 +128,9 @@ class ShrinkConfig:
             raise bad("epochs", "must be a positive integer or None")
         if self.assistant not in ASSISTANT_KINDS:
             raise bad("assistant", f"must be one of {ASSISTANT_KINDS}")
+        if self.assistant == "memory" and not self.loss_history:
+            raise bad("assistant", "'memory' scores by each instance's last loss: it needs "
+                      "loss_history=True")
         if not (0.0 < self.label_ema <= 1.0):
             raise bad("label_ema", "must lie in (0, 1]")
         if self.feature_dim < 1:

@@ -33,7 +33,7 @@ def test_config_roundtrip_toml_and_json(tmp_path):
         ShrinkConfig(assistant="forest")
 
 
-@pytest.mark.parametrize("kind", ["logistic", "sgd", "mlp"])
+@pytest.mark.parametrize("kind", ["logistic", "sgd", "mlp", "memory"])
 def test_every_assistant_kind_learns_which_instances_are_hard(kind):
     x, loss = _synthetic()
     data = TensorDataset(torch.arange(N))
@@ -192,3 +192,30 @@ def test_a_config_in_any_accepted_form_resolves_the_same(tmp_path):
     data = TensorDataset(torch.arange(10))
     with autoassist.wrap(DataLoader(data, batch_size=5), str(path), floor=0.5) as loader:
         assert loader.config == cfg.replace(floor=0.5)  # the wrapper resolves it the same way
+
+
+def test_memory_assistant_scores_exactly_the_last_loss_against_the_mean():
+    """assistant="memory": p = 1[last loss > running mean], 1 for instances never reported;
+    it needs the loss memory, and its (empty) state resumes."""
+    from autoassist.assistant.models import MemoryAssistant
+
+    with pytest.raises(ValueError, match="loss_history"):
+        ShrinkConfig(assistant="memory", loss_history=False)
+    m = MemoryAssistant(4)
+    X = np.array([[9, 9, 1, 0.5], [9, 9, 1, -0.2], [9, 9, 0, 0.0]], np.float32)
+    assert m.predict_proba(X).tolist() == [1.0, 0.0, 1.0]
+    m.load_state_dict(m.state_dict())
+    data = TensorDataset(torch.arange(N))
+    loss = torch.linspace(0.0, 2.0, N)  # instance i's loss, the same every epoch
+    loader = autoassist.wrap(DataLoader(data, batch_size=100, shuffle=True), assistant="memory",
+                             sync=True, floor=0.2, features=torch.zeros(N, 1))
+    with loader:
+        for epoch in range(3):
+            loader.set_epoch(epoch)
+            for (idx,) in loader:
+                loader.report(loss[idx])
+        scores, _ = loader.engine.state.snapshot()
+        seen = loader.engine.state.have.astype(bool)
+        mean = loader.telemetry[-1]["assistant_loss_mean"]
+    assert seen.all()
+    np.testing.assert_array_equal(scores, (loss.numpy() > mean).astype(np.float32))

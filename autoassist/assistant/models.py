@@ -133,7 +133,39 @@ class MLPAssistant:
         self.opt.load_state_dict(state["opt"])
 
 
-MODELS = {cls.kind: cls for cls in (LogisticAssistant, SGDAssistant, MLPAssistant)}
+class MemoryAssistant:
+    """No learner: an instance is informative when its last reported loss was above the running
+    mean (InfoBatch's rule), and an instance not reported yet always is.
+
+    It reads the two loss-memory columns the Assistant appends to every row (``[seen, relative
+    last loss]``, ``loss_memory.py``), so it needs ``loss_history=True``. Exact for every
+    instance the Boss trained on recently; for the others it is as stale as their last loss.
+    """
+
+    kind = "memory"
+
+    def __init__(self, dim: int, lr: float = 0.0, seed: int = 0):
+        if dim < 2:
+            raise ValueError("the memory Assistant reads the loss-memory columns: it needs "
+                             "loss_history=True")
+        self.dim = int(dim)
+
+    def partial_fit(self, X: np.ndarray, y: np.ndarray) -> None:
+        pass  # nothing to learn: the memory is updated by the Assistant itself
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        seen, relative = X[:, -2], X[:, -1]
+        return ((seen == 0) | (relative > 0)).astype(np.float32)
+
+    def state_dict(self) -> dict:
+        return {"kind": self.kind}
+
+    def load_state_dict(self, state: dict) -> None:
+        _check_kind(state, self.kind)
+
+
+MODELS = {cls.kind: cls for cls in (LogisticAssistant, SGDAssistant, MLPAssistant,
+                                    MemoryAssistant)}
 
 
 def make_assistant_model(kind: str, dim: int, lr: float, seed: int):

@@ -53,7 +53,8 @@ FRACTIONS = (1 / 3, 2 / 3, 1.0, 3 / 2)
 # epochs per unit of uniform's budget, so each method's costs span about uniform's range
 MULTIPLIERS = {"uniform": 1.0, "autoassist": 2.0, "autoassist_reweight_anneal": 2.0,
                "published": 2.0, "random_subset": 2.0, "infobatch": 1.5,
-               "selective_backprop": 1.5, "aa_floor05_rw": 1.5, "aa_floor05_rw_tail": 1.5}
+               "selective_backprop": 1.5, "aa_floor05_rw": 1.5, "aa_floor05_rw_tail": 1.5,
+               "aa_memory_rw": 1.5, "aa_memory_rw_tail": 1.5}
 # frontier method -> (harness method, its autoassist settings): "autoassist" is exactly
 # ``autoassist.wrap(loader)`` with the library's defaults (only the seed is passed)
 # (a callable gets the run's epoch count: settings that depend on the budget)
@@ -66,6 +67,12 @@ VARIANTS: dict[str, tuple[str, Any]] = {
     "aa_floor05_rw_tail": ("autoassist", lambda e: {"floor": 0.5, "reweight": True,
                                                     "anneal_epochs": max(1, round(e / 8)),
                                                     "epochs": e}),
+    # the memory Assistant (each instance's last loss against the mean, no learner): InfoBatch's
+    # rule computed asynchronously by the library, without and with the full-data tail
+    "aa_memory_rw": ("autoassist", {"assistant": "memory", "floor": 0.5, "reweight": True}),
+    "aa_memory_rw_tail": ("autoassist", lambda e: {"assistant": "memory", "floor": 0.5,
+                                                   "reweight": True, "epochs": e,
+                                                   "anneal_epochs": max(1, round(e / 8))}),
 }
 METHODS = ("uniform", "autoassist", "published", "infobatch", "selective_backprop",
            "random_subset")
