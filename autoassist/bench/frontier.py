@@ -452,6 +452,7 @@ def run_frontier(task_name: str, *, out: Path, seeds: int = 5, quick: bool = Fal
                  label_noise: float = 0.0, epochs: int | None = None,
                  lrs: Sequence[float] | None = None, sweep_seeds: int = 2, threads: int = 1,
                  fractions: Sequence[float] = FRACTIONS, progress: bool = True,
+                 tag: str | None = None,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
     """Sweep uniform's LR on the validation split, then train every (method, budget, seed) not
     stored yet, writing the outputs after each run; return the full record."""
@@ -480,7 +481,8 @@ def run_frontier(task_name: str, *, out: Path, seeds: int = 5, quick: bool = Fal
     sweep = tuple(lrs or (ADAM_LRS if loop == "adam" else task.lrs))
     out = Path(out)
     stem = f"frontier_{task.name}" + ("" if loop == "sgd" else f"_{loop}") + (
-        f"_noise{label_noise:g}" if label_noise else "") + ("_quick" if quick else "")
+        f"_noise{label_noise:g}" if label_noise else "") + ("_quick" if quick else "") + (
+        f"_{tag}" if tag else "")
     store = RunStore(out / "frontier_runs", {"product": code_fingerprint(product=True),
                                              "training": code_fingerprint(product=False)})
     commit = git_commit()
@@ -635,6 +637,8 @@ def add_arguments(p) -> None:
     p.add_argument("--sweep-seeds", type=int, default=None, help="default 2")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default 1)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--tag", default=None,
+                   help="suffix of the output files (another set of methods on the same runs)")
 
 
 def check_arguments(args) -> None:
@@ -653,6 +657,9 @@ def check_arguments(args) -> None:
                 "autoassist") > methods.index("random_subset")):
             fail("--methods: random_subset matches autoassist's kept counts; list "
                  "'autoassist' before it")
+    tag = getattr(args, "tag", None)
+    if tag is not None and not tag.replace("_", "").replace("-", "").isalnum():
+        fail(f"--tag {tag!r}: letters, digits, '-' and '_' only (it names files)")
     if not 0 <= args.label_noise < 1:
         fail(f"--label-noise {args.label_noise}: must lie in [0, 1)")
     for name in ("seeds", "epochs", "sweep_seeds", "threads"):
@@ -677,7 +684,7 @@ def run_cli(args, directory: Path) -> dict[str, Any]:
         label_noise=args.label_noise, epochs=args.epochs,
         lrs=tuple(float(v) for v in args.lrs.split(",")) if args.lrs else None,
         sweep_seeds=args.sweep_seeds or 2, threads=args.threads or 1,
-        progress=not args.no_progress)
+        progress=not args.no_progress, tag=getattr(args, "tag", None))
     if result.get("table"):
         print()
         print(result["table"])
