@@ -70,6 +70,10 @@ class ShrinkConfig:
             it.
         trace_dir: write every epoch's reported ids, losses and Assistant features there
             (rank 0), for ``autoassist tune --offline``; None writes nothing.
+        feature_dir: an existing directory for the Assistant's feature table (a memory-mapped
+            file of ``4 * dim`` bytes per instance, removed on ``close``); None:
+            ``$AUTOASSIST_FEATURE_DIR``, else the temp folder. Only the scores live in
+            ``/dev/shm``.
         extra: free-form notes carried along (not read by autoassist).
 
     Raises:
@@ -99,6 +103,7 @@ class ShrinkConfig:
     seed: int = 0
     max_restarts: int = 3
     trace_dir: str | None = None
+    feature_dir: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -142,6 +147,12 @@ class ShrinkConfig:
             raise bad("queue_size" if self.queue_size < 1 else "send_every", "must be >= 1")
         if not (0 <= int(self.seed) < 2**63):
             raise bad("seed", "must lie in [0, 2**63)")
+        if self.feature_dir is not None:
+            self.feature_dir = os.fspath(self.feature_dir)
+            if not os.path.isdir(self.feature_dir):
+                raise bad("feature_dir", "must be an existing directory (the Assistant's "
+                          "feature table is a file there); None uses $AUTOASSIST_FEATURE_DIR, "
+                          "else the temp folder")
 
     # -- persistence ----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

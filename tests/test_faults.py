@@ -266,3 +266,20 @@ def test_a_million_instances_train_in_a_64_mb_dev_shm(tmp_path):
             capture_output=True, text=True, timeout=170)
         assert done.returncode == 0, done.stderr[-2000:]
         assert expect in done.stdout, (done.stdout, done.stderr[-2000:])
+
+
+def test_feature_dir_setting_places_the_feature_table_and_must_exist(tmp_path):
+    import os
+
+    from autoassist.errors import UsageError
+
+    x, y = torch.randn(64, 3), torch.randint(0, 2, (64,))
+    loader = autoassist.wrap(DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16),
+                             feature_dir=tmp_path)
+    with loader:
+        path = loader.engine.state.feature_path
+        assert os.path.dirname(path) == str(tmp_path) and os.path.exists(path)
+        assert loader.config.feature_dir == str(tmp_path)  # a path-like is kept as a str
+    assert not os.path.exists(path)  # removed on close
+    with pytest.raises(UsageError, match="feature_dir.*existing directory"):
+        autoassist.ShrinkConfig(feature_dir=str(tmp_path / "missing"))

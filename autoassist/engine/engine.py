@@ -40,7 +40,7 @@ class ShrinkEngine:
         self.rank, self.world = distributed.rank_world()
         self.extractor, fixed, self.dim = self._feature_source(features, inputs,
                                                                external_features)
-        self.state = SharedState(self.n, self.dim)
+        self.state = SharedState(self.n, self.dim, feature_dir=config.feature_dir)
         if fixed is not None:
             self.state.features[:] = fixed
             self.state.have[:] = 1
