@@ -283,3 +283,19 @@ def test_feature_dir_setting_places_the_feature_table_and_must_exist(tmp_path):
     assert not os.path.exists(path)  # removed on close
     with pytest.raises(UsageError, match="feature_dir.*existing directory"):
         autoassist.ShrinkConfig(feature_dir=str(tmp_path / "missing"))
+
+
+# -- 8. a report of the wrong dtype is refused before anything is queued -----------------------
+def test_integer_losses_are_refused_before_queuing_so_a_retry_counts_once():
+    x, y = torch.randn(64, 3), torch.randint(0, 2, (64,))
+    loader = autoassist.wrap(DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16),
+                             sync=True, send_every=8)
+    with loader:
+        _xb, yb = next(iter(loader))
+        for bad in (yb, yb.bool(), yb.to(torch.complex64)):
+            with pytest.raises(TypeError, match=r"floating-point losses, got dtype torch\."):
+                loader.report(bad)
+            assert loader.engine.reported_instances == 0 and not loader.engine._pending
+        loss = loader.report(yb.float())  # the retry, as the error says
+        assert loss.dtype == torch.float32
+        assert loader.engine.reported_instances == 16 and loader.engine._pending.batches == 1

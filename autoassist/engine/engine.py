@@ -175,19 +175,24 @@ class ShrinkEngine:
             self._accept(losses, ids, batch)
 
     def _accept(self, losses: np.ndarray, ids: np.ndarray, batch: Any) -> None:
+        """Take one checked report; counted only once it is queued (a report that fails on
+        the way, in the feature extractor say, can be retried without counting twice)."""
         check_finite(losses, ids)
-        self._telemetry.reported += len(ids)
         if self.rank != 0:  # rank 0's Assistant learns from every rank's reports (plan gathers)
             new = self._write_features(ids, batch)
             self._outgoing.append((ids.copy(), losses, ids[new], self.state.features[ids[new]]))
+            self._telemetry.reported += len(ids)
             return
         if self.assistant is not None and not self.assistant.failed:
             self._write_features(ids, batch)
             if self._trace is not None:
                 self._trace.add(ids, losses, self.state.features[ids], self.state.have[ids])
             self._pending.add(ids.copy(), losses)
+            self._telemetry.reported += len(ids)
             if self._pending.batches >= self.config.send_every:
                 self.flush()
+            return
+        self._telemetry.reported += len(ids)
 
     def _write_features(self, ids: np.ndarray, batch: Any) -> np.ndarray:
         """Feature rows of the instances this process sees for the first time (from ``batch``);
