@@ -38,8 +38,10 @@ class ShrinkConfig:
         first_scores_wait: when a shrinking epoch starts before the Assistant has published
             any scores (it is still starting, on a fast Boss), wait up to this fraction of the
             previous epoch's duration for them; otherwise that epoch keeps everything, which
-            costs a whole epoch's worth of extra work. 0 = never wait (the Boss then never
-            waits for the Assistant).
+            costs a whole epoch's worth of extra work. Paid at most once per run: after a
+            wait that ended without scores, later epochs do not wait (telemetry:
+            ``first_scores_wait_expired``, ``first_scores_wait_skipped``). 0 = never wait (the
+            Boss then never waits for the Assistant).
         reweight: weight kept instances by ``mean(P) / P_i`` so the expected gradient is
             unbiased.
         assistant: "logistic" (online logistic regression), "sgd" (scikit-learn

@@ -182,6 +182,41 @@ def test_interpreter_exit_with_a_frozen_assistant_does_not_hang(tmp_path):
     assert _gone(pid), "the frozen Assistant outlived the interpreter"
 
 
+def test_a_silent_assistant_costs_one_first_scores_wait_per_run():
+    """A frozen Assistant never publishes: the first shrinking epoch waits for its first scores
+    (bounded), and once that wait ended in vain no later epoch waits again."""
+    import os
+
+    train = _magic(1500)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(10, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    loader = autoassist.wrap(DataLoader(train, batch_size=64, shuffle=True), seed=3,
+                             warmup_epochs=1, first_scores_wait=0.25)
+    with loader:
+        engine, handle = loader.engine, loader.engine.assistant
+        assert handle.model_state(timeout=120)[1]  # its loop runs; no losses: nothing published
+        os.kill(handle.pid, signal.SIGSTOP)  # silent from here on, whatever its speed
+        waits = []
+        real_wait = engine._await_first_scores
+
+        def spy(*args):
+            waits.append(loader.epoch)
+            return real_wait(*args)
+
+        engine._await_first_scores = spy
+        try:
+            _train_epochs(loader, model, opt, range(5))
+        finally:
+            os.kill(handle.pid, signal.SIGCONT)
+        tele = loader.telemetry
+        assert engine.state_dict()["first_scores_expired"] is True  # a resumed run waits no more
+    assert waits == [1]  # the first shrinking epoch only (was: every epoch)
+    assert [t["first_scores_wait_expired"] for t in tele] == [False, True, False, False, False]
+    assert [t["first_scores_wait_skipped"] for t in tele] == [False, False, True, True, True]
+    assert all(t["score_version"] == 0 and t["kept"] == len(train) for t in tele)
+
+
 # -- 3. shared memory: 9 bytes per instance in /dev/shm; no room is a clear error --------------
 def test_dev_shm_holds_only_the_scores_and_flags():
     import os

@@ -60,6 +60,10 @@ class ShrinkEngine:
         self._telemetry = Telemetry(self.n, tensorboard)
         self._features_complete = False
         self.first_scores_waited = 0.0  # seconds plan() waited for the Assistant's first scores
+        # a first-scores wait ended without scores: later plans do not wait again (a frozen or
+        # silent Assistant would otherwise cost first_scores_wait of every epoch)
+        self.first_scores_expired = False
+        self._plan_wait = {"first_scores_wait_expired": False, "first_scores_wait_skipped": False}
         self._warned_features = False
         self._trace = None
         if config.trace_dir and self.rank == 0:  # the reports the Assistant learns from
@@ -114,6 +118,7 @@ class ShrinkEngine:
         if self.world > 1:
             self._gather_reports()
         self._telemetry.start_epoch()
+        self._plan_wait = {"first_scores_wait_expired": False, "first_scores_wait_skipped": False}
         # once every instance has its feature row, reports stop checking for new ones (renew()
         # writes rows itself and never clears one)
         self._features_complete = bool(self.state.have.all())
@@ -124,7 +129,9 @@ class ShrinkEngine:
         if self.assistant is not None:
             self.assistant.check()
         scores, version = self.state.snapshot()
-        if version == 0:
+        if version == 0 and self.first_scores_expired:  # waited once in vain: not again
+            self._plan_wait["first_scores_wait_skipped"] = True
+        elif version == 0:
             scores, version = self._await_first_scores(scores, version)
         floor = policy.floor(self.config, self.state.accuracy)
         if self.world > 1:
@@ -134,7 +141,11 @@ class ShrinkEngine:
 
     def _await_first_scores(self, scores: np.ndarray, version: int) -> tuple[np.ndarray, int]:
         """The one bounded wait: without any scores this epoch would keep everything (a whole
-        epoch of extra work), so give a still-starting Assistant a fraction of an epoch."""
+        epoch of extra work), so give a still-starting Assistant a fraction of an epoch.
+
+        Paid at most once per run: a wait that ends without scores (a frozen, stuck or very
+        slow Assistant) sets ``first_scores_expired``, and later plans take what is published
+        without waiting (the epoch's record says ``first_scores_wait_skipped``)."""
         limit = self.config.first_scores_wait * self._telemetry.last_epoch_seconds
         if self.assistant is None or self.assistant.failed or limit <= 0:
             return scores, version
@@ -147,6 +158,9 @@ class ShrinkEngine:
                 break
             time.sleep(0.001)
         self.first_scores_waited += time.perf_counter() - t0
+        if version == 0:
+            self.first_scores_expired = True
+            self._plan_wait["first_scores_wait_expired"] = True
         return scores, version
 
     # -- reports ---------------------------------------------------------------------------------
@@ -272,8 +286,11 @@ class ShrinkEngine:
             return
         self.assistant.send(self._pending.take(), block=self.config.sync)
 
-    def end_epoch(self, epoch: int, batches: int) -> dict[str, Any]:
-        """Ask for fresh scores (async: the Boss does not wait, unless ``sync``); log telemetry."""
+    def end_epoch(self, epoch: int, batches: int,
+                  fields: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Ask for fresh scores (async: the Boss does not wait, unless ``sync``); log telemetry.
+
+        ``fields``: the caller's own entries of the epoch's record (a loader's counts)."""
         self._take_device_losses(wait=True)  # the epoch's last device losses
         seconds = self._telemetry.stop_clock()
         if self.assistant is not None:
@@ -290,7 +307,8 @@ class ShrinkEngine:
             self._trace.end_epoch(epoch)
         return self._telemetry.end_epoch(
             epoch, self.current, batches, seconds, self.first_scores_waited,
-            self.assistant.telemetry() if self.assistant is not None else None)
+            self.assistant.telemetry() if self.assistant is not None else None,
+            fields={**self._plan_wait, **(fields or {})})
 
     # -- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -318,6 +336,7 @@ class ShrinkEngine:
             "outgoing": list(self._outgoing),
             "telemetry": list(self.telemetry),
             "drops": self.assistant.drops if self.assistant else 0,
+            "first_scores_expired": self.first_scores_expired,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -345,6 +364,7 @@ class ShrinkEngine:
         self._pending.load(state)
         self._outgoing = list(state.get("outgoing", []))
         self._telemetry.records = list(state["telemetry"])
+        self.first_scores_expired = bool(state.get("first_scores_expired", False))
         if self.assistant is not None:
             self.assistant.drops = state["drops"]
             self.assistant.start(model_state=state["assistant"], replace_state=True)
