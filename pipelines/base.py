@@ -22,13 +22,14 @@ import numpy as np
 import torch
 
 from autoassist.config import ShrinkConfig
-from autoassist.engine import EpochPlan, ShrinkEngine
+from autoassist.engine import EpochPlan, ShrinkEngine, state_check
 
 STATE_VERSION = 1
 
 
 def check_state_version(state: dict[str, Any]) -> None:
     """Refuse a loader state saved in another format than this version's."""
+    state_check.as_dict(state, "state")
     if state.get("version") != STATE_VERSION:
         raise ValueError(
             f"loader state version {state.get('version')!r} is not {STATE_VERSION}; it was "
@@ -85,8 +86,16 @@ class EngineLoader:
         """A subclass's own entries of ``state_dict()``."""
         return {}
 
+    def _check_extra_state(self, state: dict[str, Any]) -> None:
+        """Check what ``_extra_state`` saved (``state_check``'s helpers), changing nothing."""
+
     def _load_extra_state(self, state: dict[str, Any]) -> None:
-        """Restore what ``_extra_state`` saved."""
+        """Restore what ``_extra_state`` saved (checked by ``_check_extra_state``)."""
+
+    def _max_batches(self, plan: EpochPlan) -> int | None:
+        """At most how many batches the epoch of ``plan`` yields (None: not known), without
+        touching the sampler: a loaded position beyond it is refused."""
+        return None
 
     def _forget_epoch_position(self) -> None:
         """A new epoch starts from its beginning: drop per-epoch position state of your own."""
@@ -252,21 +261,47 @@ class EngineLoader:
         Args:
             state: what ``state_dict()`` returned, from a loader over the same data.
 
+        The whole state is checked before anything changes: a state that cannot be loaded
+        raises and leaves this loader as it was (its Assistant running, its epoch and position
+        unchanged), so training can go on.
+
         Raises:
             ValueError: the state comes from another number of instances, another feature
-                size, or an incompatible autoassist version.
+                size, or an incompatible autoassist version; or it is damaged: a key missing,
+                a value of the wrong type, shape or range (an out-of-range position), another
+                Assistant kind (``autoassist.engine.state_check.StateError``, whose message
+                names the key and the fix).
         """
         check_state_version(state)
-        if state["num_instances"] != self.num_instances:
-            raise ValueError(
-                f"this state comes from a dataset of {state['num_instances']} instances but the "
+        saved_n = state_check.integer(state_check.get(state, "num_instances", "state"),
+                                      "state['num_instances']")
+        if saved_n != self.num_instances:
+            raise state_check.StateError(
+                f"this state comes from a dataset of {saved_n} instances but the "
                 f"wrapped dataset has {self.num_instances}: load it into a loader over the same "
                 "dataset"
             )
-        self.engine.load_state_dict(state["engine"])
-        self._epoch = state["epoch"]
-        self._batches_done = state["batches_done"]
-        self._epoch_complete = state["epoch_complete"]
+        epoch = state_check.integer(state_check.get(state, "epoch", "state"), "state['epoch']",
+                                    low=0)
+        done = state_check.integer(state_check.get(state, "batches_done", "state"),
+                                   "state['batches_done']", low=0)
+        state_check.boolean(state_check.get(state, "epoch_complete", "state"),
+                            "state['epoch_complete']")
+        plan = self.engine.check_state(state_check.get(state, "engine", "state"),
+                                       path="state['engine']")
+        if plan is not None and plan.epoch > epoch:
+            raise state_check.bad("state['engine']['plan']['epoch']",
+                                  f"is {plan.epoch}, after the loader's epoch {epoch}")
+        most = self._max_batches(plan) if plan is not None and plan.epoch == epoch else None
+        if most is not None and done > most:
+            raise state_check.bad("state['batches_done']", f"is {done}, but epoch {epoch} "
+                                  f"has at most {most} batches under the saved plan")
+        self._check_extra_state(state)
+        # checked: from here on nothing fails
+        self.engine.restore_state(state["engine"], plan)
+        self._epoch = epoch
+        self._batches_done = done
+        self._epoch_complete = bool(state["epoch_complete"])
         self._epoch_set = not self._epoch_complete
         self._last_ids = None
         self._last_batch = None

@@ -31,11 +31,13 @@ from torch.utils.data import (
     DataLoader,
     DistributedSampler,
     IterableDataset,
+    RandomSampler,
     Sampler,
+    SequentialSampler,
 )
 
 from autoassist.config import ShrinkConfig
-from autoassist.engine import EpochPlan
+from autoassist.engine import EpochPlan, state_check
 from autoassist.pipelines.base import EngineLoader, check_ids
 
 _CHUNK = 4096
@@ -52,6 +54,19 @@ def _is_default_batching(batch_sampler) -> bool:
         cls.__name__ == "BatchSampler"
         and cls.__module__.startswith("torchdata.stateful_dataloader")
     )
+
+
+def _draws_each_once(sampler, n: int) -> bool:
+    """Whether ``sampler`` draws each of the ``n`` instances exactly once per epoch (torch's,
+    or StatefulDataLoader's, SequentialSampler, and RandomSampler without replacement over the
+    whole data set): then an epoch keeps exactly the plan's count."""
+    cls = type(sampler)
+    stateful = cls.__module__.startswith("torchdata.stateful_dataloader")
+    if isinstance(sampler, SequentialSampler) or (stateful and cls.__name__ == "SequentialSampler"):
+        return len(sampler) == n
+    if isinstance(sampler, RandomSampler) or (stateful and cls.__name__ == "RandomSampler"):
+        return not sampler.replacement and sampler.num_samples == n
+    return False
 
 
 def _chunked(it: Iterator[int]) -> Iterator[np.ndarray]:
@@ -286,8 +301,33 @@ class ShrinkingLoader(EngineLoader):
     def _extra_state(self) -> dict[str, Any]:
         return {"generator_state": self._generator_state}
 
+    def _check_extra_state(self, state: dict[str, Any]) -> None:
+        saved = state_check.get(state, "generator_state", "state")
+        if saved is None:
+            return
+        gen = getattr(self._sampler, "generator", None)
+        size = (gen if isinstance(gen, torch.Generator) else torch.Generator()).get_state().numel()
+        if not (isinstance(saved, torch.Tensor) and saved.dtype == torch.uint8
+                and saved.shape == (size,)):
+            got = (f"{saved.dtype} of shape {tuple(saved.shape)}"
+                   if isinstance(saved, torch.Tensor) else type(saved).__name__)
+            raise state_check.bad("state['generator_state']", f"is {got}, not the sampler "
+                                  f"generator's state (uint8 of shape ({size},))")
+
     def _load_extra_state(self, state: dict[str, Any]) -> None:
         self._generator_state = state["generator_state"]
+
+    def _max_batches(self, plan: EpochPlan) -> int | None:
+        try:
+            if self._sampler is None:
+                return len(self._user_batch_sampler)
+            if isinstance(self._sampler, DistributedSampler) or _draws_each_once(
+                    self._sampler, self.num_instances):
+                return self._batches_in(plan)
+            size = len(self._sampler)
+        except TypeError:  # no len(): an endless sampler
+            return None
+        return size // self._batch_size if self._drop_last else -(-size // self._batch_size)
 
     def __getattr__(self, name: str) -> Any:
         # dataset, batch_size, num_workers ... read through to the wrapped loader

@@ -334,3 +334,127 @@ def test_integer_losses_are_refused_before_queuing_so_a_retry_counts_once():
         loss = loader.report(yb.float())  # the retry, as the error says
         assert loss.dtype == torch.float32
         assert loader.engine.reported_instances == 16 and loader.engine._pending.batches == 1
+
+
+# -- 4. a state that cannot be loaded is refused before anything changes -----------------------
+def _set(path, value):
+    def corrupt(state):
+        *keys, last = path
+        for key in keys:
+            state = state[key]
+        state[last] = value(state[last]) if callable(value) else value
+    return corrupt
+
+
+def _nan_at(index):
+    def nan(a):
+        a = np.array(a, copy=True)
+        a[index] = np.nan
+        return a
+    return nan
+
+
+_BAD_STATES = [  # (what is wrong, corruption, what the error names)
+    ("a corrupted score", _set(["engine", "published"], lambda p: (_nan_at(5)(p[0]), p[1])),
+     r"state\['engine'\]\['published'\]\[0\] \(scores\) holds NaN"),
+    ("features of the wrong shape", _set(["engine", "features"], lambda f: f[:, :-1]),
+     r"state\['engine'\]\['features'\] has shape .*expected"),
+    ("an out-of-range instance id", _set(["engine", "feature_ids"],
+                                         lambda i: np.append(i[:-1], 10**6)),
+     r"state\['engine'\]\['feature_ids'\] holds 1000000, out of range"),
+    ("an out-of-range position", _set(["batches_done"], 10**6),
+     r"state\['batches_done'\] is 1000000, but epoch 2 has at most \d+ batches"),
+    ("a negative epoch", _set(["epoch"], -1), r"state\['epoch'\] is -1, out of range"),
+    ("another Assistant kind", _set(["engine", "assistant", "model", "kind"], "sgd"),
+     r"state\['engine'\]\['assistant'\]\['model'\]\['kind'\] is 'sgd'.*pass assistant='sgd'"),
+    ("a damaged learner", _set(["engine", "assistant", "model", "w"], _nan_at(0)),
+     r"\['assistant'\]\['model'\] does not load into this loader's 'logistic' Assistant"),
+    ("plan scores of the wrong size", _set(["engine", "plan", "scores"], lambda a: a[:-1]),
+     r"state\['engine'\]\['plan'\]\['scores'\] has shape"),
+    ("a damaged generator state", _set(["generator_state"], torch.zeros(3, dtype=torch.uint8)),
+     r"state\['generator_state'\] is torch.uint8 of shape \(3,\)"),
+    ("a missing key", lambda s: s["engine"].pop("features"),
+     r"state\['engine'\]\['features'\] is missing"),
+    ("a missing loader key", lambda s: s.pop("epoch_complete"),
+     r"state\['epoch_complete'\] is missing"),
+]
+
+
+def test_a_state_that_cannot_be_loaded_changes_nothing_and_training_goes_on():
+    import copy
+
+    from autoassist.errors import UsageError
+
+    train = _magic(1200)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(10, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    loader = autoassist.wrap(DataLoader(train, batch_size=64, shuffle=True), seed=4, sync=True)
+    with loader:
+        _train_epochs(loader, model, opt, [0, 1])
+        loader.set_epoch(2)
+        for done, (x, y) in enumerate(loader, 1):
+            loader.report(F.cross_entropy(model(x), y, reduction="none"))
+            if done == 3:
+                break
+        good = loader.state_dict()
+        assert good["engine"]["plan"]["reason"] == "shrink"
+        pid = loader.engine.assistant.pid
+        position = {k: good[k] for k in ("epoch", "batches_done", "epoch_complete")}
+        for what, corrupt, message in _BAD_STATES:
+            state = copy.deepcopy(good)
+            corrupt(state)
+            with pytest.raises(UsageError, match=message):
+                loader.load_state_dict(state)
+            assert loader.engine.assistant.pid == pid and loader.engine.assistant.alive, what
+            now = loader.state_dict()
+            assert {k: now[k] for k in position} == position, what
+            assert now["engine"]["published"][1] == good["engine"]["published"][1], what
+        _train_epochs(loader, model, opt, [3])  # training goes on, with the same Assistant
+        tele = loader.telemetry
+        assert tele[-1]["epoch"] == 3 and tele[-1]["assistant_restarts"] == 0
+        assert loader.engine.assistant.pid == pid
+        loader.load_state_dict(good)  # and the good state still loads
+
+
+def test_keyed_loader_and_engine_refuse_a_bad_state_before_changing_anything():
+    import copy
+
+    from torch.utils.data import IterableDataset
+
+    from autoassist.errors import UsageError
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            g = torch.Generator().manual_seed(0)
+            for i in range(300):
+                yield torch.randn(4, generator=g), i % 2, i
+
+    loader = autoassist.wrap(DataLoader(Stream(), batch_size=32), key=lambda item: item[2],
+                             num_instances=300, sync=True, seed=1)
+    with loader:
+        for epoch in range(2):
+            loader.set_epoch(epoch)
+            for x, y, _ in loader:
+                loader.report(x.pow(2).sum(1) + y)
+        good = loader.state_dict()
+        pid = loader.engine.assistant.pid
+        for corrupt, message in [
+            (_set(["engine", "assistant", "model", "kind"], "mlp"), "pass assistant='mlp'"),
+            (lambda s: s["engine"].pop("plan"), r"state\['engine'\]\['plan'\] is missing"),
+            (_set(["engine", "pending"], ([np.array([0, 1])], [np.ones(3)], 1)),
+             r"state\['engine'\]\['pending'\]\[1\]\[0\] has shape \(3,\), expected \(2\)"),
+        ]:
+            state = copy.deepcopy(good)
+            corrupt(state)
+            with pytest.raises(UsageError, match=message):
+                loader.load_state_dict(state)
+            assert loader.engine.assistant.pid == pid and loader.engine.assistant.alive
+        engine_state = copy.deepcopy(good["engine"])
+        engine_state["published"] = (engine_state["published"][0][:10], 1)
+        with pytest.raises(ValueError, match=r"engine state\['published'\]\[0\] \(scores\) has"):
+            loader.engine.load_state_dict(engine_state)  # the engine checks on its own too
+        assert loader.engine.assistant.pid == pid
+        loader.set_epoch(2)
+        batches = sum(1 for x, y, _ in loader if loader.report(x.pow(2).sum(1) + y) is not None)
+        assert batches > 0 and loader.telemetry[-1]["assistant_restarts"] == 0

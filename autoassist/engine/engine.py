@@ -19,7 +19,7 @@ import torch
 from autoassist.assistant import AssistantProcess, AssistantSettings, ScoreRequest, SharedState
 from autoassist.assistant.features import CallableFeatures, RandomProjectionFeatures
 from autoassist.config import ShrinkConfig
-from autoassist.engine import distributed
+from autoassist.engine import distributed, state_check
 from autoassist.engine import plan as policy
 from autoassist.engine.device_losses import DeviceLossQueue
 from autoassist.engine.plan import EpochPlan
@@ -339,28 +339,44 @@ class ShrinkEngine:
             "first_scores_expired": self.first_scores_expired,
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["dim"] != self.dim:
-            raise ValueError(
-                f"saved Assistant features have {state['dim']} dimensions, this loader "
-                f"{self.dim}: use the same feature_dim/label_buckets/features as the saved run"
-            )
-        if self.assistant is not None:
-            self.assistant.stop()
-        self.state.have[:] = 0
-        self.state.have[state["feature_ids"]] = 1
-        self.state.features[state["feature_ids"]] = state["features"]
-        self._features_complete = bool(self.state.have.all())
-        scores, version = state["published"]
-        self.state.load_scores(scores, version)
+    def load_state_dict(self, state: dict[str, Any], *, path: str = "engine state") -> None:
+        """Restore ``state_dict()``'s result: the whole state is checked first, so a state
+        that cannot be loaded changes nothing (the Assistant keeps running).
+
+        Raises:
+            StateError: a key is missing or holds a value of the wrong type, shape or range,
+                or the Assistant's learner is of another kind or size; the message names the
+                key (under ``path``) and the fix. A ``UsageError``, so a ``ValueError``.
+        """
+        self.restore_state(state, self.check_state(state, path=path))
+
+    def check_state(self, state: Any, *, path: str = "engine state") -> EpochPlan | None:
+        """Check every key ``load_state_dict`` reads (``state_check.py``) without changing
+        anything; returns the plan the state restores, for ``restore_state``."""
+        state_check.check_engine_state(state, n=self.n, dim=self.dim, config=self.config,
+                                       path=path)
         p = state["plan"]
         if p is None:
-            self.current = None
-        elif p["scores"] is None:
-            self.current = policy.keep_all_plan(p["epoch"], p["reason"], self.n)
-        else:
-            self.current = policy.plan_from_keep_scores(self.config, p["epoch"], p["scores"],
-                                                        p["score_version"], p["floor"])
+            return None
+        if p["scores"] is None:
+            return policy.keep_all_plan(int(p["epoch"]), p["reason"], self.n)
+        return policy.plan_from_keep_scores(self.config, int(p["epoch"]),
+                                            np.asarray(p["scores"], np.float32),
+                                            int(p["score_version"]), float(p["floor"]))
+
+    def restore_state(self, state: dict[str, Any], plan: EpochPlan | None) -> None:
+        """Load a state ``check_state`` accepted (``plan``: what it returned); nothing here
+        can fail halfway."""
+        if self.assistant is not None:
+            self.assistant.stop()
+        ids = np.asarray(state["feature_ids"], np.int64)
+        self.state.have[:] = 0
+        self.state.have[ids] = 1
+        self.state.features[ids] = np.asarray(state["features"], np.float32)
+        self._features_complete = bool(self.state.have.all())
+        scores, version = state["published"]
+        self.state.load_scores(np.asarray(scores, np.float32), int(version))
+        self.current = plan
         self._pending.load(state)
         self._outgoing = list(state.get("outgoing", []))
         self._telemetry.records = list(state["telemetry"])
