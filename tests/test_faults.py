@@ -458,3 +458,90 @@ def test_keyed_loader_and_engine_refuse_a_bad_state_before_changing_anything():
         loader.set_epoch(2)
         batches = sum(1 for x, y, _ in loader if loader.report(x.pow(2).sum(1) + y) is not None)
         assert batches > 0 and loader.telemetry[-1]["assistant_restarts"] == 0
+
+
+# -- 5, 7, 10. misuse of the iteration: peeks, two at once, skipped reports, odd epochs --------
+def _ids_loader(n=100, batch_size=10, **options):
+    g = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(n, 3, generator=g), torch.arange(n))
+    base = DataLoader(data, batch_size=batch_size, shuffle=True, **options.pop("dl", {}))
+    return autoassist.wrap(base, sync=True, seed=5, **options)
+
+
+def _epoch(loader, report=lambda xb, idx: True, stop_after=None):
+    seen = []
+    for xb, idx in loader:
+        seen.append(idx)
+        if report(xb, idx):
+            loader.report(xb.pow(2).sum(1))
+        if stop_after is not None and len(seen) == stop_after:
+            break
+    return seen
+
+
+def test_peeking_a_batch_before_training_does_not_drop_it_from_the_epoch():
+    with _ids_loader() as loader:
+        peek = next(iter(loader))  # a look at one batch; that iteration is dropped at once
+        seen = _epoch(loader)
+        record = loader.telemetry[-1]
+    assert sorted(torch.cat(seen).tolist()) == list(range(100))  # was: the peeked batch missing
+    assert torch.equal(peek[1], seen[0])  # the epoch started again from its first batch
+    assert record["epoch"] == 0 and record["batches"] == 10
+    assert record["abandoned_batches"] == 1 and record["reported_instances"] == 100
+    assert record["yielded_instances"] == 100 and record["unreported_instances"] == 0
+
+
+def test_two_iterations_at_once_are_a_clear_error_and_the_loader_goes_on():
+    with _ids_loader() as loader:
+        with pytest.raises(RuntimeError, match="already being iterated.*wrong instances"):
+            for _ in zip(loader, loader, strict=True):  # was: IndexError (empty deque)
+                pass
+        first = iter(loader)
+        with pytest.raises(RuntimeError, match="already being iterated"):
+            iter(loader)
+        del first
+        seen = _epoch(loader)
+        assert sorted(torch.cat(seen).tolist()) == list(range(100))
+        assert loader.telemetry[-1]["batches"] == 10
+
+
+def test_skipped_reports_are_recorded_and_warned_once():
+    with _ids_loader() as loader:
+        skip = iter(range(1))  # the first batch goes unreported
+        with pytest.warns(RuntimeWarning, match=r"10 instances of epoch 0 were yielded but"):
+            _epoch(loader, report=lambda xb, idx: next(skip, None) is None)
+        assert loader.telemetry[-1]["unreported_instances"] == 10
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # once per loader
+            skip = iter(range(2))
+            _epoch(loader, report=lambda xb, idx: next(skip, None) is None)
+        assert loader.telemetry[-1]["unreported_instances"] == 20
+
+
+def test_an_epoch_number_set_twice_is_recorded_and_warned():
+    with _ids_loader() as loader:
+        for epoch in (0, 1):
+            loader.set_epoch(epoch)
+            _epoch(loader)
+        with pytest.warns(RuntimeWarning, match=r"set_epoch\(1\) for an epoch that already ran"):
+            loader.set_epoch(1)
+        _epoch(loader)
+        tele = loader.telemetry
+    assert [t["epoch"] for t in tele] == [0, 1, 1]
+    assert [t["repeated_epoch"] for t in tele] == [False, False, True]
+
+
+def test_a_broken_off_epoch_is_ended_recorded_and_warned():
+    with _ids_loader(warmup_epochs=1, floor=0.3) as loader:
+        loader.set_epoch(0)
+        _epoch(loader)
+        loader.set_epoch(1)
+        _epoch(loader, stop_after=2)  # a step budget per epoch
+        with pytest.warns(RuntimeWarning, match=r"epoch 1 ended after 2 batches"):
+            loader.set_epoch(2)
+        _epoch(loader)
+        tele = loader.telemetry
+    assert [t["epoch"] for t in tele] == [0, 1, 2]  # was: epoch 1 had no record at all
+    assert [t["broken_off"] for t in tele] == [False, True, False]
+    assert tele[1]["batches"] == 2 and tele[1]["reported_instances"] == 20
+    assert tele[1]["unreported_instances"] == 0

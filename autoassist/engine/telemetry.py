@@ -57,6 +57,9 @@ class Telemetry:
         }
         if fields:
             record.update(fields)
+            if "yielded_instances" in fields:  # a loader's: yielded, but never reported
+                record["unreported_instances"] = max(0, fields["yielded_instances"]
+                                                     - self.reported)
         self.reported = 0
         self.gathered = 0
         if assistant is not None:
