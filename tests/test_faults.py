@@ -545,3 +545,73 @@ def test_a_broken_off_epoch_is_ended_recorded_and_warned():
     assert [t["broken_off"] for t in tele] == [False, True, False]
     assert tele[1]["batches"] == 2 and tele[1]["reported_instances"] == 20
     assert tele[1]["unreported_instances"] == 0
+
+
+# -- 6, 10. what a sampler draws is what len() and the telemetry count --------------------------
+@pytest.mark.parametrize("kind", ["subset", "weighted"])
+def test_subset_and_weighted_samplers_count_what_they_draw(kind):
+    from torch.utils.data import SubsetRandomSampler, TensorDataset, WeightedRandomSampler
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(100, 3, generator=g)
+    loss = F.softplus(3 * x[:, 0])
+    if kind == "subset":
+        sampler, size = SubsetRandomSampler(range(0, 100, 2)), 50
+    else:
+        weights = torch.ones(100)
+        weights[:40] = 0.0  # never drawn
+        sampler, size = WeightedRandomSampler(weights, num_samples=60, replacement=True), 60
+    base = DataLoader(TensorDataset(x, torch.arange(100)), batch_size=10, sampler=sampler)
+    with autoassist.wrap(base, features=x, sync=True, warmup_epochs=1, floor=0.2,
+                         seed=1) as loader:
+        for epoch in range(4):
+            loader.set_epoch(epoch)
+            expected = len(loader)
+            drawn = []
+            for _, idx in loader:
+                drawn.append(idx)
+                loader.report(loss[idx])
+            drawn = torch.cat(drawn)
+            record = loader.telemetry[-1]
+            assert -(-len(drawn) // 10) == expected  # was: counted over all 100 (len 10 vs 6)
+            assert record["epoch_instances"] == size and record["kept"] == len(drawn)
+            assert record["kept_fraction"] == pytest.approx(len(drawn) / size)
+            if kind == "subset":
+                assert (drawn % 2 == 0).all() and len(set(drawn.tolist())) == len(drawn)
+            else:
+                assert (drawn >= 40).all()
+        assert record["reason"] == "shrink" and record["kept"] < size  # it did shrink
+
+
+@pytest.mark.parametrize("keyed", [False, True])
+def test_the_drop_last_tail_is_recorded_not_counted_as_trained(keyed):
+    from torch.utils.data import IterableDataset, TensorDataset
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(100, 3, generator=g)
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            for i in range(100):
+                yield x[i], i
+
+    if keyed:
+        base = DataLoader(Stream(), batch_size=32, drop_last=True)
+        options = dict(key=lambda item: item[1], num_instances=100)
+    else:
+        base = DataLoader(TensorDataset(x, torch.arange(100)), batch_size=32, shuffle=True,
+                          drop_last=True)
+        options = {}
+    with autoassist.wrap(base, features=x, sync=True, warmup_epochs=1, floor=0.2, seed=1,
+                         **options) as loader:
+        for epoch in range(3):
+            loader.set_epoch(epoch)
+            yielded = 0
+            for xb, idx in loader:
+                yielded += len(idx)
+                loader.report(F.softplus(3 * xb[:, 0]))
+            record = loader.telemetry[-1]
+            assert record["drop_last_tail"] == record["kept"] - yielded < 32
+            assert record["yielded_instances"] == yielded == 32 * record["batches"]
+        assert record["reason"] == "shrink" and record["kept"] < 100
+    assert loader.telemetry[0]["drop_last_tail"] == 4  # 100 = 3 x 32 + 4
