@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import itertools
 import warnings
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -76,6 +77,31 @@ def _chunked(it: Iterator[int]) -> Iterator[np.ndarray]:
         if len(chunk) == 0:
             return
         yield chunk
+
+
+def _weak(method: Callable) -> Callable:
+    """``method`` (bound) without a strong reference to its object."""
+    ref = weakref.WeakMethod(method)
+
+    def call(*args):
+        bound = ref()
+        if bound is None:
+            raise ReferenceError("the autoassist loader of this batch sampler is gone")
+        return bound(*args)
+
+    return call
+
+
+def _shutdown_workers(loader: DataLoader) -> None:
+    """End ``loader``'s persistent worker processes now: DataLoader keeps them in its cached
+    iterator, which ends them only when garbage-collected."""
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is None:
+        return
+    loader._iterator = None
+    shutdown = getattr(iterator, "_shutdown_workers", None)  # torch's own clean-up
+    if shutdown is not None:
+        shutdown()
 
 
 def _batched(chunks: Iterator[np.ndarray], mask: np.ndarray | None, n: int, batch_size: int,
@@ -198,7 +224,10 @@ class ShrinkingLoader(EngineLoader):
                          tensorboard=tensorboard)
         self._generator_state: torch.Tensor | None = None
         self._drawn: tuple[int, np.ndarray] | None = None  # (epoch, draws): _drawn_order
-        self._batch_sampler = _ShrinkBatchSampler(self._epoch_batches, self.__len__)
+        # weakly: the DataLoader holds the batch sampler, so a strong reference back would make
+        # a cycle that keeps this loader (and its persistent workers) alive until a GC
+        self._batch_sampler = _ShrinkBatchSampler(_weak(self._epoch_batches),
+                                                  _weak(self.__len__))
 
         kwargs = dict(
             batch_sampler=self._batch_sampler,
@@ -399,6 +428,15 @@ class ShrinkingLoader(EngineLoader):
         except TypeError:  # no len(): an endless sampler
             return None
         return size // self._batch_size if self._drop_last else -(-size // self._batch_size)
+
+    # -- closing ---------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop the Assistant, free shared memory, and end persistent DataLoader workers
+        (idempotent)."""
+        loader = self.__dict__.get("_loader")
+        if loader is not None:
+            _shutdown_workers(loader)
+        super().close()
 
     def __getattr__(self, name: str) -> Any:
         # dataset, batch_size, num_workers ... read through to the wrapped loader

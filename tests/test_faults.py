@@ -615,3 +615,34 @@ def test_the_drop_last_tail_is_recorded_not_counted_as_trained(keyed):
             assert record["yielded_instances"] == yielded == 32 * record["batches"]
         assert record["reason"] == "shrink" and record["kept"] < 100
     assert loader.telemetry[0]["drop_last_tail"] == 4  # 100 = 3 x 32 + 4
+
+
+# -- 9. persistent workers end with the loader ---------------------------------------------------
+@pytest.mark.parametrize("how", ["close", "del", "del after a peek"])
+def test_persistent_workers_end_with_close_and_with_del(how):
+    import gc
+
+    g = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(200, 3, generator=g), torch.arange(200))
+    loader = autoassist.wrap(DataLoader(data, batch_size=20, shuffle=True, num_workers=2,
+                                        persistent_workers=True), sync=True, seed=1)
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        for xb, _ in loader:
+            loader.report(xb.pow(2).sum(1))
+    if how == "del after a peek":
+        next(iter(loader))  # the workers' iterator stays suspended mid-epoch
+    workers = [w.pid for w in loader._loader._iterator._workers]
+    pids = [*workers, loader.engine.assistant.pid]
+    assert len(workers) == 2 and not any(_gone(pid) for pid in pids)
+    gc.collect()
+    gc.disable()  # only reference counting: a cycle would keep everything alive
+    try:
+        if how == "close":
+            loader.close()
+        else:
+            del loader  # no close(): nothing may keep the loader alive
+        left = [pid for pid in pids if not _gone(pid)]
+    finally:
+        gc.enable()
+    assert not left, f"processes outlived the loader: {left} of workers {workers}"
