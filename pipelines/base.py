@@ -94,7 +94,7 @@ class EngineLoader:
         self._batches_done = 0  # in the current epoch (a resumed epoch skips them)
         self._start_position = 0  # where an iteration of this epoch starts (a loaded position)
         self._counts = _EpochCounts()
-        self._live: weakref.ref | None = None  # the iteration iter() handed out last
+        self._live: weakref.ref | None = None  # the iteration started last
         self._warned: set[str] = set()
         self._last_ids: np.ndarray | None = None  # the batch just yielded, until reported
         self._last_batch: Any = None
@@ -153,16 +153,30 @@ class EngineLoader:
         """The current epoch's batches (the next epoch's, once the current one finished).
 
         One iteration at a time: ``report()`` pairs its losses with the batch just yielded, so
-        a second ``iter()`` while the first is still live (``zip(loader, loader)``, or an
-        iterator kept from an earlier ``iter(loader)``) raises. A new iteration after one that
-        stopped early (a peek with ``next(iter(loader))``, a ``break``) runs the epoch again
-        from its start (a loaded checkpoint's position), as a DataLoader does; the epoch's
-        record counts the abandoned iteration's batches (``abandoned_batches``).
+        an iteration that starts (its first ``next()``) while another one is live, started and
+        not finished (``zip(loader, loader)``, or an iterator kept from an earlier
+        ``iter(loader)``), raises. An iterator made but never started counts for nothing
+        (``tqdm.auto`` makes one). A new iteration after one that stopped early (a peek with
+        ``next(iter(loader))``, a ``break``) runs the epoch again from its start (a loaded
+        checkpoint's position), as a DataLoader does; the epoch's record counts the abandoned
+        iteration's batches (``abandoned_batches``).
 
         Raises:
             RuntimeError: the loader was closed, or another iteration of it is live.
         """
         self._check_open()
+        me: list[weakref.ref] = []
+        iteration = self._iterate(me)
+        me.append(weakref.ref(iteration))
+        return iteration
+
+    def _iteration_live(self) -> bool:
+        """Whether an iteration has started and can still yield."""
+        iteration = None if self._live is None else self._live()
+        return (iteration is not None
+                and inspect.getgeneratorstate(iteration) == inspect.GEN_SUSPENDED)
+
+    def _iterate(self, me: list[weakref.ref]) -> Iterator[Any]:
         if self._iteration_live():
             raise RuntimeError(
                 "this autoassist loader is already being iterated: report() matches losses to "
@@ -171,19 +185,7 @@ class EngineLoader:
                 "with the wrong instances. Finish or drop the first iteration (break out of its "
                 "loop, del the iterator) before starting another, or wrap a second DataLoader"
             )
-        iteration = self._iterate()
-        self._live = weakref.ref(iteration)
-        return iteration
-
-    def _iteration_live(self, started: bool = False) -> bool:
-        """Whether the iteration handed out last can still yield (``started``: and has)."""
-        iteration = None if self._live is None else self._live()
-        if iteration is None:
-            return False
-        state = inspect.getgeneratorstate(iteration)
-        return state == inspect.GEN_SUSPENDED or (state == inspect.GEN_CREATED and not started)
-
-    def _iterate(self) -> Iterator[Any]:
+        self._live = me[0]
         plan = self._start_epoch()
         self._batches_done = self._start_position
         counts = self._counts
@@ -234,7 +236,7 @@ class EngineLoader:
         self._check_open()
         epoch = int(epoch)
         if epoch != self._epoch or self._epoch_complete:
-            if self._iteration_live(started=True):
+            if self._iteration_live():
                 raise RuntimeError(
                     f"set_epoch({epoch}) while an iteration of epoch {self._epoch} is live: "
                     "finish it or break out of its loop (dropping the iterator) first"
@@ -366,7 +368,9 @@ class EngineLoader:
 
         Raises:
             RuntimeError: no batch was yielded since the last report (and no ``ids``).
-            TypeError, ValueError: ``per_sample`` is not a 1-D tensor with one loss per id.
+            TypeError: ``per_sample`` is not a tensor of floating-point losses (checked
+                before anything is queued: a corrected retry counts the batch once).
+            ValueError: ``per_sample`` is not 1-D with one loss per id.
             IndexError: an id lies outside ``[0, num_instances)``.
             FloatingPointError: a loss is NaN or infinite.
         """
@@ -421,7 +425,7 @@ class EngineLoader:
                 Assistant kind (``autoassist.engine.state_check.StateError``, whose message
                 names the key and the fix).
         """
-        if self._iteration_live(started=True):
+        if self._iteration_live():
             raise RuntimeError("load_state_dict() while an iteration of this loader is live: "
                                "break out of its loop (dropping the iterator) first")
         check_state_version(state)

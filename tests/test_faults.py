@@ -497,12 +497,22 @@ def test_two_iterations_at_once_are_a_clear_error_and_the_loader_goes_on():
             for _ in zip(loader, loader, strict=True):  # was: IndexError (empty deque)
                 pass
         first = iter(loader)
+        next(first)
         with pytest.raises(RuntimeError, match="already being iterated"):
-            iter(loader)
+            next(iter(loader))
         del first
         seen = _epoch(loader)
         assert sorted(torch.cat(seen).tolist()) == list(range(100))
         assert loader.telemetry[-1]["batches"] == 10
+        from tqdm.auto import tqdm  # makes an iterator it never starts, then iterates afresh
+
+        seen = []
+        for xb, idx in tqdm(loader, disable=True):  # epoch 1: shrinking
+            seen.append(idx)
+            loader.report(xb.pow(2).sum(1))
+        record = loader.telemetry[-1]
+        assert record["epoch"] == 1 and record["batches"] == len(seen) > 0
+        assert record["kept"] == record["yielded_instances"] == len(torch.cat(seen))
 
 
 def test_skipped_reports_are_recorded_and_warned_once():
