@@ -38,8 +38,10 @@ class ShrinkConfig:
         first_scores_wait: when a shrinking epoch starts before the Assistant has published
             any scores (it is still starting, on a fast Boss), wait up to this fraction of the
             previous epoch's duration for them; otherwise that epoch keeps everything, which
-            costs a whole epoch's worth of extra work. 0 = never wait (the Boss then never
-            waits for the Assistant).
+            costs a whole epoch's worth of extra work. Paid at most once per run: after a
+            wait that ended without scores, later epochs do not wait (telemetry:
+            ``first_scores_wait_expired``, ``first_scores_wait_skipped``). 0 = never wait (the
+            Boss then never waits for the Assistant).
         reweight: weight kept instances by ``mean(P) / P_i`` so the expected gradient is
             unbiased.
         assistant: "logistic" (online logistic regression), "sgd" (scikit-learn
@@ -72,6 +74,10 @@ class ShrinkConfig:
             it.
         trace_dir: write every epoch's reported ids, losses and Assistant features there
             (rank 0), for ``autoassist tune --offline``; None writes nothing.
+        feature_dir: an existing directory for the Assistant's feature table (a memory-mapped
+            file of ``4 * dim`` bytes per instance, removed on ``close``); None:
+            ``$AUTOASSIST_FEATURE_DIR``, else the temp folder. Only the scores live in
+            ``/dev/shm``.
         extra: free-form notes carried along (not read by autoassist).
 
     Raises:
@@ -101,6 +107,7 @@ class ShrinkConfig:
     seed: int = 0
     max_restarts: int = 3
     trace_dir: str | None = None
+    feature_dir: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -147,6 +154,12 @@ class ShrinkConfig:
             raise bad("queue_size" if self.queue_size < 1 else "send_every", "must be >= 1")
         if not (0 <= int(self.seed) < 2**63):
             raise bad("seed", "must lie in [0, 2**63)")
+        if self.feature_dir is not None:
+            self.feature_dir = os.fspath(self.feature_dir)
+            if not os.path.isdir(self.feature_dir):
+                raise bad("feature_dir", "must be an existing directory (the Assistant's "
+                          "feature table is a file there); None uses $AUTOASSIST_FEATURE_DIR, "
+                          "else the temp folder")
 
     # -- persistence ----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -14,21 +14,29 @@ The helpers below (ids from users, the state version) are shared by every adapte
 
 from __future__ import annotations
 
+import contextlib
+import inspect
+import os
+import sys
+import warnings
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from autoassist.config import ShrinkConfig
-from autoassist.engine import EpochPlan, ShrinkEngine
+from autoassist.engine import EpochPlan, ShrinkEngine, state_check
 
 STATE_VERSION = 1
 
 
 def check_state_version(state: dict[str, Any]) -> None:
     """Refuse a loader state saved in another format than this version's."""
+    state_check.as_dict(state, "state")
     if state.get("version") != STATE_VERSION:
         raise ValueError(
             f"loader state version {state.get('version')!r} is not {STATE_VERSION}; it was "
@@ -52,6 +60,27 @@ def check_ids(ids: np.ndarray, n: int) -> np.ndarray:
     return ids
 
 
+def _caller_level() -> int:
+    """``stacklevel`` of the first frame outside the adapters (and contextlib), for a warning
+    raised from ``_warn_once``: the user's line, however deep in the loader it was found."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(2), 2  # stacklevel 2: the caller of _warn_once
+    while frame is not None and (os.path.dirname(frame.f_code.co_filename) == here
+                                 or frame.f_code.co_filename == contextlib.__file__):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+@dataclass
+class _EpochCounts:
+    """What the current epoch's telemetry record tells besides the engine's figures."""
+
+    yielded: int = 0  # instances yielded by this epoch's iterations (not the abandoned ones)
+    this_iteration: int = 0  # of them, by the latest iteration
+    abandoned_batches: int = 0  # yielded by iterations that stopped early, then started over
+    repeated: bool = False  # set_epoch gave a number that had already run
+
+
 class EngineLoader:
     """What every autoassist loader shares: an engine, epochs, ``report``, state, closing."""
 
@@ -63,10 +92,14 @@ class EngineLoader:
         self._epoch_set = False  # set_epoch was called for the next iter()
         self._epoch_complete = False
         self._batches_done = 0  # in the current epoch (a resumed epoch skips them)
+        self._start_position = 0  # where an iteration of this epoch starts (a loaded position)
+        self._counts = _EpochCounts()
+        self._live: weakref.ref | None = None  # the iteration started last
+        self._warned: set[str] = set()
         self._last_ids: np.ndarray | None = None  # the batch just yielded, until reported
         self._last_batch: Any = None
         self._defer_end = False  # inside late_reports()
-        self._pending_end: tuple[int, int] | None = None
+        self._pending_ends: list[tuple[int, int, dict[str, Any]]] = []
         self._closed = False
         self.engine = ShrinkEngine(self.num_instances, config, features=features, inputs=inputs,
                                    tensorboard=tensorboard)
@@ -85,11 +118,23 @@ class EngineLoader:
         """A subclass's own entries of ``state_dict()``."""
         return {}
 
+    def _check_extra_state(self, state: dict[str, Any]) -> None:
+        """Check what ``_extra_state`` saved (``state_check``'s helpers), changing nothing."""
+
     def _load_extra_state(self, state: dict[str, Any]) -> None:
-        """Restore what ``_extra_state`` saved."""
+        """Restore what ``_extra_state`` saved (checked by ``_check_extra_state``)."""
+
+    def _max_batches(self, plan: EpochPlan) -> int | None:
+        """At most how many batches the epoch of ``plan`` yields (None: not known), without
+        touching the sampler: a loaded position beyond it is refused."""
+        return None
 
     def _forget_epoch_position(self) -> None:
         """A new epoch starts from its beginning: drop per-epoch position state of your own."""
+
+    def _epoch_record(self, plan: EpochPlan | None) -> dict[str, Any]:
+        """A subclass's entries of the epoch's telemetry record (what its sampler drew)."""
+        return {}
 
     # -- batches -----------------------------------------------------------------------------------
     @property
@@ -105,11 +150,59 @@ class EngineLoader:
         return self.engine.loss_weights(self._last_ids, like)
 
     def __iter__(self) -> Iterator[Any]:
+        """The current epoch's batches (the next epoch's, once the current one finished).
+
+        One iteration at a time: ``report()`` pairs its losses with the batch just yielded, so
+        an iteration that starts (its first ``next()``) while another one is live, started and
+        not finished (``zip(loader, loader)``, or an iterator kept from an earlier
+        ``iter(loader)``), raises. An iterator made but never started counts for nothing
+        (``tqdm.auto`` makes one). A new iteration after one that stopped early (a peek with
+        ``next(iter(loader))``, a ``break``) runs the epoch again from its start (a loaded
+        checkpoint's position), as a DataLoader does; the epoch's record counts the abandoned
+        iteration's batches (``abandoned_batches``).
+
+        Raises:
+            RuntimeError: the loader was closed, or another iteration of it is live.
+        """
+        self._check_open()
+        me: list[weakref.ref] = []
+        iteration = self._iterate(me)
+        me.append(weakref.ref(iteration))
+        return iteration
+
+    def _iteration_live(self) -> bool:
+        """Whether an iteration has started and can still yield."""
+        iteration = None if self._live is None else self._live()
+        return (iteration is not None
+                and inspect.getgeneratorstate(iteration) == inspect.GEN_SUSPENDED)
+
+    def _iterate(self, me: list[weakref.ref]) -> Iterator[Any]:
+        if self._iteration_live():
+            raise RuntimeError(
+                "this autoassist loader is already being iterated: report() matches losses to "
+                "the instances of the batch just yielded, so two iterations at once (e.g. "
+                "zip(loader, loader), or an iterator kept from iter(loader)) would pair losses "
+                "with the wrong instances. Finish or drop the first iteration (break out of its "
+                "loop, del the iterator) before starting another, or wrap a second DataLoader"
+            )
+        self._live = me[0]
         plan = self._start_epoch()
-        for ids, batch in self._iter_epoch(plan, self._batches_done):
+        self._batches_done = self._start_position
+        counts = self._counts
+        counts.this_iteration = 0
+        batches = self._iter_epoch(plan, self._start_position)
+        while True:
+            if self._closed:
+                raise RuntimeError("this autoassist loader was closed during its iteration")
+            try:
+                ids, batch = next(batches)
+            except StopIteration:
+                break
             self._last_ids = ids
             self._last_batch = batch
             self._batches_done += 1
+            counts.yielded += len(ids)
+            counts.this_iteration += len(ids)
             yield batch
         self._finish_epoch()
 
@@ -127,24 +220,47 @@ class EngineLoader:
 
         Args:
             epoch: the epoch to run, a non-negative integer. The same epoch again after it
-                finished runs it again; while it is unfinished (a resumed checkpoint), the
-                iteration continues where it stopped.
+                finished runs it again (with a warning, once, and ``repeated_epoch`` in its
+                record: the epoch number seeds the selection); while it is unfinished (a
+                resumed checkpoint), the iteration continues where it stopped. Another epoch
+                while the current one is unfinished ends the current one (``broken_off`` in
+                its record, and a warning, once).
 
         Raises:
             ValueError: ``epoch`` is negative or not an integer.
-            RuntimeError: the loader was closed.
+            RuntimeError: the loader was closed, or another epoch was asked for while an
+                iteration of this one is still live.
         """
         if int(epoch) != epoch or epoch < 0:
             raise ValueError(f"set_epoch takes a non-negative integer, got {epoch!r}")
         self._check_open()
         epoch = int(epoch)
         if epoch != self._epoch or self._epoch_complete:
+            if self._iteration_live():
+                raise RuntimeError(
+                    f"set_epoch({epoch}) while an iteration of epoch {self._epoch} is live: "
+                    "finish it or break out of its loop (dropping the iterator) first"
+                )
+            if not self._epoch_complete and self._batches_done > 0:
+                self._end_broken_off_epoch(next_epoch=epoch)
+            repeated = any(r.get("epoch") == epoch for r in self.engine.telemetry)
             self._epoch = epoch
             self._batches_done = 0
+            self._start_position = 0
             self._epoch_complete = False
+            self._counts = _EpochCounts(repeated=repeated)
             self._forget_epoch_position()
+            if repeated:
+                self._warn_once(
+                    "repeated",
+                    f"autoassist: set_epoch({epoch}) for an epoch that already ran: it runs "
+                    f"again, and telemetry gets a second record for epoch {epoch} "
+                    "(repeated_epoch=True). The epoch number seeds the selection (and a "
+                    "DistributedSampler's order): give each epoch its own number, e.g. "
+                    "set_epoch(epoch) with the training loop's counter",
+                )
         self._epoch_set = True
-        if self._pending_end is None:  # the previous epoch has ended (not deferred by
+        if not self._pending_ends:  # the previous epoch has ended (not deferred by
             self.engine.plan(self._epoch)  # late_reports): its scores are asked for
 
     def _check_open(self) -> None:
@@ -155,11 +271,15 @@ class EngineLoader:
             raise RuntimeError("this autoassist loader was closed; wrap the DataLoader again")
 
     def _start_epoch(self) -> EpochPlan:
-        """At ``iter()``: a finished epoch not followed by set_epoch advances by one; the
-        epoch is planned unless set_epoch did it."""
+        """At the first ``next()``: a finished epoch not followed by set_epoch advances by one;
+        an epoch whose last iteration stopped early starts again (its batches are recorded as
+        abandoned); the epoch is planned unless set_epoch did it."""
         self._check_open()
         if self._epoch_complete and not self._epoch_set:
             self.set_epoch(self._epoch + 1)
+        elif self._batches_done > self._start_position:  # an iteration stopped early
+            self._counts.abandoned_batches += self._batches_done - self._start_position
+            self._counts.yielded -= self._counts.this_iteration
         self._epoch_set = False
         self._epoch_complete = False
         return self.engine.plan(self._epoch)
@@ -167,10 +287,51 @@ class EngineLoader:
     def _finish_epoch(self) -> None:
         self._last_batch = None
         self._epoch_complete = True
+        self._end_epoch(self._epoch, self._batches_done, broken_off=False)
+
+    def _end_broken_off_epoch(self, next_epoch: int) -> None:
+        """The unfinished current epoch ends here (set_epoch asked for another one)."""
+        epoch, batches = self._epoch, self._batches_done
+        self._last_batch = None
+        self._end_epoch(epoch, batches, broken_off=True)
+        self._warn_once(
+            "broken_off",
+            f"autoassist: epoch {epoch} ended after {batches} batches, before its iteration "
+            f"finished (set_epoch({next_epoch}) came first); its telemetry record says "
+            "broken_off=True. On purpose (a step budget per epoch)? Then ignore this. To "
+            "continue an epoch later, use state_dict() / load_state_dict()",
+        )
+
+    def _end_epoch(self, epoch: int, batches: int, broken_off: bool) -> None:
+        plan = self.engine.current
+        counts = self._counts
+        fields = {"yielded_instances": counts.yielded,
+                  "abandoned_batches": counts.abandoned_batches,
+                  "repeated_epoch": counts.repeated, "broken_off": broken_off,
+                  **self._epoch_record(plan if plan is not None and plan.epoch == epoch
+                                       else None)}
         if self._defer_end:
-            self._pending_end = (self._epoch, self._batches_done)
+            self._pending_ends.append((epoch, batches, fields))
         else:
-            self.engine.end_epoch(self._epoch, batches=self._batches_done)
+            self._record_end(epoch, batches, fields)
+
+    def _record_end(self, epoch: int, batches: int, fields: dict[str, Any]) -> None:
+        record = self.engine.end_epoch(epoch, batches=batches, fields=fields)
+        missing = record.get("unreported_instances", 0)
+        if missing:
+            self._warn_once(
+                "unreported",
+                f"autoassist: {missing} instances of epoch {epoch} were yielded but their "
+                "losses never reported (a batch without report(), or losses that came after "
+                "the epoch ended); the Assistant learns nothing from them. Call "
+                "loader.report(per_sample) once per batch; when losses come back after the "
+                "loop, run the epoch inside `with loader.late_reports():`",
+            )
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, RuntimeWarning, stacklevel=_caller_level())
 
     @contextmanager
     def late_reports(self):
@@ -182,10 +343,9 @@ class EngineLoader:
             yield self
         finally:
             self._defer_end = False
-            if self._pending_end is not None:
-                epoch, batches = self._pending_end
-                self._pending_end = None
-                self.engine.end_epoch(epoch, batches=batches)
+            pending, self._pending_ends = self._pending_ends, []
+            for epoch, batches, fields in pending:
+                self._record_end(epoch, batches, fields)
 
     # -- reports ---------------------------------------------------------------------------------
     def report(self, per_sample: torch.Tensor, ids=None, batch: Any = None) -> torch.Tensor:
@@ -208,7 +368,9 @@ class EngineLoader:
 
         Raises:
             RuntimeError: no batch was yielded since the last report (and no ``ids``).
-            TypeError, ValueError: ``per_sample`` is not a 1-D tensor with one loss per id.
+            TypeError: ``per_sample`` is not a tensor of floating-point losses (checked
+                before anything is queued: a corrected retry counts the batch once).
+            ValueError: ``per_sample`` is not 1-D with one loss per id.
             IndexError: an id lies outside ``[0, num_instances)``.
             FloatingPointError: a loss is NaN or infinite.
         """
@@ -252,21 +414,51 @@ class EngineLoader:
         Args:
             state: what ``state_dict()`` returned, from a loader over the same data.
 
+        The whole state is checked before anything changes: a state that cannot be loaded
+        raises and leaves this loader as it was (its Assistant running, its epoch and position
+        unchanged), so training can go on.
+
         Raises:
             ValueError: the state comes from another number of instances, another feature
-                size, or an incompatible autoassist version.
+                size, or an incompatible autoassist version; or it is damaged: a key missing,
+                a value of the wrong type, shape or range (an out-of-range position), another
+                Assistant kind (``autoassist.engine.state_check.StateError``, whose message
+                names the key and the fix).
         """
+        if self._iteration_live():
+            raise RuntimeError("load_state_dict() while an iteration of this loader is live: "
+                               "break out of its loop (dropping the iterator) first")
         check_state_version(state)
-        if state["num_instances"] != self.num_instances:
-            raise ValueError(
-                f"this state comes from a dataset of {state['num_instances']} instances but the "
+        saved_n = state_check.integer(state_check.get(state, "num_instances", "state"),
+                                      "state['num_instances']")
+        if saved_n != self.num_instances:
+            raise state_check.StateError(
+                f"this state comes from a dataset of {saved_n} instances but the "
                 f"wrapped dataset has {self.num_instances}: load it into a loader over the same "
                 "dataset"
             )
-        self.engine.load_state_dict(state["engine"])
-        self._epoch = state["epoch"]
-        self._batches_done = state["batches_done"]
-        self._epoch_complete = state["epoch_complete"]
+        epoch = state_check.integer(state_check.get(state, "epoch", "state"), "state['epoch']",
+                                    low=0)
+        done = state_check.integer(state_check.get(state, "batches_done", "state"),
+                                   "state['batches_done']", low=0)
+        state_check.boolean(state_check.get(state, "epoch_complete", "state"),
+                            "state['epoch_complete']")
+        plan = self.engine.check_state(state_check.get(state, "engine", "state"),
+                                       path="state['engine']")
+        if plan is not None and plan.epoch > epoch:
+            raise state_check.bad("state['engine']['plan']['epoch']",
+                                  f"is {plan.epoch}, after the loader's epoch {epoch}")
+        most = self._max_batches(plan) if plan is not None and plan.epoch == epoch else None
+        if most is not None and done > most:
+            raise state_check.bad("state['batches_done']", f"is {done}, but epoch {epoch} "
+                                  f"has at most {most} batches under the saved plan")
+        self._check_extra_state(state)
+        # checked: from here on nothing fails
+        self.engine.restore_state(state["engine"], plan)
+        self._epoch = epoch
+        self._batches_done = self._start_position = done
+        self._counts = _EpochCounts()
+        self._epoch_complete = bool(state["epoch_complete"])
         self._epoch_set = not self._epoch_complete
         self._last_ids = None
         self._last_batch = None

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import itertools
 import warnings
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -31,11 +32,13 @@ from torch.utils.data import (
     DataLoader,
     DistributedSampler,
     IterableDataset,
+    RandomSampler,
     Sampler,
+    SequentialSampler,
 )
 
 from autoassist.config import ShrinkConfig
-from autoassist.engine import EpochPlan
+from autoassist.engine import EpochPlan, state_check
 from autoassist.pipelines.base import EngineLoader, check_ids
 
 _CHUNK = 4096
@@ -54,6 +57,19 @@ def _is_default_batching(batch_sampler) -> bool:
     )
 
 
+def _draws_each_once(sampler, n: int) -> bool:
+    """Whether ``sampler`` draws each of the ``n`` instances exactly once per epoch (torch's,
+    or StatefulDataLoader's, SequentialSampler, and RandomSampler without replacement over the
+    whole data set): then an epoch keeps exactly the plan's count."""
+    cls = type(sampler)
+    stateful = cls.__module__.startswith("torchdata.stateful_dataloader")
+    if isinstance(sampler, SequentialSampler) or (stateful and cls.__name__ == "SequentialSampler"):
+        return len(sampler) == n
+    if isinstance(sampler, RandomSampler) or (stateful and cls.__name__ == "RandomSampler"):
+        return not sampler.replacement and sampler.num_samples == n
+    return False
+
+
 def _chunked(it: Iterator[int]) -> Iterator[np.ndarray]:
     """The sampler's indices in NumPy chunks: vectorised filtering, and infinite samplers work."""
     while True:
@@ -61,6 +77,62 @@ def _chunked(it: Iterator[int]) -> Iterator[np.ndarray]:
         if len(chunk) == 0:
             return
         yield chunk
+
+
+def _weak(method: Callable) -> Callable:
+    """``method`` (bound) without a strong reference to its object."""
+    ref = weakref.WeakMethod(method)
+
+    def call(*args):
+        bound = ref()
+        if bound is None:
+            raise ReferenceError("the autoassist loader of this batch sampler is gone")
+        return bound(*args)
+
+    return call
+
+
+def _shutdown_workers(loader: DataLoader) -> None:
+    """End ``loader``'s persistent worker processes now: DataLoader keeps them in its cached
+    iterator, which ends them only when garbage-collected."""
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is None:
+        return
+    loader._iterator = None
+    shutdown = getattr(iterator, "_shutdown_workers", None)  # torch's own clean-up
+    if shutdown is not None:
+        shutdown()
+
+
+def _batched(chunks: Iterator[np.ndarray], mask: np.ndarray | None, n: int, batch_size: int,
+             drop_last: bool) -> Iterator[np.ndarray]:
+    """Batches of the kept ids of ``chunks`` (the sampler's order), as its BatchSampler
+    would cut them."""
+    carry = np.empty(0, np.int64)
+    for chunk in chunks:
+        if len(chunk) == 0:
+            break
+        chunk = check_ids(chunk, n)
+        if mask is not None:
+            chunk = chunk[mask[chunk]]
+        carry = np.concatenate([carry, chunk]) if len(carry) else chunk
+        full = len(carry) // batch_size * batch_size
+        for start in range(0, full, batch_size):
+            yield carry[start : start + batch_size]
+        carry = carry[full:]
+    if len(carry) and not drop_last:
+        yield carry
+
+
+def _filter_batches(batches: Iterator, mask: np.ndarray | None, n: int
+                    ) -> Iterator[np.ndarray]:
+    """A custom batch sampler's batches, less the instances ``mask`` drops (empty ones go)."""
+    for batch in batches:
+        ids = check_ids(np.asarray(batch, dtype=np.int64).reshape(-1), n)
+        if mask is not None:
+            ids = ids[mask[ids]]
+        if len(ids):
+            yield ids
 
 
 class _ShrinkBatchSampler(Sampler[list[int]]):
@@ -151,7 +223,11 @@ class ShrinkingLoader(EngineLoader):
         super().__init__(len(loader.dataset), config, features=features, inputs=inputs,
                          tensorboard=tensorboard)
         self._generator_state: torch.Tensor | None = None
-        self._batch_sampler = _ShrinkBatchSampler(self._epoch_batches, self.__len__)
+        self._drawn: tuple[int, np.ndarray] | None = None  # (epoch, draws): _drawn_order
+        # weakly: the DataLoader holds the batch sampler, so a strong reference back would make
+        # a cycle that keeps this loader (and its persistent workers) alive until a GC
+        self._batch_sampler = _ShrinkBatchSampler(_weak(self._epoch_batches),
+                                                  _weak(self.__len__))
 
         kwargs = dict(
             batch_sampler=self._batch_sampler,
@@ -172,6 +248,7 @@ class ShrinkingLoader(EngineLoader):
     # -- epochs ----------------------------------------------------------------------------------
     def _forget_epoch_position(self) -> None:
         self._generator_state = None
+        self._drawn = None
 
     def _prepare_sampler(self) -> None:
         sampler = self._sampler
@@ -193,39 +270,46 @@ class ShrinkingLoader(EngineLoader):
             else:
                 gen.set_state(self._generator_state)  # resume: replay this epoch's order
 
+    def _counts_by_plan(self) -> bool:
+        """Whether the plan's count is this epoch's: the sampler draws every instance once
+        (or is a DistributedSampler, whose shards are cut from the kept set)."""
+        return isinstance(self._sampler, DistributedSampler) or _draws_each_once(
+            self._sampler, self.num_instances)
+
+    def _drawn_order(self) -> np.ndarray | None:
+        """The epoch's draws of a sampler that does not draw each instance once (a subset,
+        weights, replacement, a sampler of the user's), drawn once per epoch, so that
+        ``len()``, the iteration and the telemetry count the same draws; None for a sampler
+        without a length (endless)."""
+        if self._drawn is not None and self._drawn[0] == self._epoch:
+            return self._drawn[1]
+        try:
+            len(self._sampler)
+        except TypeError:
+            return None
+        self._prepare_sampler()  # the generator as the epoch starts (or a resumed epoch's)
+        order = check_ids(np.fromiter(iter(self._sampler), np.int64), self.num_instances)
+        self._drawn = (self._epoch, order)
+        return order
+
     def _epoch_batches(self) -> Iterator[np.ndarray]:
-        """The current epoch's batches of kept ids, in the user's sampler order."""
-        self._prepare_sampler()
+        """The current epoch's batches of kept ids, in the user's sampler order (a generator
+        that holds no reference to the loader: the DataLoader keeps it while suspended)."""
         mask = self.engine.current.mask
         n = self.num_instances
         if self._sampler is None:
-            for batch in self._user_batch_sampler:
-                ids = check_ids(np.asarray(batch, dtype=np.int64).reshape(-1), n)
-                if mask is not None:
-                    ids = ids[mask[ids]]
-                if len(ids):
-                    yield ids
-            return
+            self._prepare_sampler()
+            return _filter_batches(iter(self._user_batch_sampler), mask, n)
         if isinstance(self._sampler, DistributedSampler):
-            order = self._distributed_order(mask)
-            chunks: Iterator[np.ndarray] = iter([order])
-        else:
-            chunks = _chunked(iter(self._sampler))
-        carry = np.empty(0, np.int64)
-        bs = self._batch_size
-        for chunk in chunks:
-            if len(chunk) == 0:
-                break
-            chunk = check_ids(chunk, n)
-            if mask is not None and not isinstance(self._sampler, DistributedSampler):
-                chunk = chunk[mask[chunk]]
-            carry = np.concatenate([carry, chunk]) if len(carry) else chunk
-            full = len(carry) // bs * bs
-            for start in range(0, full, bs):
-                yield carry[start : start + bs]
-            carry = carry[full:]
-        if len(carry) and not self._drop_last:
-            yield carry
+            self._prepare_sampler()
+            return _batched(iter([self._distributed_order(mask)]), None, n, self._batch_size,
+                            self._drop_last)
+        order = None if self._counts_by_plan() else self._drawn_order()
+        if order is not None:
+            return _batched(iter([order]), mask, n, self._batch_size, self._drop_last)
+        self._prepare_sampler()
+        return _batched(_chunked(iter(self._sampler)), mask, n, self._batch_size,
+                        self._drop_last)
 
     def _distributed_order(self, mask: np.ndarray | None) -> np.ndarray:
         """Equal-length, disjoint shards of the *kept* set (DistributedSampler's rule on it)."""
@@ -247,26 +331,57 @@ class ShrinkingLoader(EngineLoader):
                 order = np.concatenate([order, np.resize(order, pad)])
         return order[rank::world].astype(np.int64)
 
+    def _kept_draws(self, plan: EpochPlan) -> int:
+        """How many instances this process's sampler hands over in the epoch of ``plan``,
+        before batching (the draws the plan keeps, repeats included)."""
+        kept = plan.kept
+        if isinstance(self._sampler, DistributedSampler):
+            world = self._sampler.num_replicas
+            return kept // world if self._sampler.drop_last else -(-kept // world)
+        if self._counts_by_plan():
+            return kept if plan.mask is not None else len(self._sampler)
+        order = self._drawn_order()
+        if order is None:  # an endless sampler: the plan's count is all there is
+            return kept if plan.mask is not None else len(self._sampler)
+        return len(order) if plan.mask is None else int(np.count_nonzero(plan.mask[order]))
+
     def _batches_in(self, plan: EpochPlan) -> int:
         """How many batches the epoch of ``plan`` yields."""
         if self._sampler is None:
             return len(self._user_batch_sampler)
-        kept = plan.kept
-        if isinstance(self._sampler, DistributedSampler):
-            world = self._sampler.num_replicas
-            kept = kept // world if self._sampler.drop_last else -(-kept // world)
-        elif plan.mask is None:
-            kept = len(self._sampler)
+        kept = self._kept_draws(plan)
         if self._drop_last:
             return kept // self._batch_size
         return -(-kept // self._batch_size)
+
+    def _epoch_record(self, plan: EpochPlan | None) -> dict[str, Any]:
+        """The epoch's counts over what the sampler drew: ``epoch_instances`` (its draws),
+        ``kept`` and ``kept_fraction`` of them (a subset or weighted sampler: of its draws,
+        not of all N), and ``drop_last_tail``, the kept instances ``drop_last`` left out."""
+        if plan is None or self._sampler is None:
+            return {}
+        kept = self._kept_draws(plan)
+        record: dict[str, Any] = {
+            "drop_last_tail": kept % self._batch_size if self._drop_last else 0}
+        if isinstance(self._sampler, DistributedSampler):
+            return record  # kept, kept_fraction: the plan's, over every rank
+        order = None if self._counts_by_plan() else self._drawn_order()
+        if order is not None:
+            record.update(epoch_instances=len(order), kept=kept,
+                          kept_fraction=kept / max(len(order), 1))
+        else:
+            record["epoch_instances"] = self.num_instances
+        return record
 
     def __len__(self) -> int:
         """Batches in the current epoch: fewer than the wrapped loader's when it shrinks.
 
         Never plans (planning can start a collective under DDP): call ``set_epoch(e)`` before
         ``len(loader)`` to get epoch ``e``'s shrunk length. Before the current epoch is planned
-        it is the count of an unshrunk epoch, the wrapped loader's length.
+        it is the count of an unshrunk epoch, the wrapped loader's length. With a sampler
+        that does not draw every instance once (``SubsetRandomSampler``,
+        ``WeightedRandomSampler``, replacement), the epoch's draws are made here, once, and
+        counted: ``len()`` is what the epoch yields.
         """
         plan = self.engine.current
         if plan is None or plan.epoch != self._epoch:
@@ -275,7 +390,7 @@ class ShrinkingLoader(EngineLoader):
 
     # -- iteration --------------------------------------------------------------------------------
     def _iter_epoch(self, plan: EpochPlan, skip: int) -> Iterator[tuple[np.ndarray, Any]]:
-        if skip == 0:
+        if skip == 0 and (self._drawn is None or self._drawn[0] != self._epoch):
             self._generator_state = None  # a fresh epoch: its order starts from its seed
         fifo: deque[np.ndarray] = deque()  # ids of each batch the sampler emitted, in order
         self._batch_sampler.next_iteration(skip, fifo.append)
@@ -286,8 +401,42 @@ class ShrinkingLoader(EngineLoader):
     def _extra_state(self) -> dict[str, Any]:
         return {"generator_state": self._generator_state}
 
+    def _check_extra_state(self, state: dict[str, Any]) -> None:
+        saved = state_check.get(state, "generator_state", "state")
+        if saved is None:
+            return
+        gen = getattr(self._sampler, "generator", None)
+        size = (gen if isinstance(gen, torch.Generator) else torch.Generator()).get_state().numel()
+        if not (isinstance(saved, torch.Tensor) and saved.dtype == torch.uint8
+                and saved.shape == (size,)):
+            got = (f"{saved.dtype} of shape {tuple(saved.shape)}"
+                   if isinstance(saved, torch.Tensor) else type(saved).__name__)
+            raise state_check.bad("state['generator_state']", f"is {got}, not the sampler "
+                                  f"generator's state (uint8 of shape ({size},))")
+
     def _load_extra_state(self, state: dict[str, Any]) -> None:
         self._generator_state = state["generator_state"]
+        self._drawn = None  # drawn again from the loaded generator state
+
+    def _max_batches(self, plan: EpochPlan) -> int | None:
+        try:
+            if self._sampler is None:
+                return len(self._user_batch_sampler)
+            if self._counts_by_plan():
+                return self._batches_in(plan)
+            size = len(self._sampler)
+        except TypeError:  # no len(): an endless sampler
+            return None
+        return size // self._batch_size if self._drop_last else -(-size // self._batch_size)
+
+    # -- closing ---------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop the Assistant, free shared memory, and end persistent DataLoader workers
+        (idempotent)."""
+        loader = self.__dict__.get("_loader")
+        if loader is not None:
+            _shutdown_workers(loader)
+        super().close()
 
     def __getattr__(self, name: str) -> Any:
         # dataset, batch_size, num_workers ... read through to the wrapped loader

@@ -26,9 +26,11 @@ class _KeyedStream(IterableDataset):
     def __init__(self, dataset: IterableDataset, key: Callable[[Any], int], n: int):
         self.dataset, self.key, self.n = dataset, key, n
         self.mask: np.ndarray | None = None  # set per epoch, before workers copy the dataset
+        self.streamed = 0  # items kept by the last pass (seen here only without workers)
 
     def __iter__(self) -> Iterator[tuple[int, Any]]:
         mask, key, n = self.mask, self.key, self.n
+        self.streamed = 0
         for item in self.dataset:
             idx = int(key(item))
             if not 0 <= idx < n:
@@ -37,6 +39,7 @@ class _KeyedStream(IterableDataset):
                     "every item to a distinct id below num_instances, or raise num_instances"
                 )
             if mask is None or mask[idx]:
+                self.streamed += 1
                 yield idx, item
 
 
@@ -80,6 +83,16 @@ class KeyedShrinkingLoader(EngineLoader):
         if loader.num_workers > 0:
             kwargs["prefetch_factor"] = loader.prefetch_factor
         self._loader = DataLoader(self._stream, **kwargs)
+
+    def _epoch_record(self, plan: EpochPlan | None) -> dict[str, Any]:
+        """``drop_last_tail``: the kept items ``drop_last`` left out, counted in the stream
+        when it runs in this process (no workers) and the epoch ran to its end."""
+        if not self._loader.drop_last:
+            return {"drop_last_tail": 0}
+        if self._loader.num_workers or not self._epoch_complete:
+            return {}  # each worker drops its own tail, out of sight
+        return {"drop_last_tail": self._stream.streamed
+                - self._batches_done * self._loader.batch_size}
 
     def _iter_epoch(self, plan: EpochPlan, skip: int) -> Iterator[tuple[np.ndarray, Any]]:
         self._stream.mask = plan.mask  # before the workers copy the stream

@@ -26,7 +26,7 @@ import torch
 from torchdata.nodes import BaseNode
 
 from autoassist.config import ShrinkConfig
-from autoassist.engine import ShrinkEngine
+from autoassist.engine import ShrinkEngine, state_check
 from autoassist.pipelines.base import as_ids
 
 
@@ -52,10 +52,20 @@ class ShrinkSampler(BaseNode[int]):
 
     def reset(self, initial_state: dict[str, Any] | None = None) -> None:
         super().reset(initial_state)
-        if initial_state is not None:
-            self.engine.load_state_dict(initial_state[self.ENGINE])
-            self._epoch = int(initial_state[self.EPOCH])
-            self._position = int(initial_state[self.POSITION])
+        if initial_state is not None:  # checked whole before anything changes
+            epoch = state_check.integer(state_check.get(initial_state, self.EPOCH, "state"),
+                                        f"state[{self.EPOCH!r}]", low=0)
+            position = state_check.integer(
+                state_check.get(initial_state, self.POSITION, "state"),
+                f"state[{self.POSITION!r}]", low=0)
+            plan = self.engine.check_state(state_check.get(initial_state, self.ENGINE, "state"),
+                                           path=f"state[{self.ENGINE!r}]")
+            if plan is not None and plan.epoch == epoch and position > plan.kept:
+                raise state_check.bad(f"state[{self.POSITION!r}]", f"is {position}, but epoch "
+                                      f"{epoch} keeps {plan.kept} instances")
+            self.engine.restore_state(initial_state[self.ENGINE], plan)
+            self._epoch = epoch
+            self._position = position
         else:
             if self._epoch >= 0 and self._finished_epoch != self._epoch:
                 self.engine.end_epoch(self._epoch, batches=-1)  # an epoch abandoned midway

@@ -297,7 +297,8 @@ def test_a_tuned_config_file_round_trips_into_the_fairseq_options(data_bin, tmp_
     tuned = tuned.replace(rank_power=2.0, first_scores_wait=0.5, loss_history=False,
                           feature_dim=16, label_buckets=4, assistant_lr=0.05,
                           assistant_threads=2, kernel_threads=1, queue_size=32, send_every=2,
-                          sync=True, max_restarts=1, trace_dir=str(tmp_path / "trace"))
+                          sync=True, max_restarts=1, trace_dir=str(tmp_path / "trace"),
+                          feature_dir=str(tmp_path))
     default = ShrinkConfig()
     not_in_file = {"seed", "extra"}  # seed: fairseq's --seed; extra: never written
     same = [f.name for f in dataclasses.fields(ShrinkConfig)

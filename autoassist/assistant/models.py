@@ -53,7 +53,16 @@ class LogisticAssistant:
                 f"{self.dim}: use the same feature_dim/label_buckets/loss_history as the run "
                 "that saved it"
             )
-        self.w, self.b, self.g2 = state["w"].copy(), float(state["b"]), state["g2"].copy()
+        w, g2, b = (np.asarray(state["w"], np.float64), np.asarray(state["g2"], np.float64),
+                    float(state["b"]))
+        if g2.shape != self.g2.shape:
+            raise ValueError(f"Assistant state's g2 has shape {g2.shape}, expected "
+                             f"{self.g2.shape}")
+        if not (np.isfinite(w).all() and np.isfinite(g2).all() and np.isfinite(b)
+                and (g2 > 0).all()):
+            raise ValueError("Assistant state holds non-finite weights (or non-positive "
+                             "AdaGrad sums): the checkpoint is damaged")
+        self.w, self.b, self.g2 = w.copy(), b, g2.copy()
 
 
 class SGDAssistant:
@@ -85,7 +94,11 @@ class SGDAssistant:
 
     def load_state_dict(self, state: dict) -> None:
         _check_kind(state, self.kind)
-        self.model, self._fitted = pickle.loads(state["pickle"])  # noqa: S301 - our own state
+        model, fitted = pickle.loads(state["pickle"])  # noqa: S301 - our own state
+        width = getattr(model, "coef_", np.zeros((1, self.dim))).shape[-1]
+        if fitted and width != self.dim:
+            raise ValueError(f"Assistant state has {width} features, this Assistant {self.dim}")
+        self.model, self._fitted = model, fitted
 
 
 class MLPAssistant:

@@ -2,7 +2,8 @@
 
 ``ShrinkEngine`` (``engine.py``) composes the parts: ``plan.py`` (the keep policy, pure
 functions, and ``EpochPlan``), ``reports.py`` (the report buffer; ``device_losses.py`` for CUDA
-losses), ``distributed.py`` (data-parallel replicas) and ``telemetry.py`` (per-epoch records).
+losses), ``distributed.py`` (data-parallel replicas) and ``telemetry.py`` (per-epoch records);
+``state_check.py`` checks a saved state whole before anything is restored from it.
 """
 
 from autoassist.engine.distributed import single_replica

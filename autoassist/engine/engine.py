@@ -19,7 +19,7 @@ import torch
 from autoassist.assistant import AssistantProcess, AssistantSettings, ScoreRequest, SharedState
 from autoassist.assistant.features import CallableFeatures, RandomProjectionFeatures
 from autoassist.config import ShrinkConfig
-from autoassist.engine import distributed
+from autoassist.engine import distributed, state_check
 from autoassist.engine import plan as policy
 from autoassist.engine.device_losses import DeviceLossQueue
 from autoassist.engine.plan import EpochPlan
@@ -40,7 +40,7 @@ class ShrinkEngine:
         self.rank, self.world = distributed.rank_world()
         self.extractor, fixed, self.dim = self._feature_source(features, inputs,
                                                                external_features)
-        self.state = SharedState(self.n, self.dim)
+        self.state = SharedState(self.n, self.dim, feature_dir=config.feature_dir)
         if fixed is not None:
             self.state.features[:] = fixed
             self.state.have[:] = 1
@@ -60,6 +60,10 @@ class ShrinkEngine:
         self._telemetry = Telemetry(self.n, tensorboard)
         self._features_complete = False
         self.first_scores_waited = 0.0  # seconds plan() waited for the Assistant's first scores
+        # a first-scores wait ended without scores: later plans do not wait again (a frozen or
+        # silent Assistant would otherwise cost first_scores_wait of every epoch)
+        self.first_scores_expired = False
+        self._plan_wait = {"first_scores_wait_expired": False, "first_scores_wait_skipped": False}
         self._warned_features = False
         self._trace = None
         if config.trace_dir and self.rank == 0:  # the reports the Assistant learns from
@@ -114,6 +118,7 @@ class ShrinkEngine:
         if self.world > 1:
             self._gather_reports()
         self._telemetry.start_epoch()
+        self._plan_wait = {"first_scores_wait_expired": False, "first_scores_wait_skipped": False}
         # once every instance has its feature row, reports stop checking for new ones (renew()
         # writes rows itself and never clears one)
         self._features_complete = bool(self.state.have.all())
@@ -124,7 +129,9 @@ class ShrinkEngine:
         if self.assistant is not None:
             self.assistant.check()
         scores, version = self.state.snapshot()
-        if version == 0:
+        if version == 0 and self.first_scores_expired:  # waited once in vain: not again
+            self._plan_wait["first_scores_wait_skipped"] = True
+        elif version == 0:
             scores, version = self._await_first_scores(scores, version)
         floor = policy.floor(self.config, self.state.accuracy)
         if self.world > 1:
@@ -134,7 +141,11 @@ class ShrinkEngine:
 
     def _await_first_scores(self, scores: np.ndarray, version: int) -> tuple[np.ndarray, int]:
         """The one bounded wait: without any scores this epoch would keep everything (a whole
-        epoch of extra work), so give a still-starting Assistant a fraction of an epoch."""
+        epoch of extra work), so give a still-starting Assistant a fraction of an epoch.
+
+        Paid at most once per run: a wait that ends without scores (a frozen, stuck or very
+        slow Assistant) sets ``first_scores_expired``, and later plans take what is published
+        without waiting (the epoch's record says ``first_scores_wait_skipped``)."""
         limit = self.config.first_scores_wait * self._telemetry.last_epoch_seconds
         if self.assistant is None or self.assistant.failed or limit <= 0:
             return scores, version
@@ -147,6 +158,9 @@ class ShrinkEngine:
                 break
             time.sleep(0.001)
         self.first_scores_waited += time.perf_counter() - t0
+        if version == 0:
+            self.first_scores_expired = True
+            self._plan_wait["first_scores_wait_expired"] = True
         return scores, version
 
     # -- reports ---------------------------------------------------------------------------------
@@ -175,19 +189,24 @@ class ShrinkEngine:
             self._accept(losses, ids, batch)
 
     def _accept(self, losses: np.ndarray, ids: np.ndarray, batch: Any) -> None:
+        """Take one checked report; counted only once it is queued (a report that fails on
+        the way, in the feature extractor say, can be retried without counting twice)."""
         check_finite(losses, ids)
-        self._telemetry.reported += len(ids)
         if self.rank != 0:  # rank 0's Assistant learns from every rank's reports (plan gathers)
             new = self._write_features(ids, batch)
             self._outgoing.append((ids.copy(), losses, ids[new], self.state.features[ids[new]]))
+            self._telemetry.reported += len(ids)
             return
         if self.assistant is not None and not self.assistant.failed:
             self._write_features(ids, batch)
             if self._trace is not None:
                 self._trace.add(ids, losses, self.state.features[ids], self.state.have[ids])
             self._pending.add(ids.copy(), losses)
+            self._telemetry.reported += len(ids)
             if self._pending.batches >= self.config.send_every:
                 self.flush()
+            return
+        self._telemetry.reported += len(ids)
 
     def _write_features(self, ids: np.ndarray, batch: Any) -> np.ndarray:
         """Feature rows of the instances this process sees for the first time (from ``batch``);
@@ -267,8 +286,11 @@ class ShrinkEngine:
             return
         self.assistant.send(self._pending.take(), block=self.config.sync)
 
-    def end_epoch(self, epoch: int, batches: int) -> dict[str, Any]:
-        """Ask for fresh scores (async: the Boss does not wait, unless ``sync``); log telemetry."""
+    def end_epoch(self, epoch: int, batches: int,
+                  fields: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Ask for fresh scores (async: the Boss does not wait, unless ``sync``); log telemetry.
+
+        ``fields``: the caller's own entries of the epoch's record (a loader's counts)."""
         self._take_device_losses(wait=True)  # the epoch's last device losses
         seconds = self._telemetry.stop_clock()
         if self.assistant is not None:
@@ -285,7 +307,8 @@ class ShrinkEngine:
             self._trace.end_epoch(epoch)
         return self._telemetry.end_epoch(
             epoch, self.current, batches, seconds, self.first_scores_waited,
-            self.assistant.telemetry() if self.assistant is not None else None)
+            self.assistant.telemetry() if self.assistant is not None else None,
+            fields={**self._plan_wait, **(fields or {})})
 
     # -- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -313,33 +336,51 @@ class ShrinkEngine:
             "outgoing": list(self._outgoing),
             "telemetry": list(self.telemetry),
             "drops": self.assistant.drops if self.assistant else 0,
+            "first_scores_expired": self.first_scores_expired,
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["dim"] != self.dim:
-            raise ValueError(
-                f"saved Assistant features have {state['dim']} dimensions, this loader "
-                f"{self.dim}: use the same feature_dim/label_buckets/features as the saved run"
-            )
-        if self.assistant is not None:
-            self.assistant.stop()
-        self.state.have[:] = 0
-        self.state.have[state["feature_ids"]] = 1
-        self.state.features[state["feature_ids"]] = state["features"]
-        self._features_complete = bool(self.state.have.all())
-        scores, version = state["published"]
-        self.state.load_scores(scores, version)
+    def load_state_dict(self, state: dict[str, Any], *, path: str = "engine state") -> None:
+        """Restore ``state_dict()``'s result: the whole state is checked first, so a state
+        that cannot be loaded changes nothing (the Assistant keeps running).
+
+        Raises:
+            StateError: a key is missing or holds a value of the wrong type, shape or range,
+                or the Assistant's learner is of another kind or size; the message names the
+                key (under ``path``) and the fix. A ``UsageError``, so a ``ValueError``.
+        """
+        self.restore_state(state, self.check_state(state, path=path))
+
+    def check_state(self, state: Any, *, path: str = "engine state") -> EpochPlan | None:
+        """Check every key ``load_state_dict`` reads (``state_check.py``) without changing
+        anything; returns the plan the state restores, for ``restore_state``."""
+        state_check.check_engine_state(state, n=self.n, dim=self.dim, config=self.config,
+                                       path=path)
         p = state["plan"]
         if p is None:
-            self.current = None
-        elif p["scores"] is None:
-            self.current = policy.keep_all_plan(p["epoch"], p["reason"], self.n)
-        else:
-            self.current = policy.plan_from_keep_scores(self.config, p["epoch"], p["scores"],
-                                                        p["score_version"], p["floor"])
+            return None
+        if p["scores"] is None:
+            return policy.keep_all_plan(int(p["epoch"]), p["reason"], self.n)
+        return policy.plan_from_keep_scores(self.config, int(p["epoch"]),
+                                            np.asarray(p["scores"], np.float32),
+                                            int(p["score_version"]), float(p["floor"]))
+
+    def restore_state(self, state: dict[str, Any], plan: EpochPlan | None) -> None:
+        """Load a state ``check_state`` accepted (``plan``: what it returned); nothing here
+        can fail halfway."""
+        if self.assistant is not None:
+            self.assistant.stop()
+        ids = np.asarray(state["feature_ids"], np.int64)
+        self.state.have[:] = 0
+        self.state.have[ids] = 1
+        self.state.features[ids] = np.asarray(state["features"], np.float32)
+        self._features_complete = bool(self.state.have.all())
+        scores, version = state["published"]
+        self.state.load_scores(np.asarray(scores, np.float32), int(version))
+        self.current = plan
         self._pending.load(state)
         self._outgoing = list(state.get("outgoing", []))
         self._telemetry.records = list(state["telemetry"])
+        self.first_scores_expired = bool(state.get("first_scores_expired", False))
         if self.assistant is not None:
             self.assistant.drops = state["drops"]
             self.assistant.start(model_state=state["assistant"], replace_state=True)

@@ -23,6 +23,11 @@ def check_losses(per_sample: Any, num_ids: int) -> None:
         raise TypeError(
             f"report() takes a tensor of per-instance losses, got {type(per_sample)}"
         )
+    if not per_sample.is_floating_point():  # checked before anything is queued: a retry
+        raise TypeError(                     # after this error counts the batch once
+            f"report() takes floating-point losses, got dtype {per_sample.dtype}; compute "
+            "the loss in floating point (e.g. per_sample.float())"
+        )
     if per_sample.ndim != 1:
         raise ValueError(
             f"report() takes one loss per instance (a 1-D tensor); got shape "

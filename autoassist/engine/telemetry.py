@@ -38,10 +38,10 @@ class Telemetry:
         return self.last_epoch_seconds
 
     def end_epoch(self, epoch: int, plan: EpochPlan | None, batches: int, seconds: float,
-                  first_scores_waited: float, assistant: dict[str, Any] | None
-                  ) -> dict[str, Any]:
-        """The epoch's record (with the Assistant's own figures, when it has one), kept and
-        written; the report counts start again from zero."""
+                  first_scores_waited: float, assistant: dict[str, Any] | None,
+                  fields: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The epoch's record (with the caller's ``fields`` and the Assistant's own figures,
+        when it has one), kept and written; the report counts start again from zero."""
         record: dict[str, Any] = {
             "epoch": epoch,
             "reason": plan.reason.value if plan else "none",
@@ -55,6 +55,11 @@ class Telemetry:
             "epoch_seconds": seconds,
             "first_scores_waited": first_scores_waited,
         }
+        if fields:
+            record.update(fields)
+            if "yielded_instances" in fields:  # a loader's: yielded, but never reported
+                record["unreported_instances"] = max(0, fields["yielded_instances"]
+                                                     - self.reported)
         self.reported = 0
         self.gathered = 0
         if assistant is not None:

@@ -179,7 +179,8 @@ def tune_offline(trace_dir: str | os.PathLike, *, recall: float = 0.9,
                                   .tolist(), "recall": rec[::max(1, len(rec) // 200)].tolist()}})
     rows.sort(key=lambda r: (r["kept_fraction"], -r["average_precision"]))
     best = rows[0]
-    base = {k: v for k, v in trace.config.items() if k != "trace_dir"}
+    # where the traced run kept its files is that machine's business, not a tuned setting
+    base = {k: v for k, v in trace.config.items() if k not in ("trace_dir", "feature_dir")}
     config = ShrinkConfig.from_dict(base).replace(**best["params"], floor=best["floor"])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
