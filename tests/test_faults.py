@@ -40,6 +40,13 @@ def _magic(limit=1200):
     return train
 
 
+def _linear_boss():
+    """The tests' Boss for magic's 10 features: a seeded linear model and its optimiser."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(10, 2)
+    return model, torch.optim.SGD(model.parameters(), lr=0.05)
+
+
 # -- 1. any real-valued loss; a non-finite scoring is never published --------------------------
 def test_relative_loss_is_finite_for_any_real_loss_and_unchanged_for_positive_ones():
     last = np.array([-3.0, -0.01, 0.0, 0.5, 2.0, 1e30, -1e30], np.float32)
@@ -59,9 +66,7 @@ def test_relative_loss_is_finite_for_any_real_loss_and_unchanged_for_positive_on
 def test_negative_losses_keep_shrinking_with_finite_scores():
     """Gaussian-NLL-like losses below zero: the Assistant still learns and selection shrinks."""
     train = _magic()
-    torch.manual_seed(0)
-    model = torch.nn.Linear(10, 2)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    model, opt = _linear_boss()
     loader = autoassist.wrap(DataLoader(train, batch_size=64, shuffle=True), sync=True, seed=1)
     with loader, warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # no NaN warning, no withheld scores
@@ -134,9 +139,7 @@ def test_frozen_assistant_checkpoint_close_and_process_state():
     import os
 
     train = _magic(2000)
-    torch.manual_seed(0)
-    model = torch.nn.Linear(10, 2)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    model, opt = _linear_boss()
     loader = autoassist.wrap(DataLoader(train, batch_size=32, shuffle=True), seed=2,
                              queue_size=2, send_every=1)
     try:
@@ -188,9 +191,7 @@ def test_a_silent_assistant_costs_one_first_scores_wait_per_run():
     import os
 
     train = _magic(1500)
-    torch.manual_seed(0)
-    model = torch.nn.Linear(10, 2)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    model, opt = _linear_boss()
     loader = autoassist.wrap(DataLoader(train, batch_size=64, shuffle=True), seed=3,
                              warmup_epochs=1, first_scores_wait=0.25)
     with loader:
@@ -386,9 +387,7 @@ def test_a_state_that_cannot_be_loaded_changes_nothing_and_training_goes_on():
     from autoassist.errors import UsageError
 
     train = _magic(1200)
-    torch.manual_seed(0)
-    model = torch.nn.Linear(10, 2)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    model, opt = _linear_boss()
     loader = autoassist.wrap(DataLoader(train, batch_size=64, shuffle=True), seed=4, sync=True)
     with loader:
         _train_epochs(loader, model, opt, [0, 1])

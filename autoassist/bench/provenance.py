@@ -67,18 +67,14 @@ def thread_info() -> dict[str, Any]:
     if "numba" in sys.modules:
         import numba
 
+        from autoassist.kernels._threads import numba_threads
+
         # numba.get_num_threads() starts Numba's threading layer, whose OpenMP start-up sets
-        # this thread's OpenMP count, i.e. torch's, to NUMBA_NUM_THREADS: a run at
-        # torch.set_num_threads(1) silently trained on two threads after the first call here.
-        # So torch's count is put back.
-        torch = sys.modules.get("torch")
-        before = torch.get_num_threads() if torch is not None else None
-        try:
-            info["numba_threads"] = numba.get_num_threads()
+        # this thread's OpenMP count, i.e. torch's, to NUMBA_NUM_THREADS: the kernels' own
+        # guard puts torch's count back (a 1-thread benchmark trained on 2 threads without it)
+        with numba_threads(None) as count:
+            info["numba_threads"] = count
             info["numba_threading_layer"] = _numba_layer()
-        finally:
-            if torch is not None and torch.get_num_threads() != before:
-                torch.set_num_threads(before)
         info["numba"] = numba.__version__
     import numpy
 
