@@ -54,7 +54,10 @@ FRACTIONS = (1 / 3, 2 / 3, 1.0, 3 / 2)
 MULTIPLIERS = {"uniform": 1.0, "autoassist": 2.0, "autoassist_reweight_anneal": 2.0,
                "published": 2.0, "random_subset": 2.0, "infobatch": 1.5,
                "selective_backprop": 1.5, "aa_floor05_rw": 1.5, "aa_floor05_rw_tail": 1.5,
-               "aa_memory_rw": 1.5, "aa_memory_rw_tail": 1.5}
+               "aa_memory_rw": 1.5, "aa_memory_rw_tail": 1.5,
+               # the control: uniform again with another data order (same initial weights), so
+               # the readings of a method exactly as good as uniform show what noise alone gives
+               "uniform_reshuffled": 1.0}
 # frontier method -> (harness method, its autoassist settings): "autoassist" is exactly
 # ``autoassist.wrap(loader)`` with the library's defaults (only the seed is passed)
 # (a callable gets the run's epoch count: settings that depend on the budget)
@@ -137,7 +140,7 @@ def budget_epochs(full: int, multiplier: float,
 # Resumable storage
 # ------------------------------------------------------------------------------------------------
 # methods whose runs no product code touches: their stored runs survive changes to the library
-PRODUCT_FREE = ("uniform", "selective_backprop")
+PRODUCT_FREE = ("uniform", "uniform_reshuffled", "selective_backprop")
 
 
 def code_fingerprint(product: bool = True) -> str:
