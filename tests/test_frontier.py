@@ -16,6 +16,8 @@ from autoassist.bench.frontier import (
     flip_labels,
     headline,
     interpolate_cost,
+    overhead_ratio,
+    run_compute,
     split_validation,
 )
 
@@ -28,6 +30,28 @@ def _points(method, costs, accs, seeds=(0, 1, 2), jitter=0.0, epochs=None):
             out.append({"method": method, "epochs": e, "seed": s, "cost": c * (1 + 0.01 * s),
                         "accuracy": a + jitter * (s - 1), "wall": c, "backpropagated": 0})
     return out
+
+
+def test_compute_axis_reads_instance_passes_and_overhead_is_cpu_per_pass():
+    # a method that trains on half the passes but pays 20% more CPU per pass
+    assert run_compute({"backpropagated": [5, 10], "forwarded": [5, 40]}) == 60
+    assert run_compute({"backpropagated": [5, 10]}) == 30  # forward only what it backpropagates
+    points = (_points("uniform", [1, 2, 3, 4], [0.80, 0.85, 0.86, 0.855])
+              + _points("half", [0.6, 1.2, 1.8, 2.4], [0.80, 0.85, 0.86, 0.855]))
+    for p in points:
+        per_pass = 1.0 if p["method"] == "uniform" else 1.2
+        p["compute"] = p["cost"] / per_pass * 100  # passes
+    by_cost = analyse(points, [0, 1, 2], bootstrap=50)
+    by_compute = analyse(points, [0, 1, 2], bootstrap=50, axis="compute")
+    assert by_compute["axis"] == "compute" and by_cost["axis"] == "cost"
+    assert by_cost["methods"]["half"]["saving"] == pytest.approx(0.4)
+    assert by_compute["methods"]["half"]["saving"] == pytest.approx(0.5)
+    assert overhead_ratio(points, "half") == pytest.approx(1.2)
+    assert overhead_ratio(points, "absent") is None
+    with pytest.raises(ValueError, match="cost axis"):
+        analyse(points, [0, 1, 2], axis="wall")
+    h = headline("t", by_cost, by_compute)
+    assert h["saving"] is None and h["saving_compute"] is None  # no "autoassist" here
 
 
 def test_interpolation_reads_between_budgets_and_never_extrapolates():
@@ -141,6 +165,13 @@ def test_frontier_runs_are_stored_and_skipped_on_rerun(tmp_path, monkeypatch):
     assert saved["seeds_done"] == 2 and not saved["partial"]
     assert {p["method"] for p in saved["points"]} == {"uniform", "autoassist"}
     assert all(p["cost"] > 0 for p in saved["points"])
+    # uniform's compute is 3 passes per instance per epoch, whatever the machine did
+    uniform_compute = {p["epochs"]: p["compute"] for p in saved["points"]
+                       if p["method"] == "uniform"}
+    assert set(uniform_compute) == {2, 3} and uniform_compute[2] % 6 == 0
+    assert uniform_compute[2] // 2 == uniform_compute[3] // 3
+    assert saved["analysis_compute"]["axis"] == "compute"
+    assert "saving_compute" in saved["headline"]
     assert set(saved["headline"]) >= {"task", "saving", "saving_ci_low", "saving_infobatch",
                                       "saving_sb", "saving_published", "saving_random",
                                       "gain_equal_time", "best_gap"}

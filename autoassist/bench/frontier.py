@@ -17,6 +17,11 @@ Protocol (``run_frontier``):
 - Cost: CPU seconds of training, the Boss process's (every thread) plus the Assistant's
   process's, so the Assistant's work counts as if it ran on the Boss's cores; evaluation is
   excluded. Wall seconds and backpropagated instances are recorded beside it.
+- A second, deterministic cost axis, **compute** (``AXES``): instance passes, a forward counted
+  once and a backward twice (``forwarded + 2 * backpropagated``), in uniform epochs. CPU seconds
+  of identical runs spread by up to a third on this shared VM when other programs run; compute
+  does not move, so its readings are the ones that can separate methods, and the ratio of the
+  two says what a method's bookkeeping (report path, Assistant) costs on top of its compute.
 - Every finished run is stored at once (``runs/<key>.json``) with a fingerprint of the code that
   trained it; re-running the same command skips runs whose file exists with the same
   fingerprint, so a long frontier can be completed across sittings.
@@ -225,13 +230,25 @@ def run_cost(record: dict[str, Any]) -> float:
     return float(cpu) + float(assistant or 0.0)
 
 
+def run_compute(record: dict[str, Any]) -> int:
+    """Instance passes of training: a forward counts once, a backward twice (its usual cost)."""
+    backpropagated = int(record["backpropagated"][-1])
+    forwarded = int(record["forwarded"][-1]) if record.get("forwarded") else backpropagated
+    return forwarded + 2 * backpropagated
+
+
 def point(record: dict[str, Any]) -> dict[str, Any]:
-    """A frontier point: one finished run's cost and final test accuracy."""
+    """A frontier point: one finished run's costs and final test accuracy."""
     return {"method": record["method"], "epochs": len(record["accuracy"]),
-            "seed": record["seed"], "cost": run_cost(record),
+            "seed": record["seed"], "cost": run_cost(record), "compute": run_compute(record),
             "wall": float(record["train_seconds"][-1]), "accuracy": record["accuracy"][-1],
             "backpropagated": int(record["backpropagated"][-1]),
             "suspect": record.get("suspect_cpu_ratio") is not None}
+
+
+# the cost axes a frontier is read on: point key -> what the unit is
+AXES = {"cost": "CPU seconds, Boss + Assistant",
+        "compute": "instance passes (forward 1, backward 2)"}
 
 
 def interpolate_cost(costs: Sequence[float], accs: Sequence[float], target: float) -> float | None:
@@ -256,8 +273,10 @@ def accuracy_at_cost(costs: Sequence[float], accs: Sequence[float], cost: float)
     return float(np.interp(cost, c, a))
 
 
-def _table(points: list[dict[str, Any]], method: str, seeds: Sequence[int]) -> np.ndarray | None:
-    """``[budgets, seeds, 2]`` of (cost, accuracy), budgets in epoch order; None if incomplete."""
+def _table(points: list[dict[str, Any]], method: str, seeds: Sequence[int],
+           axis: str = "cost") -> np.ndarray | None:
+    """``[budgets, seeds, 2]`` of (``axis``, accuracy), budgets in epoch order; None if
+    incomplete."""
     mine = [p for p in points if p["method"] == method]
     budgets = sorted({p["epochs"] for p in mine})
     if not budgets:
@@ -265,7 +284,7 @@ def _table(points: list[dict[str, Any]], method: str, seeds: Sequence[int]) -> n
     out = np.full((len(budgets), len(seeds), 2), np.nan)
     for p in mine:
         if p["seed"] in seeds:
-            out[budgets.index(p["epochs"]), list(seeds).index(p["seed"])] = (p["cost"],
+            out[budgets.index(p["epochs"]), list(seeds).index(p["seed"])] = (p[axis],
                                                                             p["accuracy"])
     return None if np.isnan(out).any() else out
 
@@ -281,12 +300,16 @@ def _saving(uniform: np.ndarray, method: np.ndarray, cols) -> tuple[float | None
 
 
 def analyse(points: list[dict[str, Any]], seeds: Sequence[int], *, bootstrap: int = BOOTSTRAP,
-            rng_seed: int = 0, equal_cost_budget: int | None = None) -> dict[str, Any]:
+            rng_seed: int = 0, equal_cost_budget: int | None = None,
+            axis: str = "cost") -> dict[str, Any]:
     """Target, reference cost, each method's saving (with a 90% seed-bootstrap interval) and its
-    gain at equal cost at each of uniform's budgets. ``equal_cost_budget``: the uniform epoch
-    count whose gain is the headline ``gain_equal_time`` (default: the second budget, ⅔ E)."""
+    gain at equal cost at each of uniform's budgets, on the cost ``axis`` (a key of ``AXES``).
+    ``equal_cost_budget``: the uniform epoch count whose gain is the headline
+    ``gain_equal_time`` (default: the second budget, ⅔ E)."""
+    if axis not in AXES:
+        raise ValueError(f"cost axis {axis!r}: choose one of {sorted(AXES)}")
     seeds = list(seeds)
-    uniform = _table(points, "uniform", seeds)
+    uniform = _table(points, "uniform", seeds, axis)
     if uniform is None:
         raise ValueError("uniform's frontier is incomplete: every budget needs every seed")
     u_budgets = sorted({p["epochs"] for p in points if p["method"] == "uniform"})
@@ -294,13 +317,13 @@ def analyse(points: list[dict[str, Any]], seeds: Sequence[int], *, bootstrap: in
     u_mean = uniform.mean(axis=1)
     best = int(np.argmax(u_mean[:, 1]))
     out: dict[str, Any] = {
-        "target": float(u_mean[best, 1]), "reference_cost": float(u_mean[best, 0]),
+        "axis": axis, "target": float(u_mean[best, 1]), "reference_cost": float(u_mean[best, 0]),
         "reference_epochs": u_budgets[best], "seeds": seeds, "methods": {},
     }
     rng = np.random.Generator(np.random.PCG64(rng_seed))
     resamples = [rng.integers(0, len(seeds), len(seeds)) for _ in range(bootstrap)]
     for method in sorted({p["method"] for p in points}):
-        table = _table(points, method, seeds)
+        table = _table(points, method, seeds, axis)
         budgets = sorted({p["epochs"] for p in points if p["method"] == method})
         entry: dict[str, Any] = {"budgets": budgets, "complete": table is not None}
         if table is None:
@@ -343,8 +366,22 @@ def analyse(points: list[dict[str, Any]], seeds: Sequence[int], *, bootstrap: in
     return out
 
 
-def headline(task: str, analysis: dict[str, Any]) -> dict[str, Any]:
-    """The last stdout line: savings per method, the interval's low end, the equal-cost gain."""
+def overhead_ratio(points: list[dict[str, Any]], method: str) -> float | None:
+    """CPU seconds per instance pass of ``method``'s runs over uniform's (medians): what its
+    bookkeeping costs beyond the compute it trains with (1.0: nothing)."""
+    def per_pass(m):
+        return [p["cost"] / p["compute"] for p in points if p["method"] == m and p["compute"]]
+
+    mine, base = per_pass(method), per_pass("uniform")
+    if not mine or not base:
+        return None
+    return float(np.median(mine) / np.median(base))
+
+
+def headline(task: str, analysis: dict[str, Any],
+             by_compute: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The last stdout line: savings per method, the interval's low end, the equal-cost gain
+    (CPU seconds), and autoassist's saving and gain on the compute axis when given."""
     methods = analysis["methods"]
 
     def get(method: str, key: str):
@@ -354,7 +391,7 @@ def headline(task: str, analysis: dict[str, Any]) -> dict[str, Any]:
     gain = (aa.get("gain_equal_cost") or {}).get(str(analysis["equal_cost_budget"]), {})
     best_u = get("uniform", "best_accuracy")
     best_a = get("autoassist", "best_accuracy")
-    return {
+    out = {
         "task": task,
         "saving": get("autoassist", "saving"),
         "saving_ci_low": (aa.get("saving_ci") or [None])[0],
@@ -367,6 +404,14 @@ def headline(task: str, analysis: dict[str, Any]) -> dict[str, Any]:
         "best_gap": None if best_u is None or best_a is None else best_a - best_u,
         "target": analysis["target"],
     }
+    if by_compute is not None:
+        aa_c = by_compute["methods"].get("autoassist", {})
+        gain_c = (aa_c.get("gain_equal_cost") or {}).get(str(by_compute["equal_cost_budget"]),
+                                                        {})
+        out.update(saving_compute=aa_c.get("saving"),
+                   saving_compute_ci_low=(aa_c.get("saving_ci") or [None])[0],
+                   gain_equal_compute=gain_c.get("mean"), gain_equal_compute_se=gain_c.get("se"))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -376,8 +421,24 @@ def _fmt(v, spec=".1%"):
     return "n/a" if v is None else format(v, spec)
 
 
+def _saving_cell(m: dict[str, Any]) -> str:
+    ci = m["saving_ci"]
+    return ("not reached" if m["saving"] is None else
+            f"{m['saving']:.1%} [{_fmt(ci[0])}, {_fmt(ci[1])}]")
+
+
+def _gain_cell(m: dict[str, Any], budget: int) -> str:
+    gain = m["gain_equal_cost"].get(str(budget), {})
+    return "n/a" if gain.get("mean") is None else f"{gain['mean']:+.4f} ± {gain['se'] or 0:.4f}"
+
+
 def markdown(task: Task, result: dict[str, Any]) -> str:
     a = result["analysis"]
+    c = result.get("analysis_compute")
+    per_epoch = None  # instance passes of one uniform epoch: the compute column's unit
+    if c is not None:
+        u = c["methods"]["uniform"]
+        per_epoch = u["mean_cost"][0] / u["budgets"][0]
     lines = [
         f"### {task.name}: accuracy-cost frontiers ({result['loop']} loop"
         + (f", {result['label_noise']:.0%} flipped labels" if result["label_noise"] else "")
@@ -386,25 +447,30 @@ def markdown(task: Task, result: dict[str, Any]) -> str:
         "",
         f"Target: uniform's best mean test accuracy **{a['target']:.4f}** (at "
         f"{a['reference_epochs']} epochs, {a['reference_cost']:.1f} CPU s). Cost: CPU seconds "
-        "of training, Boss + Assistant.",
+        "of training, Boss + Assistant; compute: instance passes (forward 1, backward 2) in "
+        "uniform epochs, the same for every repeat of a run.",
         "",
-        "| method | epochs | mean CPU s | mean test acc | saving [90% CI] | gain at ⅔E cost |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| method | epochs | mean CPU s | mean compute | mean test acc | saving, CPU s [90% CI] "
+        "| saving, compute [90% CI] | gain at ⅔E, CPU s | gain at ⅔E, compute | CPU s per pass "
+        "vs uniform |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for method, m in a["methods"].items():
+        mc = None if c is None else c["methods"].get(method)
         if not m.get("complete"):
-            lines.append(f"| {method} | {m['budgets']} | incomplete | | | |")
+            lines.append(f"| {method} | {m['budgets']} | incomplete | | | | | | | |")
             continue
-        ci = m["saving_ci"]
-        saving = ("not reached" if m["saving"] is None else
-                  f"{m['saving']:.1%} [{_fmt(ci[0])}, {_fmt(ci[1])}]")
-        gain = m["gain_equal_cost"].get(str(a["equal_cost_budget"]), {})
-        g = ("n/a" if gain.get("mean") is None else
-             f"{gain['mean']:+.4f} ± {gain['se'] or 0:.4f}")
+        compute = ("n/a" if mc is None or per_epoch is None
+                   else ", ".join(f"{x / per_epoch:.1f}" for x in mc["mean_cost"]))
+        ratio = (result.get("overhead") or {}).get(method)
         lines.append(
             f"| {method} | {','.join(map(str, m['budgets']))} | "
-            f"{', '.join(f'{c:.0f}' for c in m['mean_cost'])} | "
-            f"{', '.join(f'{x:.4f}' for x in m['mean_accuracy'])} | {saving} | {g} |")
+            f"{', '.join(f'{x:.0f}' for x in m['mean_cost'])} | {compute} | "
+            f"{', '.join(f'{x:.4f}' for x in m['mean_accuracy'])} | {_saving_cell(m)} | "
+            f"{'n/a' if mc is None else _saving_cell(mc)} | "
+            f"{_gain_cell(m, a['equal_cost_budget'])} | "
+            f"{'n/a' if mc is None else _gain_cell(mc, c['equal_cost_budget'])} | "
+            f"{_fmt(ratio, '.2f')} |")
     suspect = [f"{p['method']} e{p['epochs']} s{p['seed']}" for p in result["points"]
                if p.get("suspect")]
     if suspect:
@@ -545,6 +611,8 @@ def run_frontier(task_name: str, *, out: Path, seeds: int = 5, quick: bool = Fal
                           if all(any(p["method"] == m and p["epochs"] == e and p["seed"] == s
                                      for p in points) for m, e in plan)]
             analysis = analyse(points, done_seeds) if len(done_seeds) >= 1 else None
+            by_compute = (analyse(points, done_seeds, axis="compute")
+                          if len(done_seeds) >= 1 else None)
             result = {
                 "task": {"name": task.name, "description": task.description,
                          "train_instances": len(fit), "validation_instances": len(val),
@@ -555,8 +623,10 @@ def run_frontier(task_name: str, *, out: Path, seeds: int = 5, quick: bool = Fal
                 "budgets": {m: budget_epochs(full, MULTIPLIERS[m], fractions) for m in methods},
                 "cost": "CPU seconds of training: Boss process (all threads) + Assistant process",
                 "settings": _method_settings(),
-                "points": points, "analysis": analysis,
-                "headline": None if analysis is None else headline(task.name, analysis),
+                "points": points, "analysis": analysis, "analysis_compute": by_compute,
+                "overhead": {m: overhead_ratio(points, m) for m in methods},
+                "headline": (None if analysis is None
+                             else headline(task.name, analysis, by_compute)),
                 "seeds": seeds, "seeds_done": len(done_seeds), "quick": quick,
                 "commit": commit, "run_commits": sorted({r.get("commit") or "?" for r in
                                                          runs}),
