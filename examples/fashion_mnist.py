@@ -34,7 +34,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=0.1)
-    ap.add_argument("--floor", type=float, default=0.3)
+    ap.add_argument("--floor", type=float, default=None,
+                    help="keep-probability floor (default: the library's)")
     ap.add_argument("--limit", type=int, default=None, help="first N training images only")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
@@ -64,7 +65,8 @@ def main(argv=None) -> dict:
                           weight_decay=5e-4)
     base = DataLoader(train, batch_size=args.batch_size, shuffle=True,
                       pin_memory=device.type == "cuda")
-    loader = autoassist.wrap(base, floor=args.floor, seed=args.seed, sync=args.sync)  # autoassist
+    options = {} if args.floor is None else {"floor": args.floor}
+    loader = autoassist.wrap(base, seed=args.seed, sync=args.sync, **options)  # autoassist
     start = 0
     if args.resume:
         ckpt = torch.load(args.resume, map_location=device, weights_only=False)  # our own

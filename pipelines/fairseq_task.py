@@ -167,15 +167,18 @@ class AutoAssistTranslationTask(TranslationTask):
         n = len(dataset)
         sources = [dataset.src[i] for i in range(n)]
         targets = None if dataset.tgt is None else [dataset.tgt[i] for i in range(n)]
-        features = sentence_pair_features(sources, targets,
-                                          dim=self.shrink_config.feature_dim)
+        features = None  # the memory Assistant reads none: skip the hashing pass
+        if self.shrink_config.assistant != "memory":
+            features = sentence_pair_features(sources, targets,
+                                              dim=self.shrink_config.feature_dim)
         self.engine = ShrinkEngine(n, self.shrink_config, features=features)
         self._train_len = n
         atexit.register(self.close)
         logger.info(
             f"autoassist: shrinking {n:,} training pairs (floor {self.shrink_config.floor}, "
             f"warm-up {self.shrink_config.warmup_epochs} epoch(s), "
-            f"{features.shape[1]} Assistant features per pair)"
+            f"Assistant {self.shrink_config.assistant!r}, "
+            f"{0 if features is None else features.shape[1]} features per pair)"
         )
 
     def _is_train(self, dataset) -> bool:

@@ -37,7 +37,8 @@ def test_config_roundtrip_toml_and_json(tmp_path):
 def test_every_assistant_kind_learns_which_instances_are_hard(kind):
     x, loss = _synthetic()
     data = TensorDataset(torch.arange(N))
-    loader = autoassist.wrap(DataLoader(data, batch_size=100, shuffle=True), features=x,
+    loader = autoassist.wrap(DataLoader(data, batch_size=100, shuffle=True),
+                             features=x,
                              assistant=kind, sync=True, floor=0.1, warmup_epochs=2)
     with loader:
         for epoch in range(3):
@@ -54,18 +55,21 @@ def test_every_assistant_kind_learns_which_instances_are_hard(kind):
 def test_callable_features_and_bad_shapes():
     x, loss = _synthetic()
     data = TensorDataset(x, torch.arange(N))
-    loader = autoassist.wrap(DataLoader(data, batch_size=50), features=lambda b: b[0][:, :4],
+    loader = autoassist.wrap(DataLoader(data, batch_size=50),
+                             assistant="logistic", features=lambda b: b[0][:, :4],
                              feature_dim=4)
     with loader:
         xb, idx = next(iter(loader))
         loader.report(loss[idx])
         assert loader.engine.state.have[idx.numpy()].all()
-    bad = autoassist.wrap(DataLoader(data, batch_size=50), features=lambda b: b[0], feature_dim=4)
+    bad = autoassist.wrap(DataLoader(data, batch_size=50),
+                          assistant="logistic", features=lambda b: b[0], feature_dim=4)
     with bad, pytest.raises(ValueError, match=r"expected \[batch, 4\]"):
         xb, idx = next(iter(bad))
         bad.report(loss[idx])
     with pytest.raises(ValueError, match="num_instances"):
-        autoassist.wrap(DataLoader(data, batch_size=50), features=torch.zeros(5, 3))
+        autoassist.wrap(DataLoader(data, batch_size=50),
+                        assistant="logistic", features=torch.zeros(5, 3))
 
 
 class _Stream(IterableDataset):
@@ -86,6 +90,7 @@ def test_iterable_dataset_filtered_by_key(num_workers):
     with pytest.raises(TypeError, match="key="):
         autoassist.wrap(base)
     loader = autoassist.wrap(base, key=lambda item: item["id"], num_instances=N,
+                             assistant="logistic",
                              features=x, sync=True, floor=0.2, warmup_epochs=1)
     with loader:
         seen = []
@@ -112,7 +117,8 @@ def test_torchdata_node_epochs_and_resume():
     x, loss = _synthetic()
 
     def build():
-        sampler = ShrinkSampler(N, features=x, sync=True, floor=0.2, warmup_epochs=1, seed=4)
+        sampler = ShrinkSampler(N, assistant="logistic", features=x, sync=True, floor=0.2,
+                                warmup_epochs=1, seed=4)
         loader = nodes.Loader(nodes.Batcher(sampler, batch_size=100, drop_last=False))
         return sampler, loader
 
@@ -149,7 +155,8 @@ def test_iterable_dataset_resumes_mid_epoch():
 
     def make():
         return autoassist.wrap(DataLoader(_Stream(x), batch_size=64),
-                               key=lambda item: item["id"], num_instances=N, features=x,
+                               key=lambda item: item["id"], num_instances=N, assistant="logistic",
+                               features=x,
                                sync=True, floor=0.2, seed=8)
 
     def run(loader, stop_after=None, start_epoch=0):
@@ -208,7 +215,7 @@ def test_memory_assistant_scores_exactly_the_last_loss_against_the_mean():
     data = TensorDataset(torch.arange(N))
     loss = torch.linspace(0.0, 2.0, N)  # instance i's loss, the same every epoch
     loader = autoassist.wrap(DataLoader(data, batch_size=100, shuffle=True), assistant="memory",
-                             sync=True, floor=0.2, features=torch.zeros(N, 1))
+                             sync=True, floor=0.2)
     with loader:
         for epoch in range(3):
             loader.set_epoch(epoch)
@@ -217,5 +224,15 @@ def test_memory_assistant_scores_exactly_the_last_loss_against_the_mean():
         scores, _ = loader.engine.state.snapshot()
         seen = loader.engine.state.have.astype(bool)
         mean = loader.telemetry[-1]["assistant_loss_mean"]
+        # it reads no features: none are computed, stored (no feature file) or checkpointed
+        assert loader.engine.dim == 0 and loader.engine.state.features.shape == (N, 0)
+        assert not hasattr(loader.engine.state, "feature_path")
+        assert len(loader.state_dict()["engine"]["feature_ids"]) == 0
     assert seen.all()
     np.testing.assert_array_equal(scores, (loss.numpy() > mean).astype(np.float32))
+    # features given anyway are not silently taken as used
+    with pytest.warns(UserWarning, match="features passed are not used"):
+        unused = autoassist.wrap(DataLoader(data, batch_size=100), assistant="memory",
+                                 features=torch.zeros(N, 3))
+    with unused:
+        assert unused.engine.dim == 0

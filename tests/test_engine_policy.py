@@ -40,7 +40,8 @@ def _instances_per_epoch(loader, loss, epochs, pause_in_first=0.0):
 def test_warmup_shrink_anneal_schedule():
     data, loss = _data()
     base = DataLoader(data, batch_size=100, shuffle=True)
-    with autoassist.wrap(base, features=data.tensors[0], sync=True, warmup_epochs=1,
+    with autoassist.wrap(base,
+                         assistant="logistic", features=data.tensors[0], sync=True, warmup_epochs=1,
                          epochs=4, anneal_epochs=1, floor=0.2) as loader:
         counts = _instances_per_epoch(loader, loss, 4)
         reasons = [t["reason"] for t in loader.telemetry]
@@ -76,7 +77,7 @@ def test_adaptive_floor_rises_when_the_assistant_cannot_predict():
     data, _ = _data()
     gen = torch.Generator().manual_seed(1)
     base = DataLoader(data, batch_size=100, shuffle=True)
-    with autoassist.wrap(base, features=data.tensors[0], sync=True, floor=0.2,
+    with autoassist.wrap(base, assistant="logistic", features=data.tensors[0], sync=True, floor=0.2,
                          adaptive_floor=True, warmup_epochs=1, seed=3) as loader:
         for epoch in range(3):
             loader.set_epoch(epoch)
@@ -94,7 +95,8 @@ def test_adaptive_floor_rises_when_the_assistant_cannot_predict():
 def test_drop_last_batches_are_full_while_shrinking():
     data, loss = _data()
     base = DataLoader(data, batch_size=64, shuffle=True, drop_last=True)
-    with autoassist.wrap(base, features=data.tensors[0], sync=True, floor=0.3) as loader:
+    with autoassist.wrap(base, assistant="logistic", features=data.tensors[0], sync=True,
+                         floor=0.3) as loader:
         for epoch in range(2):
             loader.set_epoch(epoch)
             expected = len(loader)
@@ -124,7 +126,8 @@ def _stalled(proc):
 def test_a_full_queue_holds_losses_for_later_and_never_blocks():
     data, loss = _data()
     base = DataLoader(data, batch_size=100)
-    with autoassist.wrap(base, features=data.tensors[0], queue_size=2, send_every=1) as loader:
+    with autoassist.wrap(base, assistant="logistic", features=data.tensors[0], queue_size=2,
+                         send_every=1) as loader:
         proc = loader.engine.assistant
         state = loader.engine.state
         with _stalled(proc):
@@ -149,7 +152,8 @@ def test_a_full_queue_holds_losses_for_later_and_never_blocks():
 def test_a_backlog_beyond_its_bound_loses_its_oldest_losses_and_counts_them():
     data, loss = _data()
     base = DataLoader(data, batch_size=100)
-    with autoassist.wrap(base, features=data.tensors[0], queue_size=1, send_every=1) as loader:
+    with autoassist.wrap(base, assistant="logistic", features=data.tensors[0], queue_size=1,
+                         send_every=1) as loader:
         proc = loader.engine.assistant
         proc.backlog_limit = 35
         with _stalled(proc):
@@ -169,7 +173,8 @@ def test_a_backlog_beyond_its_bound_loses_its_oldest_losses_and_counts_them():
 def test_assistant_that_keeps_dying_is_given_up_and_training_goes_on():
     data, loss = _data()
     base = DataLoader(data, batch_size=100, shuffle=True)
-    with autoassist.wrap(base, features=data.tensors[0], sync=True, max_restarts=0,
+    with autoassist.wrap(base,
+                         assistant="logistic", features=data.tensors[0], sync=True, max_restarts=0,
                          floor=0.3) as loader:
         loader.set_epoch(0)
         for _x, idx in loader:
@@ -203,7 +208,8 @@ def test_loss_memory_finds_persistently_hard_instances_features_cannot(loss_hist
     hard = torch.rand(N, generator=gen) < 0.3
     data = TensorDataset(noise, torch.arange(N))
     base = DataLoader(data, batch_size=100, shuffle=True, generator=gen)
-    with autoassist.wrap(base, features=noise, sync=True, floor=0.3, warmup_epochs=1,
+    with autoassist.wrap(base, assistant="logistic", features=noise, sync=True, floor=0.3,
+                         warmup_epochs=1,
                          seed=2, loss_history=loss_history) as loader:
         for epoch in range(3):
             loader.set_epoch(epoch)
@@ -244,7 +250,8 @@ def test_first_shrink_epoch_waits_for_the_first_scores_instead_of_keeping_all(wa
     epoch is planned, and let go only once the Boss is inside the wait."""
     data, loss = _data()
     base = DataLoader(data, batch_size=100, shuffle=True)
-    with autoassist.wrap(base, features=data.tensors[0], warmup_epochs=1, floor=0.2,
+    with autoassist.wrap(base,
+                         assistant="logistic", features=data.tensors[0], warmup_epochs=1, floor=0.2,
                          first_scores_wait=wait) as loader:
         proc = loader.engine.assistant
         assert proc.model_state(timeout=120)[1]  # answered: its loop is running
@@ -331,7 +338,8 @@ def test_snapshot_taken_while_the_next_version_is_written_needs_no_retry():
 def test_a_checkpoint_taken_while_the_assistant_is_stalled_says_its_state_is_not_current():
     data, loss = _data()
     base = DataLoader(data, batch_size=100)
-    with autoassist.wrap(base, features=data.tensors[0], queue_size=1, send_every=1) as loader:
+    with autoassist.wrap(base, assistant="logistic", features=data.tensors[0], queue_size=1,
+                         send_every=1) as loader:
         proc = loader.engine.assistant
         loader.set_epoch(0)
         for _x, idx in loader:
@@ -358,7 +366,8 @@ def test_a_dead_assistant_restarts_at_the_epoch_end_and_gets_every_loss_reported
     reported while the process was dead waits in the backlog and reaches the new process."""
     data, loss = _data()
     base = DataLoader(data, batch_size=100)
-    with autoassist.wrap(base, features=data.tensors[0], sync=True, send_every=1,
+    with autoassist.wrap(base,
+                         assistant="logistic", features=data.tensors[0], sync=True, send_every=1,
                          warmup_epochs=2) as loader:
         proc, state = loader.engine.assistant, loader.engine.state
         loader.set_epoch(0)

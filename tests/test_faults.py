@@ -571,7 +571,8 @@ def test_subset_and_weighted_samplers_count_what_they_draw(kind):
         weights[:40] = 0.0  # never drawn
         sampler, size = WeightedRandomSampler(weights, num_samples=60, replacement=True), 60
     base = DataLoader(TensorDataset(x, torch.arange(100)), batch_size=10, sampler=sampler)
-    with autoassist.wrap(base, features=x, sync=True, warmup_epochs=1, floor=0.2,
+    with autoassist.wrap(base,
+                         assistant="logistic", features=x, sync=True, warmup_epochs=1, floor=0.2,
                          seed=1) as loader:
         for epoch in range(4):
             loader.set_epoch(epoch)
@@ -611,7 +612,8 @@ def test_the_drop_last_tail_is_recorded_not_counted_as_trained(keyed):
         base = DataLoader(TensorDataset(x, torch.arange(100)), batch_size=32, shuffle=True,
                           drop_last=True)
         options = {}
-    with autoassist.wrap(base, features=x, sync=True, warmup_epochs=1, floor=0.2, seed=1,
+    with autoassist.wrap(base, assistant="logistic", features=x, sync=True, warmup_epochs=1,
+                         floor=0.2, seed=1,
                          **options) as loader:
         for epoch in range(3):
             loader.set_epoch(epoch)

@@ -24,7 +24,7 @@ def test_import_names():
 
     assert autoassist.wrap is autoassist.pipelines.dataloader.wrap
     assert callable(autoassist.kernels.shrink_select)
-    assert autoassist.ShrinkConfig().floor == 0.3
+    assert autoassist.ShrinkConfig().floor == 0.5
 
 
 _IMPORT_SIDE_EFFECTS = """

@@ -538,7 +538,8 @@ def test_len_never_plans_and_after_set_epoch_is_what_the_epoch_yields(monkeypatc
     x = torch.randn(1000, 4, generator=gen)
     base = DataLoader(TensorDataset(x, torch.arange(1000)), batch_size=64, shuffle=True)
     loss = torch.nn.functional.softplus(3 * x[:, 0])
-    with autoassist.wrap(base, features=x, sync=True, warmup_epochs=1, floor=0.2) as loader:
+    with autoassist.wrap(base, assistant="logistic", features=x, sync=True, warmup_epochs=1,
+                         floor=0.2) as loader:
         planned = []
         real_plan = loader.engine.plan
         monkeypatch.setattr(loader.engine, "plan", lambda e: planned.append(e) or real_plan(e))
@@ -557,5 +558,6 @@ def test_len_never_plans_and_after_set_epoch_is_what_the_epoch_yields(monkeypatc
             assert len(loader) == expected  # the finished epoch's count, still without a plan
         assert loader.telemetry[-1]["reason"] == "shrink" and expected < len(base)
     # iter() without set_epoch plans the next epoch itself
-    with autoassist.wrap(base, features=x, sync=True, warmup_epochs=0, floor=0.2) as loader:
+    with autoassist.wrap(base, assistant="logistic", features=x, sync=True, warmup_epochs=0,
+                         floor=0.2) as loader:
         assert sum(1 for _ in loader) == len(loader) == len(base)  # no scores yet: all kept

@@ -193,9 +193,10 @@ class SharedState:
             _check_room(SHM_DIR, total, f"the scores of {n} instances",
                         "give the container more shared memory (docker run --shm-size=1g) or "
                         "train on a subset")
-            _check_room(self.feature_dir, n * d * 4, f"a {n} x {d} feature table",
-                        f"point feature_dir (or ${FEATURE_DIR_ENV}) at a folder with room, or "
-                        "lower feature_dim")
+            if d:
+                _check_room(self.feature_dir, n * d * 4, f"a {n} x {d} feature table",
+                            f"point feature_dir (or ${FEATURE_DIR_ENV}) at a folder with room, "
+                            "or lower feature_dim")
             self._shm = shared_memory.SharedMemory(create=True, size=total)
         else:
             self._shm = shared_memory.SharedMemory(name=name, create=False)
@@ -206,12 +207,15 @@ class SharedState:
         self._fheader = np.ndarray((_HEADER_CELLS,), np.float64, buf, offset=int(offsets[0]))
         self.scores = np.ndarray((2, n), np.float32, buf, offset=int(offsets[1]))
         self.have = np.ndarray((n,), np.uint8, buf, offset=int(offsets[2]))
-        self.feature_path = os.path.join(self.feature_dir,
-                                         f"autoassist-{self._shm.name.lstrip('/')}.features")
-        if self._owner:
-            with open(self.feature_path, "wb") as f:
-                f.truncate(n * d * 4)  # sparse: pages are made as rows are written
-        self.features = np.memmap(self.feature_path, np.float32, "r+", shape=(n, d))
+        if d == 0:  # an Assistant that reads no features (memory): no table, no file
+            self.features = np.zeros((n, 0), np.float32)
+        else:
+            self.feature_path = os.path.join(self.feature_dir,
+                                             f"autoassist-{self._shm.name.lstrip('/')}.features")
+            if self._owner:
+                with open(self.feature_path, "wb") as f:
+                    f.truncate(n * d * 4)  # sparse: pages are made as rows are written
+            self.features = np.memmap(self.feature_path, np.float32, "r+", shape=(n, d))
         if self._owner:
             self._header[:] = 0
             self._fheader[_ACCURACY] = np.nan

@@ -71,7 +71,7 @@ LABELS = {"uniform": "uniform (tuned)", "autoassist": "autoassist",
 # where the learning rate is smallest, to recover what the shrunken epochs missed; the Assistant
 # remembers each instance's last loss (loss_history, the default).
 AUTOASSIST_SETTINGS: dict[str, Any] = {"floor": 0.3, "reweight": True, "warmup_epochs": 1,
-                                       "anneal_epochs": 1}
+                                       "anneal_epochs": 1, "assistant": "logistic"}
 # The paper's image setting: logistic regression on raw inputs + class bias, b = 0.3, no
 # reweighting, first epoch keeps all, no loss memory (NOTES.md).
 PUBLISHED_SETTINGS: dict[str, Any] = {"floor": 0.3, "reweight": False, "warmup_epochs": 1,

@@ -43,6 +43,7 @@ class ShrinkEngine:
         self.state = SharedState(self.n, self.dim, feature_dir=config.feature_dir)
         if fixed is not None:
             self.state.features[:] = fixed
+        if fixed is not None or self.dim == 0:  # every row is complete from the start
             self.state.have[:] = 1
         self.assistant: AssistantProcess | None = None
         if self.rank == 0:  # rank 0's Assistant scores for everyone (its snapshot is broadcast)
@@ -81,6 +82,16 @@ class ShrinkEngine:
                 raise ValueError(f"external_features={external_features}: a feature "
                                  "dimension must be >= 1")
             return None, None, int(external_features)
+        if config.assistant == "memory":
+            # it scores by the loss memory alone: computing, storing and sending input
+            # features would be work (and at 10M instances gigabytes) that nothing reads
+            if features is not None:
+                warnings.warn(
+                    "autoassist: assistant='memory' scores instances by their last loss alone, "
+                    "so the features passed are not used; choose a learner "
+                    "(assistant='logistic', 'sgd' or 'mlp') to learn from them",
+                    UserWarning, stacklevel=4)
+            return None, None, 0
         if features is None:
             extractor = RandomProjectionFeatures(config.feature_dim, config.label_buckets,
                                                  config.seed, inputs=inputs)
@@ -318,7 +329,8 @@ class ShrinkEngine:
             if self.config.sync:
                 self.assistant.wait_processed(timeout=300)
             model_state, current = self.assistant.model_state()
-        have = np.flatnonzero(self.state.have)
+        # without features (dim 0) every row is trivially complete: nothing to store
+        have = np.flatnonzero(self.state.have) if self.dim else np.zeros(0, np.int64)
         plan = self.current
         return {
             "config": self.config.to_dict(),
@@ -370,7 +382,7 @@ class ShrinkEngine:
         if self.assistant is not None:
             self.assistant.stop()
         ids = np.asarray(state["feature_ids"], np.int64)
-        self.state.have[:] = 0
+        self.state.have[:] = 0 if self.dim else 1
         self.state.have[ids] = 1
         self.state.features[ids] = np.asarray(state["features"], np.float32)
         self._features_complete = bool(self.state.have.all())

@@ -111,11 +111,11 @@ def check_engine_state(state: Any, *, n: int, dim: int, config, path: str) -> No
     from autoassist.engine.plan import Reason
 
     as_dict(state, path)
-    saved_dim = integer(get(state, "dim", path), f"{path}['dim']", low=1)
+    saved_dim = integer(get(state, "dim", path), f"{path}['dim']", low=0)
     if saved_dim != dim:
         raise bad(f"{path}['dim']", f"is {saved_dim}: saved Assistant features have "
-                  f"{saved_dim} dimensions, this loader {dim}",
-                  "use the same feature_dim/label_buckets/features as the saved run")
+                  f"{saved_dim} dimensions, this loader {dim} (the memory Assistant uses none)",
+                  "use the same assistant/feature_dim/label_buckets/features as the saved run")
     ids = array(get(state, "feature_ids", path), f"{path}['feature_ids']", "int", (None,),
                 0, n - 1)
     if len(np.unique(ids)) != len(ids):

@@ -57,8 +57,10 @@ class AssistantSampler:
         if not 0.0 <= beta <= 1.0 or beta_steps < 1:
             raise ValueError(f"beta={beta}, beta_steps={beta_steps}: need 0 <= beta <= 1 and "
                              "beta_steps >= 1")
+        # a learner, not the memory: a fresh transition is scored from its features before
+        # it has any loss of its own (the setting the RL results measure)
         self.config = config or ShrinkConfig(floor=0.3, warmup_epochs=1, reweight=True,
-                                             seed=seed)
+                                             assistant="logistic", seed=seed)
         if self.config.anneal_epochs:
             raise ValueError("anneal_epochs has no meaning for replay (rounds never end); "
                              "set it to 0")
