@@ -167,6 +167,8 @@ def test_the_cli_says_in_one_line_what_is_wrong_with_a_job_or_a_space(tmp_path, 
     assert "broken.toml does not parse as TOML" in _cli_error(
         ["tune", job, "--space", "broken.toml"], capsys)
     assert "base.toml does not exist" in _cli_error(["tune", job, "--base", "base.toml"], capsys)
+    assert "target is not used by objective='frontier'" in _cli_error(
+        ["tune", job, "--objective", "frontier", "--target", "0.8"], capsys)
     assert not (tmp_path / "autoassist-tune").exists()  # refused before anything ran
 
 
@@ -332,13 +334,17 @@ def test_tolerance_and_cost_budget_reach_the_probes_scores(tmp_path, tolerance):
     job = f"{ROOT / 'tests' / 'tune_scripted.py'}:scripted"
     space = {"floor": [0.3]}
     args = dict(candidates_n=1, min_epochs=4, max_epochs=4, factor=2, cost="instances",
-                threads=1, progress=False, n_jobs=1)
+                progress=False, n_jobs=1)  # no threads: the probes never import torch
     result = tune(job, space, out=tmp_path / "t", tolerance=tolerance, **args)
     seed = result.rungs[-1]["candidates"][0]["seeds"][0]
     if tolerance:  # 0.89 is within 0.02 of 0.90: reached after 1 of uniform's 4 units
         assert seed["reached"] and seed["saving"] == pytest.approx(1 - 1 / 4)
     else:  # 0.90 itself only at the last unit, as uniform: no saving
         assert seed["reached"] and seed["saving"] == pytest.approx(0.0)
+    from autoassist.tuning import load_tuned
+
+    tuned = load_tuned(result.config_path)  # every objective writes the [tune] table
+    assert (tuned.wrap, tuned.epochs) == (result.beats_uniform, 4) and result.epochs == 4
     budgeted = tune(job, space, out=tmp_path / "b", objective="metric_at_cost", cost_budget=2,
                     **args)
     at = budgeted.rungs[-1]["candidates"][0]["seeds"][0]
