@@ -469,6 +469,17 @@ def test_frontier_tune_chooses_the_setting_and_the_epochs_and_writes_them(tmp_pa
         tune(SCRIPTED, {"floor": [0.5]}, out=tmp_path / "x", target=0.8, **FRONTIER_ARGS)
 
 
+def test_frontier_tune_of_a_metric_to_minimise(tmp_path):
+    """The same job reporting an error rate, with mode="min": the same choice and epochs."""
+    res = tune(f"{ROOT / 'tests' / 'tune_scripted.py'}:frontier_scripted_loss",
+               {"floor": [0.25], "reweight": [True, False]}, out=tmp_path / "min", mode="min",
+               **FRONTIER_ARGS)
+    assert res.beats_uniform and res.params == {"floor": 0.25, "reweight": True}
+    assert res.epochs == 16 and res.rungs[-1]["target"] == pytest.approx(0.4 / 6 + 0.1)
+    best = res.rungs[-1]["candidates"][0]
+    assert best["points"][1]["metric"] == pytest.approx(0.4 / 8 + 0.1)  # the error rate
+
+
 def test_tuned_files_without_a_tune_table_and_with_bad_values(tmp_path):
     from autoassist.tuning import load_tuned
 

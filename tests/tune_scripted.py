@@ -32,3 +32,9 @@ def frontier_scripted(config, epochs, seed):
     return {"seconds": [0.01 * (e + 1) for e in range(epochs)],
             "metric": [final - 0.1 * (epochs - 1 - e) / epochs for e in range(epochs)],
             "instances": [per_epoch * (e + 1) for e in range(epochs)]}
+
+
+def frontier_scripted_loss(config, epochs, seed):
+    """``frontier_scripted`` as an error rate (lower is better): ``1 - metric``."""
+    curve = frontier_scripted(config, epochs, seed)
+    return {**curve, "metric": [1.0 - m for m in curve["metric"]]}

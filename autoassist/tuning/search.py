@@ -520,8 +520,9 @@ def _frontier_rungs(probes: _Probes, points, base: ShrinkConfig, plan: list[int]
                              error=failed[i], points=[])
             else:
                 front = mean_frontier(runs[i], cost, sign)
-                entry.update(score_frontier(front, u_front, target), failed=False,
-                             points=_real(front, sign))
+                score = score_frontier(front, u_front, target)
+                score.pop("target")  # signed for mode="min"; the rung holds it in real units
+                entry.update(score, failed=False, points=_real(front, sign))
             scored.append(entry)
         scored.sort(key=lambda c: (not c["failed"], c["reached"], c["score"]), reverse=True)
         keep = 1 if last else sizes[r + 1]
