@@ -47,9 +47,12 @@ def _tune_parser(sub) -> None:
         description="Successive halving over shrink settings (floor or adaptive floor, label "
         "smoothing, warm-up, anneal fraction, reweighting, Assistant kind): short probe "
         "trainings of JOB, each against the uniform baseline trained to the same budget; the "
-        "best 1/FACTOR go on to FACTOR times the epochs. Writes tuned.toml (for "
-        "autoassist.wrap(loader, config=...) and fairseq's --aa-config), tune.json, tune.md "
-        "and tune.png. Started again with the same settings, it resumes from OUT/probes.jsonl.",
+        "best 1/FACTOR go on to FACTOR times the epochs. --objective frontier instead finds the "
+        "setting and the epoch count that reach the metric of uniform at --max-epochs (your "
+        "usual run) cheapest, against training fewer uniform epochs. Writes tuned.toml (for "
+        "autoassist.wrap(loader, config=...) and fairseq's --aa-config; its [tune] table says "
+        "whether to wrap and how many epochs to train), tune.json, tune.md and tune.png. "
+        "Started again with the same settings, it resumes from OUT/probes.jsonl.",
     )
     p.add_argument("job", nargs="?", help="module:function or path/to/file.py:function, called "
                    "as job(config=ShrinkConfig|None, epochs=E, seed=S) -> evaluations")
@@ -60,16 +63,21 @@ def _tune_parser(sub) -> None:
                    "instances the floor must keep (expected)")
     p.add_argument("--space", default=None, help=".toml/.json search space (default: the "
                    "built-in space over every tunable setting)")
-    p.add_argument("--objective", choices=("time_to_target", "metric_at_cost"),
-                   default="time_to_target")
+    p.add_argument("--objective", choices=("time_to_target", "metric_at_cost", "frontier"),
+                   default="time_to_target",
+                   help="time_to_target: saving against the uniform run of each budget; "
+                   "metric_at_cost: the metric within uniform's cost; frontier: the setting "
+                   "and epoch count reaching uniform's metric at --max-epochs cheapest, "
+                   "against uniform trained for fewer epochs too")
     p.add_argument("--target", type=float, default=None,
-                   help="metric to reach (default: the uniform baseline's final metric)")
+                   help="metric to reach (default: the uniform baseline's final metric; not "
+                   "with --objective frontier, whose target is uniform's at --max-epochs)")
     p.add_argument("--cost", choices=("seconds", "instances"), default="seconds",
                    help="what reaching the target costs: training seconds, or instances "
                    "trained (reproducible, fair when probes run in parallel)")
     p.add_argument("--tolerance", type=float, default=0.0,
-                   help="time_to_target: reach uniform's final metric less this much "
-                   "(e.g. 0.002 = within 0.2 accuracy points)")
+                   help="time_to_target and frontier: reach uniform's final metric less this "
+                   "much (e.g. 0.002 = within 0.2 accuracy points)")
     p.add_argument("--cost-budget", type=float, default=None,
                    help="metric_at_cost: compare at this cost (seconds or instances at "
                    "--max-epochs; scaled down for shorter rungs) instead of uniform's")
@@ -127,6 +135,16 @@ def _tune_parser(sub) -> None:
                       progress=not args.no_progress, timeout_s=args.timeout,
                       cost_budget=args.cost_budget, tolerance=args.tolerance)
         print((result.out / "tune.md").read_text())
+        if args.objective == "frontier":
+            if result.beats_uniform:
+                print(f"chosen: {result.params}, train {result.epochs} epochs -> "
+                      f"{result.config_path}")
+            else:
+                print(f"note: no setting beat uniform's frontier; train uniformly for "
+                      f"{result.epochs} epochs ({result.config_path}: wrap = false, "
+                      f"epochs = {result.epochs})")
+            print(json.dumps(result.headline), flush=True)
+            return 0
         if not result.beats_uniform:
             print(f"note: no setting beat the uniform baseline at {result.headline['epochs']} "
                   "epochs; train uniformly, or widen the space or the budget")

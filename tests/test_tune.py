@@ -167,6 +167,8 @@ def test_the_cli_says_in_one_line_what_is_wrong_with_a_job_or_a_space(tmp_path, 
     assert "broken.toml does not parse as TOML" in _cli_error(
         ["tune", job, "--space", "broken.toml"], capsys)
     assert "base.toml does not exist" in _cli_error(["tune", job, "--base", "base.toml"], capsys)
+    assert "target is not used by objective='frontier'" in _cli_error(
+        ["tune", job, "--objective", "frontier", "--target", "0.8"], capsys)
     assert not (tmp_path / "autoassist-tune").exists()  # refused before anything ran
 
 
@@ -329,19 +331,222 @@ def test_offline_tune_chooses_an_assistant_and_floor_that_beat_no_skill(trace_di
 
 @pytest.mark.parametrize("tolerance", [0.0, 0.02])
 def test_tolerance_and_cost_budget_reach_the_probes_scores(tmp_path, tolerance):
-    job = f"{ROOT / 'tests' / 'tune_jobs.py'}:scripted"
+    job = f"{ROOT / 'tests' / 'tune_scripted.py'}:scripted"
     space = {"floor": [0.3]}
     args = dict(candidates_n=1, min_epochs=4, max_epochs=4, factor=2, cost="instances",
-                threads=1, progress=False, n_jobs=1)
+                progress=False, n_jobs=1)  # no threads: the probes never import torch
     result = tune(job, space, out=tmp_path / "t", tolerance=tolerance, **args)
     seed = result.rungs[-1]["candidates"][0]["seeds"][0]
     if tolerance:  # 0.89 is within 0.02 of 0.90: reached after 1 of uniform's 4 units
         assert seed["reached"] and seed["saving"] == pytest.approx(1 - 1 / 4)
     else:  # 0.90 itself only at the last unit, as uniform: no saving
         assert seed["reached"] and seed["saving"] == pytest.approx(0.0)
+    from autoassist.tuning import load_tuned
+
+    tuned = load_tuned(result.config_path)  # every objective writes the [tune] table
+    assert (tuned.wrap, tuned.epochs) == (result.beats_uniform, 4) and result.epochs == 4
     budgeted = tune(job, space, out=tmp_path / "b", objective="metric_at_cost", cost_budget=2,
                     **args)
     at = budgeted.rungs[-1]["candidates"][0]["seeds"][0]
     assert at["metric_at_cost"] == pytest.approx(0.89)  # its metric at cost 2, not 0.95 at 4
     assert at["uniform_metric"] == pytest.approx(0.7)  # uniform's at cost 2 too, not 0.90
     assert budgeted.beats_uniform
+
+
+# -- objective "frontier": the setting and the epoch count, against uniform's frontier --------
+def _pts(*rows):
+    return [{"epochs": e, "cost": c, "metric": m} for e, c, m in rows]
+
+
+UNIFORM = _pts((2, 200.0, 0.70), (4, 400.0, 0.80), (6, 600.0, 0.84))  # the usual run: 6 epochs
+
+
+def test_frontier_scores_the_saving_against_uniforms_frontier_and_names_the_epochs():
+    from autoassist.tuning.frontier_math import score_frontier
+
+    target = 0.84  # uniform's final metric at 6 epochs
+    # reaches the target between its 8- and 12-epoch runs: the cost is interpolated, the epoch
+    # count to train is the next measured one (12), which costs more than the interpolated cost
+    between = score_frontier(_pts((8, 200.0, 0.80), (12, 300.0, 0.85), (16, 400.0, 0.86)),
+                             UNIFORM, target)
+    assert between["reached"] and between["beats_uniform"]
+    assert between["cost_to_target"] == pytest.approx(200 + 100 * 0.04 / 0.05)
+    assert between["saving"] == pytest.approx(1 - 280 / 600) == between["score"]
+    assert (between["epochs"], between["epochs_cost"], between["interpolated"]) == (12, 300.0, True)
+    assert (between["uniform_epochs"], between["uniform_cost_to_target"]) == (6, 600.0)
+    # exactly at a measured run: that run, not interpolated
+    exact = score_frontier(_pts((8, 200.0, 0.80), (12, 300.0, 0.84)), UNIFORM, target)
+    assert (exact["epochs"], exact["interpolated"]) == (12, False)
+    assert exact["saving"] == pytest.approx(0.5)
+    # reaches it, but only after uniform's usual cost: a negative saving, still ranked above ...
+    late = score_frontier(_pts((8, 500.0, 0.80), (12, 900.0, 0.845)), UNIFORM, target)
+    assert late["reached"] and late["saving"] < 0 and not late["beats_uniform"]
+    # ... every frontier that never reaches it, and those rank by their margin at equal cost
+    near = score_frontier(_pts((8, 400.0, 0.83)), UNIFORM, target)  # +0.03 over uniform's 0.80
+    far = score_frontier(_pts((8, 400.0, 0.75)), UNIFORM, target)
+    assert not near["reached"] and near["saving"] is None and near["epochs"] is None
+    assert near["gain"] == pytest.approx(0.03) and far["gain"] == pytest.approx(-0.05)
+    assert late["score"] > near["score"] > far["score"]
+
+
+def test_frontier_must_beat_fewer_uniform_epochs_not_just_the_usual_run():
+    from autoassist.tuning.frontier_math import score_frontier
+
+    # uniform saturates: 4 epochs already give the 6-epoch metric, for 400 instead of 600
+    saturated = _pts((2, 200.0, 0.70), (4, 400.0, 0.84), (6, 600.0, 0.84))
+    cand = _pts((8, 250.0, 0.80), (12, 500.0, 0.85))  # reaches at 450 < the usual run's 600
+    s = score_frontier(cand, saturated, 0.84)
+    assert s["uniform_epochs"] == 4 and s["uniform_cost_to_target"] == 400.0
+    assert s["saving"] == pytest.approx(1 - 450 / 400) and not s["beats_uniform"]
+    # a tolerance lowers the target; uniform's frontier then reaches it between runs too
+    t = score_frontier(cand, UNIFORM, 0.82)
+    assert t["uniform_cost_to_target"] == pytest.approx(400 + 200 * 0.02 / 0.04)
+    assert t["uniform_epochs"] == 6
+    with pytest.raises(ValueError, match="never reaches its own target"):
+        score_frontier(cand, UNIFORM, 0.9)
+
+
+def test_frontier_points_budgets_and_shared_functions():
+    from autoassist.bench import frontier as bench_frontier
+    from autoassist.tuning import frontier_math
+    from autoassist.tuning.frontier_math import budget_epochs, mean_frontier
+
+    # the laboratory uses the product's functions, not copies of them
+    assert bench_frontier.interpolate_cost is frontier_math.interpolate_cost
+    assert bench_frontier.accuracy_at_cost is frontier_math.accuracy_at_cost
+    assert budget_epochs(6, 1.0, frontier_math.UNIFORM_FRACTIONS) == [2, 4, 6]
+    assert budget_epochs(6, 1 / 0.5, frontier_math.CANDIDATE_FRACTIONS) == [8, 12, 16]
+    assert budget_epochs(1, 1.0, frontier_math.UNIFORM_FRACTIONS) == [1]
+    runs = {4: [{"instances": [1, 2], "metric": [0.5, 1.0]},
+                {"instances": [1, 4], "metric": [0.5, 2.0]}],
+            2: [{"instances": [1], "metric": [3.0]}, {"instances": [1], "metric": [5.0]}]}
+    assert mean_frontier(runs, "instances", sign=-1.0) == [  # final values, epoch order
+        {"epochs": 2, "cost": 1.0, "metric": -4.0, "seeds": 2},
+        {"epochs": 4, "cost": 3.0, "metric": -1.5, "seeds": 2}]
+
+
+SCRIPTED = f"{ROOT / 'tests' / 'tune_scripted.py'}:frontier_scripted"
+FRONTIER_ARGS = dict(objective="frontier", min_epochs=2, max_epochs=6, factor=3,
+                     cost="instances", grid=True, progress=False)  # no threads: no torch
+
+
+def test_frontier_tune_chooses_the_setting_and_the_epochs_and_writes_them(tmp_path):
+    from autoassist.tuning import load_tuned
+
+    # floor 0.25 with reweighting ends as uniform after half the epochs, at a quarter of the
+    # cost per epoch; without, far below (pruned at the first rung)
+    res = tune(SCRIPTED, {"floor": [0.25], "reweight": [True, False]}, out=tmp_path / "win",
+               **FRONTIER_ARGS)
+    assert res.beats_uniform and res.params == {"floor": 0.25, "reweight": True}
+    assert [len(r["candidates"]) for r in res.rungs] == [2, 1]
+    last = res.rungs[-1]
+    assert [p["epochs"] for p in last["uniform_points"]] == [1, 2, 4, 6]
+    best = last["candidates"][0]
+    assert best["cost_ratio"] == pytest.approx(0.25)  # measured at the first rung, 2 epochs
+    assert [p["epochs"] for p in best["points"]] == [2, 16, 24, 32]  # 6 / 0.25 * (2/3, 1, 4/3)
+    # the target is uniform's 6-epoch metric 0.9 - 0.4 / 6 (at 600 instances); 16 epochs
+    # (effective 8, 400 instances) pass it, 2 epochs (0.5 at 50) do not: the frontier reaches
+    # it between the two, and the run to train is the measured 16
+    reached = 50 + 350 * (0.9 - 0.4 / 6 - 0.5) / (0.9 - 0.4 / 8 - 0.5)
+    assert best["cost_to_target"] == pytest.approx(reached)
+    assert res.headline["saving"] == pytest.approx(1 - reached / 600)
+    assert res.epochs == 16 and res.headline["epochs_interpolated"]
+    assert res.headline["uniform_epochs"] == 6
+    tuned = load_tuned(res.config_path)
+    assert tuned.wrap and tuned.epochs == 16 and tuned.config.epochs == 16
+    assert ShrinkConfig.from_file(res.config_path) == res.config == tuned.config
+    assert "train 16 epochs" in (res.out / "tune.md").read_text()
+
+    # without reweighting the setting always trains worse than uniform per instance: the
+    # honest answer is uniform, at its cheapest measured budget that reaches the target
+    lose = tune(SCRIPTED, {"floor": [0.5], "reweight": [False]}, out=tmp_path / "lose",
+                **FRONTIER_ARGS)
+    assert not lose.beats_uniform and lose.epochs == 6
+    tuned = load_tuned(lose.config_path)
+    assert not tuned.wrap and tuned.epochs == 6 and tuned.readings["objective"] == "frontier"
+    assert "no setting beat uniform's frontier" in (lose.out / "tune.md").read_text()
+    with pytest.raises(UsageError, match="target is not used by objective='frontier'"):
+        tune(SCRIPTED, {"floor": [0.5]}, out=tmp_path / "x", target=0.8, **FRONTIER_ARGS)
+
+
+def test_frontier_tune_of_a_metric_to_minimise(tmp_path):
+    """The same job reporting an error rate, with mode="min": the same choice and epochs."""
+    res = tune(f"{ROOT / 'tests' / 'tune_scripted.py'}:frontier_scripted_loss",
+               {"floor": [0.25], "reweight": [True, False]}, out=tmp_path / "min", mode="min",
+               **FRONTIER_ARGS)
+    assert res.beats_uniform and res.params == {"floor": 0.25, "reweight": True}
+    assert res.epochs == 16 and res.rungs[-1]["target"] == pytest.approx(0.4 / 6 + 0.1)
+    best = res.rungs[-1]["candidates"][0]
+    assert best["points"][1]["metric"] == pytest.approx(0.4 / 8 + 0.1)  # the error rate
+
+
+def test_tuned_files_without_a_tune_table_and_with_bad_values(tmp_path):
+    from autoassist.tuning import load_tuned
+
+    plain_file = ShrinkConfig(floor=0.4).to_file(tmp_path / "plain.toml")
+    tuned = load_tuned(plain_file)  # e.g. tune --offline's file: wrap it, no epoch count
+    assert tuned.wrap and tuned.epochs is None and tuned.config.floor == 0.4
+    bad = tmp_path / "bad.toml"
+    bad.write_text(plain_file.read_text() + "\n[tune]\nwrap = \"yes\"\n")
+    with pytest.raises(UsageError, match="wrap"):
+        load_tuned(bad)
+    bad.write_text(plain_file.read_text() + "\n[tune]\nepochs = 0\n")
+    with pytest.raises(UsageError, match="epochs"):
+        load_tuned(bad)
+    with pytest.raises(UsageFileNotFoundError):
+        load_tuned(tmp_path / "missing.toml")
+
+
+def _frontier_cli(out: Path, probe_log: Path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "autoassist.cli", "tune", JOB, "--objective", "frontier",
+           "--space", str(out.parent / "space.json"), "--grid", "--min-epochs", "3",
+           "--max-epochs", "3", "--cost", "instances", "--seed", "5", "--threads", "1",
+           "--no-progress", "--out", str(out)]
+    env = {**os.environ, "AUTOASSIST_TEST_PROBE_LOG": str(probe_log)}
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_frontier_tune_on_a_real_job_from_the_command_line_and_resumed(tmp_path, fmnist_dir):
+    """One setting, one rung of 3 epochs: uniform at 1, 2, 3 epochs, the setting at 3 and at
+    the budgets its measured cost ratio gives; run again, every probe is reused."""
+    (tmp_path / "space.json").write_text(json.dumps({"floor": [0.3], "warmup_epochs": [1]}))
+    out, probe_log = tmp_path / "run", tmp_path / "invocations.txt"
+    first = _frontier_cli(out, probe_log)
+    assert first.returncode == 0, first.stderr[-3000:]
+    headline = json.loads(first.stdout.strip().splitlines()[-1])
+    rung = json.loads((out / "tune.json").read_text())["rungs"][-1]
+    assert [p["epochs"] for p in rung["uniform_points"]] == [1, 2, 3]
+    assert rung["uniform_points"][-1]["metric"] > 0.5  # really trained (chance is 0.1)
+    best = rung["candidates"][0]
+    ratio = best["cost_ratio"]
+    assert 1 / 3 < ratio < 1  # warm-up epoch whole, then a shrunk one and more
+    expected = sorted({3, *(max(1, round(3 * f / ratio)) for f in (2 / 3, 1, 4 / 3))})
+    assert [p["epochs"] for p in best["points"]] == expected
+    # the recommendation is what the frontiers say, recomputed here from the points
+    target = rung["uniform_points"][-1]["metric"]
+    assert headline["target"] == pytest.approx(target)
+    reaching = [p for p in best["points"] if p["metric"] >= target]
+    u_first = next(p for p in rung["uniform_points"] if p["metric"] >= target)
+    assert headline["uniform_epochs"] == u_first["epochs"]
+    if headline["beats_uniform"]:
+        assert headline["epochs"] == reaching[0]["epochs"]
+        assert headline["cost_to_target"] < headline["uniform_cost_to_target"]
+        assert "chosen: " in first.stdout
+    else:
+        assert headline["epochs"] == u_first["epochs"]
+        assert "train uniformly" in first.stdout
+    text = (out / "tuned.toml").read_text()
+    assert f"\n[tune]\nwrap = {str(headline['beats_uniform']).lower()}\n" \
+           f"epochs = {headline['epochs']}\n" in text
+    ran = probe_log.read_text().splitlines()
+    assert len(ran) == headline["probes"] == 3 + len(expected)
+    assert (out / "tune.png").stat().st_size > 0
+
+    again = _frontier_cli(out, probe_log)  # the same command: nothing trains again
+    assert again.returncode == 0, again.stderr[-3000:]
+    repeat = json.loads(again.stdout.strip().splitlines()[-1])
+    assert repeat["probes_reused"] == repeat["probes"] == headline["probes"]
+    assert probe_log.read_text().splitlines() == ran
+    assert {k: repeat[k] for k in ("epochs", "saving", "best")} == \
+        {k: headline[k] for k in ("epochs", "saving", "best")}

@@ -26,15 +26,3 @@ def tiny(config, epochs, seed):
 
 def broken(config, epochs, seed):
     raise RuntimeError("this job cannot find its data")
-
-
-def scripted(config, epochs, seed):
-    """No training: curves known exactly, to test how probes are scored. Uniform ends at 0.90
-    after ``epochs`` cost units; a shrinking config reaches 0.89 after one unit (within 0.02 of
-    uniform's final metric) and stays there until its last unit, where it ends at 0.95."""
-    if config is None:
-        metric = [0.5 + 0.4 * (e + 1) / epochs for e in range(epochs)]
-    else:
-        metric = [0.89] * (epochs - 1) + [0.95]
-    return {"seconds": [float(e + 1) for e in range(epochs)], "metric": metric,
-            "instances": [e + 1 for e in range(epochs)]}

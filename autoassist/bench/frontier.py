@@ -50,6 +50,11 @@ import numpy as np
 import torch
 
 from autoassist.bench.tasks import Task, get_task
+from autoassist.tuning.frontier_math import (  # shared with `autoassist tune`
+    accuracy_at_cost,
+    interpolate_cost,
+)
+from autoassist.tuning.frontier_math import budget_epochs as _budget_epochs
 
 VAL_FRACTION = 0.1
 SPLIT_SEED = 20_261_206
@@ -132,13 +137,9 @@ def flip_labels(train, fraction: float, seed: int = NOISE_SEED):
 
 def budget_epochs(full: int, multiplier: float,
                   fractions: Sequence[float] = FRACTIONS) -> list[int]:
-    """Epoch counts ``round(full * f * multiplier)`` (at least 1; duplicates removed)."""
-    out: list[int] = []
-    for f in fractions:
-        e = max(1, round(full * f * multiplier))
-        if e not in out:
-            out.append(e)
-    return out
+    """Epoch counts ``round(full * f * multiplier)`` (at least 1; duplicates removed): the
+    product's ``frontier_math.budget_epochs`` with the harness's ``FRACTIONS``."""
+    return _budget_epochs(full, multiplier, fractions)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -255,28 +256,6 @@ def point(record: dict[str, Any]) -> dict[str, Any]:
 # the cost axes a frontier is read on: point key -> what the unit is
 AXES = {"cost": "CPU seconds, Boss + Assistant",
         "compute": "instance passes (forward 1, backward 2)"}
-
-
-def interpolate_cost(costs: Sequence[float], accs: Sequence[float], target: float) -> float | None:
-    """The cost at which the piecewise-linear frontier (points in budget order) first reaches
-    ``target``: the first point's cost if it already does, None if no point does."""
-    for i, (c, a) in enumerate(zip(costs, accs, strict=True)):
-        if a >= target:
-            if i == 0:
-                return float(c)
-            c0, a0 = costs[i - 1], accs[i - 1]
-            return float(c0 + (c - c0) * (target - a0) / (a - a0))
-    return None
-
-
-def accuracy_at_cost(costs: Sequence[float], accs: Sequence[float], cost: float) -> float | None:
-    """The frontier's accuracy at ``cost``, linear between points in cost order; None outside
-    the measured range (no extrapolation)."""
-    order = np.argsort(costs, kind="stable")
-    c, a = np.asarray(costs, float)[order], np.asarray(accs, float)[order]
-    if len(c) == 0 or cost < c[0] - 1e-12 or cost > c[-1] + 1e-12:
-        return None
-    return float(np.interp(cost, c, a))
 
 
 def _table(points: list[dict[str, Any]], method: str, seeds: Sequence[int],
