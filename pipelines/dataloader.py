@@ -135,6 +135,25 @@ def _filter_batches(batches: Iterator, mask: np.ndarray | None, n: int
             yield ids
 
 
+def loading_settings(loader: DataLoader) -> dict[str, Any]:
+    """``loader``'s keyword arguments besides its dataset and how it samples and batches
+    (workers, collate_fn, pinning, ...): a DataLoader rebuilt with them loads as ``loader``."""
+    kwargs = dict(
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        timeout=loader.timeout,
+        worker_init_fn=loader.worker_init_fn,
+        multiprocessing_context=loader.multiprocessing_context,
+        generator=loader.generator,
+        persistent_workers=loader.persistent_workers,
+        pin_memory_device=getattr(loader, "pin_memory_device", ""),
+    )
+    if loader.num_workers > 0:
+        kwargs["prefetch_factor"] = loader.prefetch_factor
+    return kwargs
+
+
 class _ShrinkBatchSampler(Sampler[list[int]]):
     """Filters the user's sampler order by this epoch's keep mask and batches what is kept.
 
@@ -229,21 +248,8 @@ class ShrinkingLoader(EngineLoader):
         self._batch_sampler = _ShrinkBatchSampler(_weak(self._epoch_batches),
                                                   _weak(self.__len__))
 
-        kwargs = dict(
-            batch_sampler=self._batch_sampler,
-            num_workers=loader.num_workers,
-            collate_fn=loader.collate_fn,
-            pin_memory=loader.pin_memory,
-            timeout=loader.timeout,
-            worker_init_fn=loader.worker_init_fn,
-            multiprocessing_context=loader.multiprocessing_context,
-            generator=loader.generator,
-            persistent_workers=loader.persistent_workers,
-            pin_memory_device=getattr(loader, "pin_memory_device", ""),
-        )
-        if loader.num_workers > 0:
-            kwargs["prefetch_factor"] = loader.prefetch_factor
-        self._loader = DataLoader(loader.dataset, **kwargs)
+        self._loader = DataLoader(loader.dataset, batch_sampler=self._batch_sampler,
+                                  **loading_settings(loader))
 
     # -- epochs ----------------------------------------------------------------------------------
     def _forget_epoch_position(self) -> None:
