@@ -167,7 +167,8 @@ def test_the_assistant_is_closed_when_fit_fails(tmp_path):
     aa = AutoAssist(**_settings())
     model = Net(aa, fail_at_epoch=2)
     with pytest.raises(RuntimeError, match="fails on purpose"):
-        _trainer(tmp_path, callbacks=[aa]).fit(model, train_dataloaders=aa.wrap(_loader(_data(300))))
+        _trainer(tmp_path, callbacks=[aa]).fit(model,
+                                               train_dataloaders=aa.wrap(_loader(_data(300))))
     assert model.assistant_pid is not None
     assert aa.loader is None and not _running(model.assistant_pid)
 
@@ -178,6 +179,27 @@ def test_report_outside_training_step_is_an_error():
         aa.report(torch.zeros(3))
     with pytest.raises(TypeError, match="plain torch.utils.data.DataLoader"):
         aa.wrap([1, 2, 3])
+
+
+def test_ddp_shards_with_a_distributed_sampler_and_refuses_other_samplers():
+    from torch.utils.data import DistributedSampler, WeightedRandomSampler
+
+    from autoassist.errors import UsageError
+    from autoassist.lightning import _sharded
+
+    data = _data(100)
+    for shuffle in (True, False):
+        sharded = _sharded(DataLoader(data, batch_size=8, shuffle=shuffle, drop_last=True),
+                           rank=1, world=2, seed=4)
+        sampler = sharded.sampler
+        assert isinstance(sampler, DistributedSampler) and sampler.shuffle == shuffle
+        assert (sampler.rank, sampler.num_replicas, sampler.seed) == (1, 2, 4)
+        assert (sharded.batch_size, sharded.drop_last) == (8, True)
+    own = DataLoader(data, batch_size=8, sampler=DistributedSampler(data, 2, 0))
+    assert _sharded(own, rank=0, world=2, seed=4) is own  # the user's own shard stays
+    weighted = DataLoader(data, batch_size=8, sampler=WeightedRandomSampler([1.0] * 100, 100))
+    with pytest.raises(UsageError, match="WeightedRandomSampler"):
+        _sharded(weighted, rank=0, world=2, seed=4)
 
 
 def test_two_gloo_ranks_shard_the_kept_set(tmp_path):
