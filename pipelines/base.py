@@ -30,17 +30,28 @@ import torch
 
 from autoassist.config import ShrinkConfig
 from autoassist.engine import EpochPlan, ShrinkEngine, state_check
+from autoassist.engine.safe_state import safe
 
-STATE_VERSION = 1
+# 2: tensors and plain values only (torch.load's weights_only=True reads it). 1 (autoassist
+# 0.1.0) held NumPy arrays and pickled the sgd Assistant: it still loads, except that pickle.
+STATE_VERSION = 2
+READS_VERSIONS = (1, 2)
 
 
 def check_state_version(state: dict[str, Any]) -> None:
-    """Refuse a loader state saved in another format than this version's."""
+    """Refuse a loader state saved in a format this version does not read.
+
+    Raises:
+        StateError: ``state`` is not a dict, or its ``version`` is not one of
+            ``READS_VERSIONS`` (a ``ValueError``).
+    """
     state_check.as_dict(state, "state")
-    if state.get("version") != STATE_VERSION:
-        raise ValueError(
-            f"loader state version {state.get('version')!r} is not {STATE_VERSION}; it was "
-            "saved by an incompatible autoassist"
+    version = state.get("version")
+    if isinstance(version, bool) or version not in READS_VERSIONS:
+        raise state_check.StateError(
+            f"loader state version {version!r} is not one this autoassist reads "
+            f"({', '.join(map(str, READS_VERSIONS))}): it was saved by an incompatible "
+            "autoassist; resume with the version that saved it"
         )
 
 
@@ -398,14 +409,15 @@ class EngineLoader:
         it yields the batches this one would have yielded next (with ``sync``, bit-identically).
 
         Returns:
-            A dict of plain Python, NumPy and torch values (``torch.save`` stores it): the
-            epoch position, the Assistant's model, published scores, features, reports not yet
+            A dict of tensors and plain Python values only (``torch.save`` stores it and
+            ``torch.load(path)`` reads it with its default ``weights_only=True``): the epoch
+            position, the Assistant's model, published scores, features, reports not yet
             sent, and the telemetry so far.
         """
-        return {"version": STATE_VERSION, "num_instances": self.num_instances,
-                "epoch": self._epoch, "batches_done": self._batches_done,
-                "epoch_complete": self._epoch_complete, **self._extra_state(),
-                "engine": self.engine.state_dict()}
+        return safe({"version": STATE_VERSION, "num_instances": self.num_instances,
+                     "epoch": self._epoch, "batches_done": self._batches_done,
+                     "epoch_complete": self._epoch_complete, **self._extra_state(),
+                     "engine": self.engine.state_dict()}, "loader state")
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume from ``state_dict()``'s result: the next ``iter()`` continues that epoch

@@ -415,7 +415,8 @@ class ShrinkingLoader(EngineLoader):
                                   f"generator's state (uint8 of shape ({size},))")
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
-        self._generator_state = state["generator_state"]
+        saved = state["generator_state"]  # on the CPU, whatever map_location torch.load had
+        self._generator_state = None if saved is None else saved.detach().cpu().clone()
         self._drawn = None  # drawn again from the loaded generator state
 
     def _max_batches(self, plan: EpochPlan) -> int | None:
