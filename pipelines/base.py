@@ -222,6 +222,12 @@ class EngineLoader:
     def epoch(self) -> int:
         return self._epoch
 
+    @property
+    def batches_done(self) -> int:
+        """Batches of the current epoch yielded so far (a resumed epoch counts those before
+        its checkpoint): with ``len(loader)``, where training is inside the epoch."""
+        return self._batches_done
+
     def set_epoch(self, epoch: int) -> None:
         """Make ``epoch`` the one the next ``iter()`` runs, and plan it now.
 
