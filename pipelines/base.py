@@ -20,7 +20,7 @@ import os
 import sys
 import warnings
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -96,7 +96,15 @@ class EngineLoader:
     """What every autoassist loader shares: an engine, epochs, ``report``, state, closing."""
 
     def __init__(self, num_instances: int, config: ShrinkConfig, *, features=None, inputs=None,
-                 tensorboard: str | None = None):
+                 tensorboard: str | None = None,
+                 on_epoch_end: Callable[[dict[str, Any]], Any] | None = None):
+        if on_epoch_end is not None and not callable(on_epoch_end):
+            raise TypeError(
+                f"on_epoch_end must be a function taking the epoch's telemetry dict, got "
+                f"{type(on_epoch_end).__name__} {on_epoch_end!r}; pass e.g. "
+                "on_epoch_end=lambda record: logger.log(record), or leave it out"
+            )
+        self._on_epoch_end = on_epoch_end
         self.num_instances = int(num_instances)
         self.config = config
         self._epoch = 0
@@ -344,6 +352,8 @@ class EngineLoader:
                 "loader.report(per_sample) once per batch; when losses come back after the "
                 "loop, run the epoch inside `with loader.late_reports():`",
             )
+        if self._on_epoch_end is not None:  # a copy: the hook cannot change the loader's
+            self._on_epoch_end(dict(record))
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
