@@ -199,7 +199,7 @@ class ShrinkingLoader(EngineLoader):
     """
 
     def __init__(self, loader: DataLoader, config=None, *, features=None, inputs=None,
-                 tensorboard: str | None = None, **options):
+                 tensorboard: str | None = None, on_epoch_end=None, **options):
         if not isinstance(loader, DataLoader):
             raise TypeError(
                 f"autoassist.wrap expects a torch.utils.data.DataLoader, got {type(loader)}; "
@@ -240,7 +240,7 @@ class ShrinkingLoader(EngineLoader):
         )
 
         super().__init__(len(loader.dataset), config, features=features, inputs=inputs,
-                         tensorboard=tensorboard)
+                         tensorboard=tensorboard, on_epoch_end=on_epoch_end)
         self._generator_state: torch.Tensor | None = None
         self._drawn: tuple[int, np.ndarray] | None = None  # (epoch, draws): _drawn_order
         # weakly: the DataLoader holds the batch sampler, so a strong reference back would make
@@ -421,7 +421,8 @@ class ShrinkingLoader(EngineLoader):
                                   f"generator's state (uint8 of shape ({size},))")
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
-        self._generator_state = state["generator_state"]
+        saved = state["generator_state"]  # on the CPU, whatever map_location torch.load had
+        self._generator_state = None if saved is None else saved.detach().cpu().clone()
         self._drawn = None  # drawn again from the loaded generator state
 
     def _max_batches(self, plan: EpochPlan) -> int | None:
@@ -473,7 +474,9 @@ def wrap(loader: DataLoader, config=None, *, key=None, num_instances: int | None
             features, or ``fn(batch) -> Tensor[B, d]`` with ``feature_dim=d`` (default: a
             random projection of the input plus the class label); ``inputs``:
             ``fn(batch) -> (x, y)`` when a batch is not ``(x, y, ...)`` or a dict;
-            ``tensorboard``: a log directory for the per-epoch telemetry.
+            ``tensorboard``: a log directory for the per-epoch telemetry; ``on_epoch_end``:
+            ``fn(record)``, called with a copy of each epoch's telemetry record as the epoch
+            ends (the dict ``loader.telemetry`` appends), to log it anywhere.
 
     Returns:
         The shrinking loader (a ``KeyedShrinkingLoader`` with ``key``): iterate it as the
@@ -482,7 +485,7 @@ def wrap(loader: DataLoader, config=None, *, key=None, num_instances: int | None
 
     Raises:
         TypeError: ``loader`` is not a DataLoader, or its iterable dataset comes without
-            ``key``.
+            ``key``, or ``on_epoch_end`` is not callable.
         ValueError: an unknown setting or one out of its range, an empty
             dataset, ``num_instances`` that contradicts a map-style dataset, or a loader that
             does not batch, or not in order.
