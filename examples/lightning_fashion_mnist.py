@@ -125,9 +125,7 @@ def main(argv=None) -> None:
         logger=CSVLogger(args.logs, name="fashion_mnist"), enable_checkpointing=bool(
             args.checkpoint), enable_progress_bar=False, enable_model_summary=False)
     loader = DataLoader(train, batch_size=args.batch_size, shuffle=True)
-    # weights_only=False: the loader state holds NumPy arrays; load only checkpoints you wrote
-    trainer.fit(model, train_dataloaders=aa.wrap(loader),  # autoassist
-                ckpt_path=args.resume, weights_only=False if args.resume else None)
+    trainer.fit(model, train_dataloaders=aa.wrap(loader), ckpt_path=args.resume)  # autoassist
 
 
 if __name__ == "__main__":  # the Assistant (and ddp_spawn's ranks) start with spawn

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import pickle
 
 import pytest
 import torch
@@ -227,13 +226,14 @@ def test_two_gloo_ranks_shard_the_kept_set(tmp_path):
     assert gathered[1:] == sent[:-1] and all(sent)
 
 
-def _fit_and_record(root, ckpt_path=None, callbacks=(), weights_only=None):
+def _fit_and_record(root, ckpt_path=None, callbacks=()):
     torch.set_num_threads(1)
     aa = AutoAssist(**_settings())
     model = Net(aa)
     trainer = _trainer(root, callbacks=[aa, *callbacks], enable_checkpointing=bool(callbacks))
-    trainer.fit(model, train_dataloaders=aa.wrap(_loader(_data(600))), ckpt_path=ckpt_path,
-                weights_only=weights_only)
+    # ckpt_path is loaded with torch's default, weights_only=True: the state is tensors and
+    # plain values only
+    trainer.fit(model, train_dataloaders=aa.wrap(_loader(_data(600))), ckpt_path=ckpt_path)
     return model, aa
 
 
@@ -254,8 +254,7 @@ def checkpointed_run(tmp_path_factory):
 @pytest.mark.parametrize("checkpoint", ["epochs/epoch=1.ckpt", "steps/step=12.ckpt"])
 def test_resume_continues_as_the_uninterrupted_run(checkpointed_run, checkpoint, tmp_path):
     root, whole, whole_aa = checkpointed_run
-    resumed, resumed_aa = _fit_and_record(tmp_path, ckpt_path=str(root / checkpoint),
-                                          weights_only=False)  # our own file
+    resumed, resumed_aa = _fit_and_record(tmp_path, ckpt_path=str(root / checkpoint))
     first = min(resumed.trained)
     assert sorted(resumed.trained) == list(range(first, EPOCHS))
     for epoch, ids in resumed.trained.items():  # the batches the uninterrupted run trained
@@ -272,9 +271,7 @@ def test_resume_continues_as_the_uninterrupted_run(checkpointed_run, checkpoint,
 
 def test_checkpoint_loads_with_weights_only(checkpointed_run):
     root, _, _ = checkpointed_run
-    try:
-        ckpt = torch.load(root / "epochs" / "epoch=1.ckpt")  # torch's default: weights_only
-    except pickle.UnpicklingError as error:
-        pytest.xfail(f"the loader state is not weights_only-safe yet (branch eco-core): "
-                     f"{str(error).splitlines()[0]}")
-    assert "loader" in ckpt["callbacks"]["AutoAssist"]
+    ckpt = torch.load(root / "epochs" / "epoch=1.ckpt")  # torch's default: weights_only=True
+    state = ckpt["callbacks"]["AutoAssist"]["loader"]
+    assert state["epoch"] == 1 and state["epoch_complete"]
+    assert state["engine"]["assistant"] is not None  # the Assistant's model is in it
