@@ -27,17 +27,20 @@ _EXPORTS = {
     "EpochPlan": "autoassist.engine",
     "tune": "autoassist.tuning",
     "tune_offline": "autoassist.tuning.offline",
+    "lr_scheduler": "autoassist.schedules",
+    "ProgressLR": "autoassist.schedules",
 }
 
 __all__ = [
-    "EpochPlan", "ShrinkConfig", "ShrinkEngine",
-    "ShrinkingLoader", "__version__", "tune", "tune_offline", "wrap",
+    "EpochPlan", "ProgressLR", "ShrinkConfig", "ShrinkEngine",
+    "ShrinkingLoader", "__version__", "lr_scheduler", "tune", "tune_offline", "wrap",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
     from autoassist.config import ShrinkConfig
     from autoassist.engine import EpochPlan, ShrinkEngine
     from autoassist.pipelines.dataloader import ShrinkingLoader, wrap
+    from autoassist.schedules import ProgressLR, lr_scheduler
     from autoassist.tuning import tune
     from autoassist.tuning.offline import tune_offline
 

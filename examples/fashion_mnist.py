@@ -69,7 +69,7 @@ def main(argv=None) -> dict:
     loader = autoassist.wrap(base, seed=args.seed, sync=args.sync, **options)  # autoassist
     start = 0
     if args.resume:
-        ckpt = torch.load(args.resume, map_location=device, weights_only=False)  # our own
+        ckpt = torch.load(args.resume, map_location=device)  # tensors and plain values only
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["opt"])
         loader.load_state_dict(ckpt["loader"])

@@ -20,7 +20,7 @@ import os
 import sys
 import warnings
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -30,17 +30,28 @@ import torch
 
 from autoassist.config import ShrinkConfig
 from autoassist.engine import EpochPlan, ShrinkEngine, state_check
+from autoassist.engine.safe_state import safe
 
-STATE_VERSION = 1
+# 2: tensors and plain values only (torch.load's weights_only=True reads it). 1 (autoassist
+# 0.1.0) held NumPy arrays and pickled the sgd Assistant: it still loads, except that pickle.
+STATE_VERSION = 2
+READS_VERSIONS = (1, 2)
 
 
 def check_state_version(state: dict[str, Any]) -> None:
-    """Refuse a loader state saved in another format than this version's."""
+    """Refuse a loader state saved in a format this version does not read.
+
+    Raises:
+        StateError: ``state`` is not a dict, or its ``version`` is not one of
+            ``READS_VERSIONS`` (a ``ValueError``).
+    """
     state_check.as_dict(state, "state")
-    if state.get("version") != STATE_VERSION:
-        raise ValueError(
-            f"loader state version {state.get('version')!r} is not {STATE_VERSION}; it was "
-            "saved by an incompatible autoassist"
+    version = state.get("version")
+    if isinstance(version, bool) or version not in READS_VERSIONS:
+        raise state_check.StateError(
+            f"loader state version {version!r} is not one this autoassist reads "
+            f"({', '.join(map(str, READS_VERSIONS))}): it was saved by an incompatible "
+            "autoassist; resume with the version that saved it"
         )
 
 
@@ -85,7 +96,15 @@ class EngineLoader:
     """What every autoassist loader shares: an engine, epochs, ``report``, state, closing."""
 
     def __init__(self, num_instances: int, config: ShrinkConfig, *, features=None, inputs=None,
-                 tensorboard: str | None = None):
+                 tensorboard: str | None = None,
+                 on_epoch_end: Callable[[dict[str, Any]], Any] | None = None):
+        if on_epoch_end is not None and not callable(on_epoch_end):
+            raise TypeError(
+                f"on_epoch_end must be a function taking the epoch's telemetry dict, got "
+                f"{type(on_epoch_end).__name__} {on_epoch_end!r}; pass e.g. "
+                "on_epoch_end=lambda record: logger.log(record), or leave it out"
+            )
+        self._on_epoch_end = on_epoch_end
         self.num_instances = int(num_instances)
         self.config = config
         self._epoch = 0
@@ -211,6 +230,12 @@ class EngineLoader:
     def epoch(self) -> int:
         return self._epoch
 
+    @property
+    def batches_done(self) -> int:
+        """Batches of the current epoch yielded so far (a resumed epoch counts those before
+        its checkpoint): with ``len(loader)``, where training is inside the epoch."""
+        return self._batches_done
+
     def set_epoch(self, epoch: int) -> None:
         """Make ``epoch`` the one the next ``iter()`` runs, and plan it now.
 
@@ -327,6 +352,8 @@ class EngineLoader:
                 "loader.report(per_sample) once per batch; when losses come back after the "
                 "loop, run the epoch inside `with loader.late_reports():`",
             )
+        if self._on_epoch_end is not None:  # a copy: the hook cannot change the loader's
+            self._on_epoch_end(dict(record))
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -398,14 +425,15 @@ class EngineLoader:
         it yields the batches this one would have yielded next (with ``sync``, bit-identically).
 
         Returns:
-            A dict of plain Python, NumPy and torch values (``torch.save`` stores it): the
-            epoch position, the Assistant's model, published scores, features, reports not yet
+            A dict of tensors and plain Python values only (``torch.save`` stores it and
+            ``torch.load(path)`` reads it with its default ``weights_only=True``): the epoch
+            position, the Assistant's model, published scores, features, reports not yet
             sent, and the telemetry so far.
         """
-        return {"version": STATE_VERSION, "num_instances": self.num_instances,
-                "epoch": self._epoch, "batches_done": self._batches_done,
-                "epoch_complete": self._epoch_complete, **self._extra_state(),
-                "engine": self.engine.state_dict()}
+        return safe({"version": STATE_VERSION, "num_instances": self.num_instances,
+                     "epoch": self._epoch, "batches_done": self._batches_done,
+                     "epoch_complete": self._epoch_complete, **self._extra_state(),
+                     "engine": self.engine.state_dict()}, "loader state")
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume from ``state_dict()``'s result: the next ``iter()`` continues that epoch

@@ -135,6 +135,25 @@ def _filter_batches(batches: Iterator, mask: np.ndarray | None, n: int
             yield ids
 
 
+def loading_settings(loader: DataLoader) -> dict[str, Any]:
+    """``loader``'s keyword arguments besides its dataset and how it samples and batches
+    (workers, collate_fn, pinning, ...): a DataLoader rebuilt with them loads as ``loader``."""
+    kwargs = dict(
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        timeout=loader.timeout,
+        worker_init_fn=loader.worker_init_fn,
+        multiprocessing_context=loader.multiprocessing_context,
+        generator=loader.generator,
+        persistent_workers=loader.persistent_workers,
+        pin_memory_device=getattr(loader, "pin_memory_device", ""),
+    )
+    if loader.num_workers > 0:
+        kwargs["prefetch_factor"] = loader.prefetch_factor
+    return kwargs
+
+
 class _ShrinkBatchSampler(Sampler[list[int]]):
     """Filters the user's sampler order by this epoch's keep mask and batches what is kept.
 
@@ -180,7 +199,7 @@ class ShrinkingLoader(EngineLoader):
     """
 
     def __init__(self, loader: DataLoader, config=None, *, features=None, inputs=None,
-                 tensorboard: str | None = None, **options):
+                 tensorboard: str | None = None, on_epoch_end=None, **options):
         if not isinstance(loader, DataLoader):
             raise TypeError(
                 f"autoassist.wrap expects a torch.utils.data.DataLoader, got {type(loader)}; "
@@ -221,7 +240,7 @@ class ShrinkingLoader(EngineLoader):
         )
 
         super().__init__(len(loader.dataset), config, features=features, inputs=inputs,
-                         tensorboard=tensorboard)
+                         tensorboard=tensorboard, on_epoch_end=on_epoch_end)
         self._generator_state: torch.Tensor | None = None
         self._drawn: tuple[int, np.ndarray] | None = None  # (epoch, draws): _drawn_order
         # weakly: the DataLoader holds the batch sampler, so a strong reference back would make
@@ -229,21 +248,8 @@ class ShrinkingLoader(EngineLoader):
         self._batch_sampler = _ShrinkBatchSampler(_weak(self._epoch_batches),
                                                   _weak(self.__len__))
 
-        kwargs = dict(
-            batch_sampler=self._batch_sampler,
-            num_workers=loader.num_workers,
-            collate_fn=loader.collate_fn,
-            pin_memory=loader.pin_memory,
-            timeout=loader.timeout,
-            worker_init_fn=loader.worker_init_fn,
-            multiprocessing_context=loader.multiprocessing_context,
-            generator=loader.generator,
-            persistent_workers=loader.persistent_workers,
-            pin_memory_device=getattr(loader, "pin_memory_device", ""),
-        )
-        if loader.num_workers > 0:
-            kwargs["prefetch_factor"] = loader.prefetch_factor
-        self._loader = DataLoader(loader.dataset, **kwargs)
+        self._loader = DataLoader(loader.dataset, batch_sampler=self._batch_sampler,
+                                  **loading_settings(loader))
 
     # -- epochs ----------------------------------------------------------------------------------
     def _forget_epoch_position(self) -> None:
@@ -415,7 +421,8 @@ class ShrinkingLoader(EngineLoader):
                                   f"generator's state (uint8 of shape ({size},))")
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
-        self._generator_state = state["generator_state"]
+        saved = state["generator_state"]  # on the CPU, whatever map_location torch.load had
+        self._generator_state = None if saved is None else saved.detach().cpu().clone()
         self._drawn = None  # drawn again from the loaded generator state
 
     def _max_batches(self, plan: EpochPlan) -> int | None:
@@ -467,7 +474,9 @@ def wrap(loader: DataLoader, config=None, *, key=None, num_instances: int | None
             features, or ``fn(batch) -> Tensor[B, d]`` with ``feature_dim=d`` (default: a
             random projection of the input plus the class label); ``inputs``:
             ``fn(batch) -> (x, y)`` when a batch is not ``(x, y, ...)`` or a dict;
-            ``tensorboard``: a log directory for the per-epoch telemetry.
+            ``tensorboard``: a log directory for the per-epoch telemetry; ``on_epoch_end``:
+            ``fn(record)``, called with a copy of each epoch's telemetry record as the epoch
+            ends (the dict ``loader.telemetry`` appends), to log it anywhere.
 
     Returns:
         The shrinking loader (a ``KeyedShrinkingLoader`` with ``key``): iterate it as the
@@ -476,7 +485,7 @@ def wrap(loader: DataLoader, config=None, *, key=None, num_instances: int | None
 
     Raises:
         TypeError: ``loader`` is not a DataLoader, or its iterable dataset comes without
-            ``key``.
+            ``key``, or ``on_epoch_end`` is not callable.
         ValueError: an unknown setting or one out of its range, an empty
             dataset, ``num_instances`` that contradicts a map-style dataset, or a loader that
             does not batch, or not in order.

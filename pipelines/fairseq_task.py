@@ -46,7 +46,10 @@ from autoassist.config import ASSISTANT_KINDS, ShrinkConfig
 logger = logging.getLogger(__name__)
 
 _DEFAULTS = ShrinkConfig()
-STATE_FORMAT = 1
+# 2: tensors and plain values only (the engine's state loads under weights_only=True); 1 held
+# NumPy arrays and pickled the sgd Assistant, and still loads except that pickle
+STATE_FORMAT = 2
+READS_FORMATS = (1, 2)
 
 
 def _or_file(default) -> str:
@@ -297,9 +300,10 @@ class AutoAssistTranslationTask(TranslationTask):
     def set_checkpoint_dict(self, state: dict[str, Any]) -> None:
         if not state or self.engine is None:
             return
-        if state.get("format") != STATE_FORMAT:
-            raise ValueError(f"autoassist checkpoint state has format {state.get('format')}, "
-                             f"this version reads {STATE_FORMAT}")
+        if state.get("format") not in READS_FORMATS:
+            raise ValueError(f"autoassist checkpoint state has format {state.get('format')!r}, "
+                             f"this version reads {READS_FORMATS}: resume with the autoassist "
+                             "that saved it")
         if state["num_instances"] != self._train_len:
             raise ValueError(
                 f"the checkpoint's training set had {state['num_instances']} pairs, this one "

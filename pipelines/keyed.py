@@ -56,7 +56,8 @@ class KeyedShrinkingLoader(EngineLoader):
     """The shrinking loader for iterable-style datasets (see module docstring)."""
 
     def __init__(self, loader: DataLoader, config=None, *, key: Callable[[Any], int],
-                 num_instances: int, features=None, inputs=None, tensorboard=None, **options):
+                 num_instances: int, features=None, inputs=None, tensorboard=None,
+                 on_epoch_end=None, **options):
         if not isinstance(loader.dataset, IterableDataset):
             raise TypeError("key= is for iterable-style datasets; map-style ones need no key")
         if loader.batch_size is None:
@@ -70,7 +71,8 @@ class KeyedShrinkingLoader(EngineLoader):
             raise ValueError("key= needs num_instances=N, the number of distinct instance ids")
         self.user_loader = loader
         super().__init__(int(num_instances), ShrinkConfig.coerce(config, **options),
-                         features=features, inputs=inputs, tensorboard=tensorboard)
+                         features=features, inputs=inputs, tensorboard=tensorboard,
+                         on_epoch_end=on_epoch_end)
         self._stream = _KeyedStream(loader.dataset, key, self.num_instances)
         kwargs = dict(
             batch_size=loader.batch_size, drop_last=loader.drop_last,

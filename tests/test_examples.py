@@ -60,6 +60,22 @@ def test_torchdata_example_shrinks(fmnist_dir):
     assert float(lines[2].split("test acc ")[1].split(",")[0]) > 0.6
 
 
+@pytest.mark.slow
+def test_lightning_example_shrinks_and_resumes(fmnist_dir, tmp_path):
+    require("lightning", "lightning")
+    common = ["--limit", "3000", "--batch-size", "100", "--threads", "1", "--sync", "--epochs",
+              "3", "--logs", str(tmp_path / "logs")]
+    first = [_numbers(line) for line in _run("lightning_fashion_mnist.py", *common, "--stop-after",
+                                             "1", "--checkpoint", str(tmp_path / "ckpt"))]
+    assert [e[0] for e in first] == [0, 1]  # stopped after epoch 1, as interrupted
+    assert first[0][3] == "warmup" and first[0][4] == first[0][5] == 3000  # kept all
+    resumed = [_numbers(line) for line in _run("lightning_fashion_mnist.py", *common, "--resume",
+                                               str(tmp_path / "ckpt" / "last.ckpt"))]
+    assert [e[0] for e in resumed] == [2]  # went on from the checkpoint
+    assert resumed[0][3] == "shrink" and 0 < resumed[0][4] < 3000
+    assert resumed[0][1] > 0.6  # test accuracy; 10 classes: chance is 0.1
+
+
 def test_examples_are_listed_in_their_readme():
     listed = (ROOT / "examples" / "README.md").read_text()
     for script in (ROOT / "examples").glob("*.py"):

@@ -189,8 +189,11 @@ def test_fairseq_train_shrinks_and_resumes_mid_epoch_bit_identically(data_bin, t
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+    # fairseq's own checkpoint holds more than tensors (its config objects): weights_only=False
+    # is for fairseq's part; the plugin's extra state alone loads with torch's default
     state = torch.load(resumed / "checkpoint3.pt", weights_only=False)["extra_state"]
-    engine = state["AutoAssistTranslationTask"]["engine"]
+    torch.save(state["AutoAssistTranslationTask"], tmp_path / "plugin_state.pt")
+    engine = torch.load(tmp_path / "plugin_state.pt")["engine"]
     assert engine["plan"]["epoch"] == 2 and engine["plan"]["reason"] == "shrink"
 
 

@@ -3,11 +3,14 @@
 All share one small interface — ``partial_fit(X, y)``, ``predict_proba(X)`` (probability of label
 1), ``state_dict()``/``load_state_dict()`` — so the Assistant process does not care which one runs.
 The logistic model is NumPy only, so the Assistant process starts without importing torch.
+
+A learner's state is its parameters as arrays and plain numbers, never a pickled object: the
+engine turns the arrays into tensors (``autoassist.engine.safe_state``), so a checkpoint holding
+it loads with ``torch.load(path)``'s default ``weights_only=True``; ``load_state_dict`` takes
+them as NumPy arrays or tensors and rebuilds the learner exactly.
 """
 
 from __future__ import annotations
-
-import pickle
 
 import numpy as np
 
@@ -47,14 +50,14 @@ class LogisticAssistant:
 
     def load_state_dict(self, state: dict) -> None:
         _check_kind(state, self.kind)
-        if state["w"].shape != self.w.shape:
+        w, g2, b = (np.asarray(state["w"], np.float64), np.asarray(state["g2"], np.float64),
+                    float(state["b"]))
+        if w.shape != self.w.shape:
             raise ValueError(
-                f"Assistant state has {state['w'].shape[0]} features, this Assistant "
+                f"Assistant state has {w.shape[0]} features, this Assistant "
                 f"{self.dim}: use the same feature_dim/label_buckets/loss_history as the run "
                 "that saved it"
             )
-        w, g2, b = (np.asarray(state["w"], np.float64), np.asarray(state["g2"], np.float64),
-                    float(state["b"]))
         if g2.shape != self.g2.shape:
             raise ValueError(f"Assistant state's g2 has shape {g2.shape}, expected "
                              f"{self.g2.shape}")
@@ -71,13 +74,14 @@ class SGDAssistant:
     kind = "sgd"
 
     def __init__(self, dim: int, lr: float = 0.05, l2: float = 1e-4, seed: int = 0):
+        self.dim, self._settings = int(dim), {"eta0": lr, "alpha": l2, "random_state": seed}
+        self.model = self._new_model()
+        self._fitted = False
+
+    def _new_model(self):
         from sklearn.linear_model import SGDClassifier
 
-        self.dim = int(dim)
-        self.model = SGDClassifier(
-            loss="log_loss", alpha=l2, learning_rate="constant", eta0=lr, random_state=seed
-        )
-        self._fitted = False
+        return SGDClassifier(loss="log_loss", learning_rate="constant", **self._settings)
 
     def partial_fit(self, X: np.ndarray, y: np.ndarray) -> None:
         if len(X):
@@ -89,16 +93,45 @@ class SGDAssistant:
             return np.full(len(X), 0.5, np.float32)
         return self.model.predict_proba(X)[:, 1].astype(np.float32)
 
+    # what partial_fit reads of a fitted SGDClassifier (scikit-learn recomputes the rest, such
+    # as its class weights and loss object, on every call); the seeded random state is drawn
+    # afresh on every call, so nothing of it is carried
     def state_dict(self) -> dict:
-        return {"kind": self.kind, "pickle": pickle.dumps((self.model, self._fitted))}
+        state: dict = {"kind": self.kind, "fitted": self._fitted}
+        if self._fitted:
+            m = self.model
+            state.update(coef=m.coef_.copy(), intercept=m.intercept_.copy(), t=float(m.t_),
+                         n_iter=int(m.n_iter_))
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         _check_kind(state, self.kind)
-        model, fitted = pickle.loads(state["pickle"])  # noqa: S301 - our own state
-        width = getattr(model, "coef_", np.zeros((1, self.dim))).shape[-1]
-        if fitted and width != self.dim:
-            raise ValueError(f"Assistant state has {width} features, this Assistant {self.dim}")
-        self.model, self._fitted = model, fitted
+        if "pickle" in state:
+            raise ValueError("this sgd Assistant state is a pickled scikit-learn model (state "
+                             "version 1), which autoassist no longer unpickles: unpickling "
+                             "runs any code the file holds. Resume it with autoassist 0.1.0, or "
+                             "set its 'assistant' entry to None to start a fresh Assistant")
+        if not state["fitted"]:
+            self.model, self._fitted = self._new_model(), False
+            return
+        # in the dtype it was fitted in (the features'): scikit-learn fits in coef_'s dtype
+        coef, intercept = np.asarray(state["coef"]), np.asarray(state["intercept"])
+        if coef.dtype.kind != "f" or intercept.dtype.kind != "f":
+            raise ValueError(f"Assistant state has weights of dtype {coef.dtype} and "
+                             f"{intercept.dtype}: the checkpoint is damaged")
+        if coef.shape != (1, self.dim) or intercept.shape != (1,):
+            raise ValueError(f"Assistant state has weights of shape {coef.shape}, this "
+                             f"Assistant (1, {self.dim}): use the same feature_dim/label_buckets/"
+                             "loss_history as the run that saved it")
+        if not (np.isfinite(coef).all() and np.isfinite(intercept).all()):
+            raise ValueError("Assistant state holds non-finite weights: the checkpoint is "
+                             "damaged")
+        m = self._new_model()
+        m.classes_ = np.array([0, 1])
+        m.n_features_in_ = self.dim
+        m.coef_, m.intercept_ = coef.copy(), intercept.copy()
+        m.t_, m.n_iter_ = float(state["t"]), int(state["n_iter"])
+        self.model, self._fitted = m, True
 
 
 class MLPAssistant:
@@ -142,8 +175,20 @@ class MLPAssistant:
 
     def load_state_dict(self, state: dict) -> None:
         _check_kind(state, self.kind)
-        self.net.load_state_dict(state["net"])
-        self.opt.load_state_dict(state["opt"])
+        self.net.load_state_dict(_as_tensors(self.torch, state["net"]))
+        self.opt.load_state_dict(_as_tensors(self.torch, state["opt"]))
+
+
+def _as_tensors(torch, obj):
+    """The MLP's state with its arrays as tensors again (the engine hands the Assistant
+    process NumPy arrays, ``safe_state.as_numpy``)."""
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj.copy())
+    if isinstance(obj, dict):
+        return {k: _as_tensors(torch, v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_as_tensors(torch, v) for v in obj)
+    return obj
 
 
 class MemoryAssistant:

@@ -97,7 +97,7 @@ BOOTSTRAP = 2000
 SPIN_RATIO = 1.25  # CPU seconds per wall second per torch thread above which a run is flagged
 # the files whose code decides a run's outcome: a stored run is reused only if they are unchanged
 _TRAINING_CODE = ("bench/time_to_accuracy.py", "bench/tasks.py", "bench/training.py",
-                  "bench/models.py", "bench/datasets.py", "bench/peers")
+                  "bench/models.py", "bench/datasets.py", "bench/peers", "schedules.py")
 
 
 # ------------------------------------------------------------------------------------------------

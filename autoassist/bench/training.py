@@ -14,6 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# the progress-driven one-cycle formula lives in the product (autoassist.lr_scheduler uses it);
+# the laboratory's loops set it per batch themselves
+from autoassist.schedules import one_cycle_lr
+
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2000) -> float:
@@ -120,24 +124,6 @@ class Stopwatch:
             self.cpu_total += time.process_time() - self._cpu_start
             self._start = None
         return self.total
-
-
-def one_cycle_lr(progress: float, max_lr: float, pct_start: float = 0.3,
-                 div_factor: float = 25.0, final_div_factor: float = 1e4) -> float:
-    """One-cycle learning rate as a function of training progress in [0, 1].
-
-    Driven by progress rather than by step count, so a run whose epochs shrink still warms up and
-    decays fully by the end of its budget (the "well-tuned baseline" rule of No Train No Gain).
-    """
-    import math
-
-    progress = min(max(progress, 0.0), 1.0)
-    start, end = max_lr / div_factor, max_lr / div_factor / final_div_factor
-    if progress < pct_start:
-        t = progress / pct_start
-        return start + (max_lr - start) * (1 - math.cos(math.pi * t)) / 2
-    t = (progress - pct_start) / (1 - pct_start)
-    return end + (max_lr - end) * (1 + math.cos(math.pi * t)) / 2
 
 
 def train_classifier(model: nn.Module, loader, test: tuple[torch.Tensor, torch.Tensor], *,

@@ -55,7 +55,8 @@ def save_loader(directory: str | os.PathLike, loader) -> None:
 def load_loader(directory: str | os.PathLike, loader) -> None:
     path = Path(directory) / "loader.pt"
     if path.is_file() and hasattr(loader, "load_state_dict"):
-        loader.load_state_dict(load_own(path))
+        # a loader's state holds tensors and plain values only
+        loader.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
 
 def finished_epochs(directory: str | os.PathLike | None, k: int = 0) -> int:

@@ -24,6 +24,7 @@ from autoassist.engine import plan as policy
 from autoassist.engine.device_losses import DeviceLossQueue
 from autoassist.engine.plan import EpochPlan
 from autoassist.engine.reports import ReportBuffer, check_finite, check_losses
+from autoassist.engine.safe_state import as_numpy, safe
 from autoassist.engine.telemetry import Telemetry
 
 
@@ -323,6 +324,8 @@ class ShrinkEngine:
 
     # -- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """Everything a resume needs, as tensors and plain Python values only
+        (``safe_state.safe``), so that ``torch.load`` with ``weights_only=True`` reads it."""
         self._take_device_losses(wait=True)  # no report in flight is lost from a checkpoint
         model_state, current = None, self.assistant is None  # ranks > 0 hold no Assistant
         if self.assistant is not None:
@@ -332,8 +335,9 @@ class ShrinkEngine:
         # without features (dim 0) every row is trivially complete: nothing to store
         have = np.flatnonzero(self.state.have) if self.dim else np.zeros(0, np.int64)
         plan = self.current
-        return {
-            "config": self.config.to_dict(),
+        return safe({
+            # ``extra`` holds the user's free-form notes (any object): not stored, as in files
+            "config": {k: v for k, v in self.config.to_dict().items() if k != "extra"},
             "dim": self.dim,
             "plan": None if plan is None else {
                 "epoch": plan.epoch, "reason": plan.reason.value, "scores": plan.scores,
@@ -349,7 +353,7 @@ class ShrinkEngine:
             "telemetry": list(self.telemetry),
             "drops": self.assistant.drops if self.assistant else 0,
             "first_scores_expired": self.first_scores_expired,
-        }
+        }, "engine state")
 
     def load_state_dict(self, state: dict[str, Any], *, path: str = "engine state") -> None:
         """Restore ``state_dict()``'s result: the whole state is checked first, so a state
@@ -379,6 +383,7 @@ class ShrinkEngine:
     def restore_state(self, state: dict[str, Any], plan: EpochPlan | None) -> None:
         """Load a state ``check_state`` accepted (``plan``: what it returned); nothing here
         can fail halfway."""
+        state = as_numpy(state)  # tensors (or a version-1 state's NumPy) as NumPy copies
         if self.assistant is not None:
             self.assistant.stop()
         ids = np.asarray(state["feature_ids"], np.int64)

@@ -181,6 +181,12 @@ def check_assistant_state(state: Any, *, n: int, dim: int, config, path: str) ->
     if kind != config.assistant:
         raise bad(f"{path}['model']['kind']", f"is {kind!r} but this loader's Assistant is "
                   f"{config.assistant!r}", f"pass assistant={kind!r} to resume that Assistant")
+    if kind == "sgd" and "pickle" in model:
+        raise bad(f"{path}['model']['pickle']", "is a scikit-learn model pickled by autoassist "
+                  "0.1.0 (loader state version 1), which autoassist no longer unpickles "
+                  "(unpickling runs any code the file holds)",
+                  f"resume it with autoassist 0.1.0, or set {path} to None to go on with a "
+                  "fresh Assistant")
     real(get(state, "loss_mean", path), f"{path}['loss_mean']", allow_nan=True)
     real(get(state, "accuracy", path), f"{path}['accuracy']", 0.0, 1.0, allow_nan=True)
     memory = get(state, "memory", path)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from autoassist.config import ShrinkConfig
+from autoassist.engine.safe_state import as_numpy, safe
 from autoassist.rl.replay import ReplayBuffer, _check_size
 
 
@@ -154,12 +155,14 @@ class AssistantSampler:
 
     # -- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"engine": self.engine.state_dict(), "rng": self.rng.bit_generator.state,
-                "round": self.round, "steps": self.steps, "size": self.size, "draws": self.draws,
-                "candidates": self.candidates[: self.count].copy(), "fresh": self.fresh.copy(),
-                "mean_keep": self._mean_keep}
+        return safe({"engine": self.engine.state_dict(), "rng": self.rng.bit_generator.state,
+                     "round": self.round, "steps": self.steps, "size": self.size,
+                     "draws": self.draws, "candidates": self.candidates[: self.count],
+                     "fresh": self.fresh, "mean_keep": self._mean_keep},
+                    "Assistant replay state")
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        state = as_numpy(state)
         if len(state["fresh"]) != self.capacity:
             raise ValueError("saved Assistant replay is for another buffer capacity")
         self.engine.load_state_dict(state["engine"])

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from autoassist.engine.safe_state import as_numpy, safe
 from autoassist.kernels import sum_tree
 from autoassist.rl.replay import ReplayBuffer, _check_size
 
@@ -61,11 +62,12 @@ class PrioritizedSampler:
         self.max_priority = max(self.max_priority, float(p.max()))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"sums": self.sums.copy(), "mins": self.mins.copy(),
-                "max_priority": self.max_priority, "draws": self.draws,
-                "rng": self.rng.bit_generator.state}
+        return safe({"sums": self.sums, "mins": self.mins, "max_priority": self.max_priority,
+                     "draws": self.draws, "rng": self.rng.bit_generator.state},
+                    "prioritized replay state")
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        state = as_numpy(state)
         if state["sums"].shape != self.sums.shape:
             raise ValueError("saved priorities are for another buffer capacity")
         self.sums[:], self.mins[:] = state["sums"], state["mins"]

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from autoassist.engine.safe_state import as_numpy, safe
+
 FIELDS = ("obs", "act", "rew", "next_obs", "done")
 
 
@@ -62,10 +64,12 @@ class ReplayBuffer:
         return {f: getattr(self, f)[slots] for f in FIELDS}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"capacity": self.capacity, "cursor": self.cursor, "size": self.size,
-                "added": self.added, **{f: getattr(self, f)[: self.size].copy() for f in FIELDS}}
+        return safe({"capacity": self.capacity, "cursor": self.cursor, "size": self.size,
+                     "added": self.added, **{f: getattr(self, f)[: self.size] for f in FIELDS}},
+                    "replay buffer state")
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        state = as_numpy(state)
         if state["capacity"] != self.capacity or state["obs"].shape[1:] != (self.obs_dim,):
             raise ValueError(f"saved buffer: capacity {state['capacity']}, observation shape "
                              f"{state['obs'].shape[1:]}; this one: {self.capacity}, "
@@ -94,7 +98,7 @@ class UniformSampler:
         pass
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": self.rng.bit_generator.state}
+        return safe({"rng": self.rng.bit_generator.state})
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rng.bit_generator.state = state["rng"]

@@ -122,7 +122,8 @@ def train(cfg: RLConfig, progress: bool = True, checkpoint: str | Path | None = 
           checkpoint_every: int | None = None, resume: bool = False) -> RLResult:
     from tqdm.auto import tqdm
 
-    from autoassist.boss.checkpoint import load_own, save_atomic
+    from autoassist.boss.checkpoint import save_atomic
+    from autoassist.engine.safe_state import safe
 
     if resume and checkpoint is None:
         raise ValueError("resume=True needs checkpoint=PATH")
@@ -155,15 +156,17 @@ def train(cfg: RLConfig, progress: bool = True, checkpoint: str | Path | None = 
                 pool.publish(agent.policy_state())
 
     def save() -> None:
-        save_atomic({"config": cfg.to_dict(), "agent": agent.state_dict(),
-                     "buffer": buffer.state_dict(), "sampler": sampler.state_dict(),
-                     "history": history, "episodes": episodes, "clock": clock,
-                     "eval_seconds": eval_seconds, "debt": debt, "next_eval": next_eval,
-                     "env_rng": env_rng.bit_generator.state}, checkpoint)
+        # tensors and plain values only: torch.load's default weights_only=True reads it
+        save_atomic(safe({"config": cfg.to_dict(), "agent": agent.state_dict(),
+                          "buffer": buffer.state_dict(), "sampler": sampler.state_dict(),
+                          "history": history, "episodes": episodes, "clock": clock,
+                          "eval_seconds": eval_seconds, "debt": debt, "next_eval": next_eval,
+                          "env_rng": env_rng.bit_generator.state}, "RL checkpoint"),
+                    checkpoint)
 
     env_rng = np.random.default_rng(cfg.seed)
     if resume and Path(checkpoint).exists():
-        state = load_own(checkpoint)
+        state = torch.load(checkpoint, map_location="cpu")
         _check_resumable(state["config"], cfg)
         agent.load_state_dict(state["agent"])
         buffer.load_state_dict(state["buffer"])
