@@ -11,14 +11,17 @@ from typing import Any
 
 
 def git_commit() -> str | None:
-    """HEAD (``+dirty`` with uncommitted changes); ``AUTOASSIST_COMMIT`` where the code runs from
-    a copy without git history (e.g. a GPU machine that received the working tree)."""
+    """HEAD (``+dirty`` with uncommitted changes outside ``benchmarks/results``: results that
+    benchmarks themselves wrote, e.g. a resumable store's run files, are not code);
+    ``AUTOASSIST_COMMIT`` where the code runs from a copy without git history (e.g. a GPU
+    machine that received the working tree)."""
     fallback = os.environ.get("AUTOASSIST_COMMIT") or None
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                              cwd=Path(__file__).parent, timeout=10)
         commit = out.stdout.strip() or None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                ":/", ":(exclude,top)benchmarks/results"],
                                capture_output=True, text=True, cwd=Path(__file__).parent,
                                timeout=10).stdout.strip()
         if not commit:
