@@ -5,6 +5,10 @@ theirs through the ``autoassist.commands`` entry-point group: each entry point i
 ``add(subparsers)`` that adds one sub-command (the laboratory's ``demo`` and ``bench`` come that
 way, from ``autoassist.bench.commands``), so the product never imports the laboratory.
 
+``autoassist --help`` and ``--version`` stay fast (no torch import): only the command being run
+has its ``add`` called (which may import heavy modules for its options); the others are listed
+by name with the first line of their ``add`` function's docstring as their help.
+
 Errors: a ``UsageError`` (bad arguments, settings file or input, found by the checks below or
 raised by the library's own validators of user input: config and space files, job names,
 budgets, traces) prints one line and exits with code 2; any other exception, also one raised by
@@ -15,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -179,28 +183,43 @@ def _fairseq_user_dir_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The ``autoassist`` parser.
+
+    Args:
+        commands: the registered commands whose options are built (their ``add`` runs); the
+            others are only listed. None: all of them.
+
+    Returns:
+        The parser; each sub-command sets ``func`` (``args.func(args)`` runs it).
+    """
+    from autoassist import __version__
+
     parser = argparse.ArgumentParser(
         prog="autoassist",
         description="Train deep networks faster on fewer, better-chosen instances.",
     )
-    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument("--version", action="version", version=__version__,
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _tune_parser(sub)
     _fairseq_user_dir_parser(sub)
-    for add in _registered_commands():
-        add(sub)
+    for name, add in _registered_commands():
+        if commands is None or name in commands:
+            add(sub)
+        else:  # listed for --help; its options are built when it is the command run
+            sub.add_parser(name, help=_summary(add), add_help=False)
     return parser
 
 
-def _registered_commands() -> list[Callable[[Any], None]]:
-    """The ``add(subparsers)`` functions of the ``autoassist.commands`` entry points, by name."""
+def _registered_commands() -> list[tuple[str, Callable[[Any], None]]]:
+    """``(name, add(subparsers))`` of the ``autoassist.commands`` entry points, by name."""
     from importlib.metadata import entry_points
 
     commands = []
     for ep in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
         try:
-            commands.append(ep.load())
+            commands.append((ep.name, ep.load()))
         except Exception as exc:  # a broken plug-in must not take the other commands down
             import warnings
 
@@ -210,14 +229,23 @@ def _registered_commands() -> list[Callable[[Any], None]]:
     return commands
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.version:
-        from autoassist import __version__
+def _summary(add: Callable[[Any], None]) -> str | None:
+    """A plug-in command's one-line help: its ``add`` function's docstring's first line."""
+    doc = (add.__doc__ or "").strip()
+    return doc.splitlines()[0].rstrip(".") if doc else None
 
-        print(__version__)
-        return 0
+
+def _command_in(argv: list[str]) -> str | None:
+    """The sub-command named in ``argv``: its first argument that is not an option (the
+    top-level options, ``--help`` and ``--version``, take no value)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = _command_in(argv)
+    parser = build_parser(set() if command is None else {command})
+    args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2

@@ -246,7 +246,10 @@ def read_settings_file(path: Path) -> dict[str, Any]:
     text = path.read_text()
     try:
         if path.suffix == ".toml":
-            import tomllib
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10: the same parser, as the tomli package
+                import tomli as tomllib
 
             return tomllib.loads(text)
         return json.loads(text)

