@@ -21,8 +21,9 @@ def _rank_main(rank: int, world: int, init_file: str, out_dir: str) -> None:
     gen = torch.Generator().manual_seed(0)
     data = TensorDataset(torch.randn(N, 6, generator=gen), torch.randint(0, 4, (N,), generator=gen))
     sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=5)
+    # a learner: the test follows the feature rows that rank 1 computes to rank 0's Assistant
     loader = autoassist.wrap(DataLoader(data, batch_size=32, sampler=sampler), floor=0.3,
-                             sync=True, warmup_epochs=1, seed=9)
+                             assistant="logistic", sync=True, warmup_epochs=1, seed=9)
     record = {"ids": [], "masks": [], "lens": [], "have": []}
     for epoch in range(3):
         loader.set_epoch(epoch)
