@@ -79,7 +79,10 @@ class AutoAssistTranslationConfig(TranslationConfig):
                 + _or_file(_DEFAULTS.anneal_epochs)})
     aa_reweight: bool = field(default=False, metadata={
         "help": "weight kept sentences by mean(P)/P_i: unbiased gradient "
-                "(not given: the --aa-config file's value, else off)"})
+                "(not given: the --aa-config file's value, else "
+                + ("on" if _DEFAULTS.reweight else "off") + ")"})
+    aa_no_reweight: bool = field(default=False, metadata={
+        "help": "train kept sentences at weight 1 (a biased gradient towards hard ones)"})
     aa_assistant: Optional[ChoiceEnum(list(ASSISTANT_KINDS))] = field(  # noqa: UP045
         default=None, metadata={"help": "Assistant model" + _or_file(_DEFAULTS.assistant)})
     aa_no_loss_history: bool = field(default=False, metadata={
@@ -110,10 +113,12 @@ def _shrink_config(cfg: AutoAssistTranslationConfig) -> ShrinkConfig:
         "assistant": None if cfg.aa_assistant is None else str(cfg.aa_assistant),
         # store_true flags: False is "not given"
         "adaptive_floor": True if cfg.aa_adaptive_floor else None,
-        "reweight": True if cfg.aa_reweight else None,
+        "reweight": True if cfg.aa_reweight else (False if cfg.aa_no_reweight else None),
         "loss_history": False if cfg.aa_no_loss_history else None,
         "sync": True if cfg.aa_sync else None,
     }
+    if cfg.aa_reweight and cfg.aa_no_reweight:
+        raise ValueError("--aa-reweight and --aa-no-reweight contradict each other: give one")
     changes = {k: v for k, v in given.items() if v is not None}
     changes["seed"] = int(cfg.aa_seed)
     anneal = changes.get("anneal_epochs", base.anneal_epochs)

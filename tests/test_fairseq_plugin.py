@@ -265,15 +265,17 @@ def test_aa_config_file_is_the_base_and_flags_override_it(data_bin, tmp_path):
 
     default = ShrinkConfig()
     path = ShrinkConfig(floor=0.55, warmup_epochs=2, reweight=True, label_ema=0.05,
-                        feature_dim=16, assistant_lr=0.05).to_file(tmp_path / "shrink.toml")
+                        assistant="logistic", feature_dim=16,
+                        assistant_lr=0.05).to_file(tmp_path / "shrink.toml")
     _, task = _in_process_task(data_bin, *PLUGIN, "--aa-config", str(path),
-                               "--aa-warmup-epochs", "3", "--aa-sync",
+                               "--aa-warmup-epochs", "3", "--aa-sync", "--aa-no-reweight",
                                "--aa-feature-dim", str(default.feature_dim),
                                "--aa-assistant-lr", str(default.assistant_lr))
     try:
         c = task.shrink_config
-        assert (c.floor, c.reweight, c.label_ema) == (0.55, True, 0.05)  # from the file
+        assert (c.floor, c.label_ema, c.assistant) == (0.55, 0.05, "logistic")  # the file
         assert c.warmup_epochs == 3 and c.sync  # flags given on the command line win
+        assert c.reweight is False  # an off-switch beats the file's True
         # ... even when the value given is the default
         assert (c.feature_dim, c.assistant_lr) == (default.feature_dim, default.assistant_lr)
         assert task.engine.dim == 2 * default.feature_dim + 2
@@ -295,7 +297,7 @@ def test_a_tuned_config_file_round_trips_into_the_fairseq_options(data_bin, tmp_
     from autoassist.tuning.space import to_config
 
     tuned = to_config({"floor": 0.37, "adaptive_floor": True, "anneal_fraction": 0.25,
-                       "reweight": True, "assistant": "sgd", "label_ema": 0.02,
+                       "reweight": False, "assistant": "sgd", "label_ema": 0.02,
                        "warmup_epochs": 2}, ShrinkConfig(), epochs=8)
     tuned = tuned.replace(rank_power=2.0, first_scores_wait=0.5, loss_history=False,
                           feature_dim=16, label_buckets=4, assistant_lr=0.05,
