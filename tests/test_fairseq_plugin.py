@@ -216,7 +216,8 @@ def _dist_rank(rank: int, world: int, init_file: str, data_bin: str, out_dir: st
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=world, timeout=datetime.timedelta(seconds=120))
-    _, task = _in_process_task(data_bin, *PLUGIN, "--aa-warmup-epochs", "0", "--aa-sync")
+    _, task = _in_process_task(data_bin, *PLUGIN, "--aa-warmup-epochs", "0", "--aa-sync",
+                               "--aa-floor", "0.3")
     try:
         n = len(task.dataset("train"))
         # rank-specific scores: without the broadcast every rank would keep a different set

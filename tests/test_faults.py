@@ -95,7 +95,8 @@ def test_a_non_finite_scoring_is_withheld_the_learner_restarts_and_the_boss_is_t
     try:
         state.features[:] = np.random.default_rng(0).normal(size=(50, 4))
         state.have[:] = 1
-        settings = AssistantSettings.from_config(ShrinkConfig(sync=True, loss_history=False))
+        settings = AssistantSettings.from_config(ShrinkConfig(sync=True, loss_history=False,
+                                                                        assistant="logistic"))
         worker = _Worker(state, settings, None, outbox=None)
         worker.model.w[:] = np.nan  # a learner that diverged
         worker.publish(epoch=0)
@@ -311,7 +312,7 @@ def test_feature_dir_setting_places_the_feature_table_and_must_exist(tmp_path):
 
     x, y = torch.randn(64, 3), torch.randint(0, 2, (64,))
     loader = autoassist.wrap(DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16),
-                             feature_dir=tmp_path)
+                             feature_dir=tmp_path, assistant="logistic")
     with loader:
         path = loader.engine.state.feature_path
         assert os.path.dirname(path) == str(tmp_path) and os.path.exists(path)
@@ -388,7 +389,8 @@ def test_a_state_that_cannot_be_loaded_changes_nothing_and_training_goes_on():
 
     train = _magic(1200)
     model, opt = _linear_boss()
-    loader = autoassist.wrap(DataLoader(train, batch_size=64, shuffle=True), seed=4, sync=True)
+    loader = autoassist.wrap(DataLoader(train, batch_size=64, shuffle=True), seed=4, sync=True,
+                             assistant="logistic")  # a learner: the states hold its features
     with loader:
         _train_epochs(loader, model, opt, [0, 1])
         loader.set_epoch(2)

@@ -84,7 +84,7 @@ def test_assistant_learns_and_selection_accounts_for_every_instance(fmnist_train
     model = small_cnn(width=8)
     gen = torch.Generator().manual_seed(0)
     base = DataLoader(data, batch_size=100, shuffle=True, generator=gen)
-    with autoassist.wrap(base, floor=0.2, sync=True, seed=3) as loader:
+    with autoassist.wrap(base, floor=0.2, sync=True, seed=3, assistant="logistic") as loader:
         reported = _train_epochs(loader, model, epochs=2)
         # epoch 2 is a shrinking epoch: check what it yields against its plan
         loader.set_epoch(2)

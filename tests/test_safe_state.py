@@ -112,7 +112,7 @@ def test_node_and_replay_states_load_with_weights_only(tmp_path):
     from autoassist.rl.prioritized import PrioritizedSampler
     from autoassist.rl.replay import ReplayBuffer, UniformSampler
 
-    node = ShrinkSampler(100, sync=True, features=torch.randn(100, 4))
+    node = ShrinkSampler(100, sync=True, assistant="logistic", features=torch.randn(100, 4))
     try:
         node.reset()
         ids = [node.next() for _ in range(10)]

@@ -158,8 +158,8 @@ def test_the_cli_says_in_one_line_what_is_wrong_with_a_job_or_a_space(tmp_path, 
     job = f"{ROOT / 'tests' / 'tune_jobs.py'}:tiny"
     (tmp_path / "space.toml").write_text("[space]\nfloor = [0.5, 1.5]\n")
     err = _cli_error(["tune", job, "--space", "space.toml"], capsys)
-    assert err == ("autoassist: error: ShrinkConfig.floor=1.5: must lie in [0, 1] (0.3 is the "
-                   "paper's image setting)\n")
+    assert err == ("autoassist: error: ShrinkConfig.floor=1.5: must lie in [0, 1] (0.5 is the "
+                   "default, 0.3 the paper's image setting)\n")
     (tmp_path / "typo.toml").write_text("[space]\nflor = [0.5]\n")
     assert "'flor' is not a tunable setting" in _cli_error(
         ["tune", job, "--space", "typo.toml"], capsys)
@@ -261,7 +261,8 @@ def trace_dir(fmnist_dir, tmp_path_factory):
     full = FashionMNIST("train", root=fmnist_dir)
     loader = autoassist.wrap(DataLoader(Subset(full, range(3000)), batch_size=100, shuffle=True,
                                         generator=torch.Generator().manual_seed(0)),
-                             floor=0.3, warmup_epochs=1, sync=True, trace_dir=str(out))
+                             floor=0.3, warmup_epochs=1, sync=True, trace_dir=str(out),
+                             assistant="logistic")
     reported: list[tuple] = []
     real_report = loader.report
 
