@@ -13,6 +13,7 @@ from typing import Any
 from autoassist.errors import UsageError, UsageFileNotFoundError
 
 ASSISTANT_KINDS = ("logistic", "sgd", "mlp", "memory")
+REWEIGHT_SCALES = ("mean", "sum")
 
 
 @dataclass
@@ -47,6 +48,10 @@ class ShrinkConfig:
             Boss then never waits for the Assistant).
         reweight: weight kept instances by ``mean(P) / P_i`` so the expected gradient is
             unbiased.
+        reweight_scale: with ``reweight``, "mean": weights ``mean(P) / P_i``, so each step's
+            expected gradient is uniform's and a shrunk epoch moves ``mean(P)`` as far as a
+            full one; "sum": weights ``1 / P_i`` (InfoBatch's rescaling), so a shrunk epoch's
+            summed gradient is a full epoch's (larger steps, fewer of them).
         assistant: "logistic" (online logistic regression), "sgd" (scikit-learn
             SGDClassifier), "mlp" (a tiny torch net), or "memory" (no learner: informative
             while the instance's last loss was above the running mean, InfoBatch's rule;
@@ -96,6 +101,7 @@ class ShrinkConfig:
     epochs: int | None = None
     first_scores_wait: float = 0.25
     reweight: bool = True
+    reweight_scale: str = "mean"
     assistant: str = "memory"
     loss_history: bool = True
     label_ema: float = 0.01
@@ -133,6 +139,8 @@ class ShrinkConfig:
         if not (0.0 <= self.first_scores_wait <= 10.0) or math.isnan(self.first_scores_wait):
             raise bad("first_scores_wait", "must lie in [0, 10] (a fraction of an epoch's time; "
                       "0 never waits)")
+        if self.reweight_scale not in REWEIGHT_SCALES:
+            raise bad("reweight_scale", f"must be one of {REWEIGHT_SCALES}")
         if self.anneal_epochs and self.epochs is None:
             raise bad("anneal_epochs", "needs the training budget: pass epochs=<total epochs>")
         if self.epochs is not None and self.epochs <= 0:

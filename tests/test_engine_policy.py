@@ -429,3 +429,27 @@ def test_a_publish_cut_short_by_a_death_does_not_break_the_seqlock_after_a_resta
     finally:
         proc.stop()
         state.close()
+
+
+@pytest.mark.parametrize("scale", ["mean", "sum"])
+def test_reweighting_scales_each_step_or_each_epoch_like_a_full_one(scale):
+    """"mean": weights mean(P) / P_i, each step's expected gradient is uniform's; "sum": weights
+    1 / P_i, a shrunk epoch's expected summed gradient is a full epoch's (InfoBatch's)."""
+    data, loss = _data()
+    with autoassist.wrap(DataLoader(data, batch_size=100, shuffle=True), sync=True, seed=2,
+                         reweight_scale=scale) as loader:
+        weights, ids = [], []
+        for epoch in range(2):
+            loader.set_epoch(epoch)
+            for _x, idx in loader:
+                if epoch == 1:
+                    weights.append(loader.engine.loss_weights(idx.numpy(), loss[idx]))
+                    ids.append(idx)
+                loader.report(loss[idx])
+        plan = loader.engine.current
+    ids = torch.cat(ids).numpy()
+    assert plan.reason == "shrink" and len(ids) == plan.kept < N
+    p = 0.5 + 0.5 * plan.scores[ids]  # P_i = b + (1 - b) p_i at the default floor 0.5
+    assert set(np.unique(p)) == {0.5, 1.0}  # the memory Assistant's 0/1 scores
+    expected = 1 / p if scale == "sum" else plan.mean_keep / p
+    np.testing.assert_allclose(torch.cat(weights).numpy(), expected, rtol=1e-6)

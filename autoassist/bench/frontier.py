@@ -59,7 +59,7 @@ FRACTIONS = (1 / 3, 2 / 3, 1.0, 3 / 2)
 MULTIPLIERS = {"uniform": 1.0, "autoassist": 1.5, "autoassist_reweight_anneal": 2.0,
                "published": 2.0, "random_subset": 1.5, "infobatch": 1.5,
                "selective_backprop": 1.5, "aa_floor05_rw": 1.5, "aa_floor05_rw_tail": 1.5,
-               "aa_memory_rw": 1.5, "aa_memory_rw_tail": 1.5,
+               "aa_memory_rw": 1.5, "aa_memory_rw_tail": 1.5, "aa_sum": 1.5, "aa_sum_tail": 1.5,
                # the control: uniform again with another data order (same initial weights), so
                # the readings of a method exactly as good as uniform show what noise alone gives
                "uniform_reshuffled": 1.0}
@@ -81,6 +81,11 @@ VARIANTS: dict[str, tuple[str, Any]] = {
     "aa_memory_rw_tail": ("autoassist", lambda e: {"assistant": "memory", "floor": 0.5,
                                                    "reweight": True, "epochs": e,
                                                    "anneal_epochs": max(1, round(e / 8))}),
+    # the defaults with InfoBatch's rescaling (weights 1 / P: a shrunk epoch's summed gradient
+    # is a full epoch's), without and with its full-data tail
+    "aa_sum": ("autoassist", {"reweight_scale": "sum"}),
+    "aa_sum_tail": ("autoassist", lambda e: {"reweight_scale": "sum", "epochs": e,
+                                             "anneal_epochs": max(1, round(e / 8))}),
 }
 METHODS = ("uniform", "autoassist", "published", "infobatch", "selective_backprop",
            "random_subset")

@@ -269,12 +269,15 @@ class ShrinkEngine:
             self._pending.add_forget(ids.copy())  # sent with the next losses, ahead of them
 
     def loss_weights(self, ids: np.ndarray, like: torch.Tensor) -> torch.Tensor | None:
-        """Per-instance loss weights ``mean(P) / P_i`` (as ``like``'s device and dtype), or None
-        when the current epoch needs none (no ``reweight``, or it keeps everything)."""
+        """Per-instance loss weights ``mean(P) / P_i``, or ``1 / P_i`` with
+        ``reweight_scale="sum"`` (as ``like``'s device and dtype), or None when the current epoch
+        needs none (no ``reweight``, or it keeps everything)."""
         plan = self.current
         if not self.config.reweight or plan is None or plan.mask is None:
             return None
         weights = torch.from_numpy(plan.weights(ids))
+        if self.config.reweight_scale == "sum":
+            weights = weights / plan.mean_keep
         if like.device.type == "cpu" and like.dtype == torch.float32:
             return weights
         if like.device.type == "cuda":  # pinned + non-blocking: no wait for the GPU's queue
