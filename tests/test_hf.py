@@ -213,3 +213,46 @@ def test_settings_the_trainer_cannot_shrink_are_refused(data, tmp_path):
                                     train_dataset=dataset, data_collator=collate)
         with pytest.raises(UsageError):
             trainer.train()
+
+
+def _running(pid: int | None) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_the_assistant_is_closed_when_training_fails(data, tmp_path):
+    dataset, vocab = data
+
+    class Fails(AutoAssistTrainer):
+        pid = None
+
+        def per_sample_loss(self, model, outputs, labels):
+            if self.state.global_step == 8:  # in the first shrunk epoch
+                Fails.pid = self.shrinking_loader.engine.assistant.pid
+                raise RuntimeError("fails on purpose")
+            return super().per_sample_loss(model, outputs, labels)
+
+    trainer = Fails(model=_model(vocab), args=_args(tmp_path), train_dataset=dataset,
+                    data_collator=collate, shrink=SHRINK)
+    # the broken epoch is recorded as it ended: its last batches' losses never came
+    with pytest.raises(RuntimeError, match="fails on purpose"), \
+            pytest.warns(RuntimeWarning, match="never reported"):
+        trainer.train()
+    assert Fails.pid is not None and not _running(Fails.pid)
+    assert trainer.shrinking_loader is None
+    assert [r["epoch"] for r in trainer.telemetry] == [0, 1]
+    assert trainer.telemetry[1]["unreported_instances"] > 0
+
+
+def test_prepare_must_keep_the_shrinking_batch_sampler(data):
+    import autoassist
+
+    dataset, _ = data
+    loader = torch.utils.data.DataLoader(dataset, batch_size=4, collate_fn=collate)
+    with pytest.raises(ValueError, match="shrinking batch sampler"):
+        autoassist.wrap(loader, prepare=lambda dl: torch.utils.data.DataLoader(
+            dl.dataset, batch_size=4, collate_fn=collate))
