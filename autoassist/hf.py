@@ -337,7 +337,8 @@ class AutoAssistTrainer(Trainer):
                 "AutoAssistTrainer needs the batch's labels to compute per-sequence losses; the "
                 "collator made none (for causal LMs set labels = input_ids, -100 at padding)"
             )
-        outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+        # labels go in too: encoder-decoder models make their decoder inputs from them
+        outputs = model(**inputs)
         per_sample = self.per_sample_loss(model, outputs, labels)
         loss = adapter.loader.report(per_sample, ids=ids)
         adapter.reported()

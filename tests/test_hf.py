@@ -256,3 +256,42 @@ def test_prepare_must_keep_the_shrinking_batch_sampler(data):
     with pytest.raises(ValueError, match="shrinking batch sampler"):
         autoassist.wrap(loader, prepare=lambda dl: torch.utils.data.DataLoader(
             dl.dataset, batch_size=4, collate_fn=collate))
+
+
+def test_sequence_classification_losses_are_per_instance(data, tmp_path):
+    from transformers import GPT2ForSequenceClassification
+
+    dataset, vocab = data
+    median = np.median([len(s) for s in dataset.seqs])
+
+    class Labelled(Verses):
+        def __getitem__(self, i):
+            item = super().__getitem__(i)
+            item["labels"] = torch.tensor(int(len(self.seqs[i]) > median))
+            return item
+
+    def collate_classes(items):
+        labels = torch.stack([item.pop("labels") for item in items])
+        batch = collate([{**item, "labels": item["input_ids"]} for item in items])
+        batch["labels"] = labels
+        return batch
+
+    checked = []
+
+    class Check(AutoAssistTrainer):
+        def per_sample_loss(self, model, outputs, labels):
+            per = super().per_sample_loss(model, outputs, labels)
+            assert per.shape == labels.shape
+            torch.testing.assert_close(per.mean(), outputs.loss)  # HF's batch mean
+            checked.append(len(per))
+            return per
+
+    torch.manual_seed(0)
+    model = GPT2ForSequenceClassification(GPT2Config(
+        n_layer=1, n_head=2, n_embd=32, vocab_size=vocab, n_positions=MAX_LEN, num_labels=2,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, pad_token_id=PAD))
+    trainer = Check(model=model, args=_args(tmp_path, num_train_epochs=3),
+                    train_dataset=Labelled(dataset.seqs), data_collator=collate_classes,
+                    shrink=SHRINK)
+    trainer.train()
+    assert sum(checked) == sum(r["kept"] for r in trainer.telemetry) < 3 * N
