@@ -25,8 +25,9 @@ How it meets the Trainer (docs/hf.md has the details):
   and a callback stops training once ``num_train_epochs`` epochs have run. The LR schedule the
   Trainer asks for (``lr_scheduler_type``, warm-up) is read at the run's *progress* (epoch and
   position in the shrunk epoch), so it ends where it should however epochs shrink.
-- State: ``autoassist.pt`` in each checkpoint folder (tensors and plain values: ``torch.load``'s
-  default ``weights_only=True`` reads it); ``train(resume_from_checkpoint=...)`` continues.
+- State: ``autoassist_state.pt`` in each checkpoint folder (tensors and plain values:
+  ``torch.load``'s default ``weights_only=True`` reads it); ``train(resume_from_checkpoint=...)``
+  continues.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ except ImportError as error:  # pragma: no cover - the extra is installed wherev
 __all__ = ["IDS_KEY", "STATE_FILE", "AutoAssistTrainer", "token_features"]
 
 IDS_KEY = "autoassist_ids"  # the batch entry holding its instance ids (taken out before forward)
-STATE_FILE = "autoassist.pt"  # in each checkpoint folder: the loader's and Assistant's state
+STATE_FILE = "autoassist_state.pt"  # in each checkpoint folder: the loader's and Assistant's state
 _STATE_VERSION = 1
 
 

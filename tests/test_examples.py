@@ -174,4 +174,4 @@ def test_hf_trainer_example_shrinks(tmp_path):
     assert all(0 < k < 200 for k in kept) and "(shrink)" in lines[2]
     losses = [float(line.rsplit("train loss ", 1)[1]) for line in lines]
     assert losses[2] < losses[0]  # it learns
-    assert len(list(tmp_path.glob("checkpoint-*/autoassist.pt"))) == 3
+    assert len(list(tmp_path.glob("checkpoint-*/autoassist_state.pt"))) == 3
