@@ -301,6 +301,7 @@ def test_a_tuned_config_file_round_trips_into_the_fairseq_options(data_bin, tmp_
                        "reweight": False, "assistant": "sgd", "label_ema": 0.02,
                        "warmup_epochs": 2}, ShrinkConfig(), epochs=8)
     tuned = tuned.replace(rank_power=2.0, first_scores_wait=0.5, loss_history=False,
+                          reweight_scale="sum",
                           feature_dim=16, label_buckets=4, assistant_lr=0.05,
                           assistant_threads=2, kernel_threads=1, queue_size=32, send_every=2,
                           sync=True, max_restarts=1, trace_dir=str(tmp_path / "trace"),
