@@ -104,7 +104,10 @@ def run(n: int, epochs: int, rounds: int, batch_size: int) -> dict:
                 shm = os.stat(f"/dev/shm/{state.name.lstrip('/')}").st_size
                 memory[kind] = {
                     "dev_shm_bytes_per_instance": shm / n,
-                    "feature_file_bytes_per_instance": os.path.getsize(state.feature_path) / n,
+                    # the default memory Assistant reads no features: no feature file at all
+                    "feature_file_bytes_per_instance": (
+                        os.path.getsize(state.feature_path) / n
+                        if hasattr(state, "feature_path") else 0.0),
                     "assistant_peak_rss_mb": _peak_rss_mb(loader.engine.assistant.pid),
                     "wrap_seconds": wrap_seconds,
                 }
