@@ -51,7 +51,7 @@ try:
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 except ImportError as error:  # pragma: no cover - the extra is installed wherever tests run
     raise ImportError(
-        "autoassist.hf needs Hugging Face transformers (4.57 or 5.x) and accelerate: "
+        "autoassist.hf needs Hugging Face transformers (>= 4.57, < 5) and accelerate: "
         "pip install 'autoassist[hf]'"
     ) from error
 
