@@ -1,8 +1,10 @@
 """autoassist.hf: the AutoAssistTrainer with real transformers on CPU, a one-layer GPT-2 built
 from a config (no hub download) trained on bible.db verses (word ids from our own vocabulary)."""
 
+import importlib.util
 import os
 import sqlite3
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -38,30 +40,18 @@ def _verses(n: int = N) -> list[list[int]]:
     return out
 
 
-class Verses(torch.utils.data.Dataset):
-    def __init__(self, seqs):
-        self.seqs = seqs
-
-    def __len__(self):
-        return len(self.seqs)
-
-    def __getitem__(self, i):
-        ids = torch.tensor(self.seqs[i])
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+def _load_example():
+    """The example's dataset and collator: the test trains on what users run."""
+    path = Path(__file__).resolve().parents[1] / "examples" / "hf_trainer.py"
+    spec = importlib.util.spec_from_file_location("autoassist_example_hf_trainer", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def collate(items):
-    """Right padding: input ids PAD, attention 0, labels -100 there."""
-    width = max(len(item["input_ids"]) for item in items)
-    out = {"input_ids": torch.full((len(items), width), PAD),
-           "attention_mask": torch.zeros(len(items), width, dtype=torch.long),
-           "labels": torch.full((len(items), width), -100)}
-    for row, item in enumerate(items):
-        k = len(item["input_ids"])
-        out["input_ids"][row, :k] = item["input_ids"]
-        out["attention_mask"][row, :k] = 1
-        out["labels"][row, :k] = item["labels"]
-    return out
+_example = _load_example()
+Verses, collate = _example.Verses, _example.collate
+assert _example.PAD == PAD
 
 
 def _model(vocab: int) -> GPT2LMHeadModel:
