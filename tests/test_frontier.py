@@ -174,7 +174,8 @@ def test_frontier_runs_are_stored_and_skipped_on_rerun(tmp_path, monkeypatch):
     assert "saving_compute" in saved["headline"]
     assert set(saved["headline"]) >= {"task", "saving", "saving_ci_low", "saving_infobatch",
                                       "saving_sb", "saving_published", "saving_random",
-                                      "gain_equal_time", "best_gap"}
+                                      "saving_control", "gain_equal_time", "best_gap"}
+    assert saved["headline"]["saving_control"] is None  # the control was not run
     assert result["headline"] == saved["headline"]
     assert len(list((tmp_path / "frontier_runs").glob("*.json"))) == 9
     # autoassist ran with the library's defaults: wrap(loader) with nothing but the seed

@@ -370,8 +370,9 @@ def overhead_ratio(points: list[dict[str, Any]], method: str) -> float | None:
 
 def headline(task: str, analysis: dict[str, Any],
              by_compute: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The last stdout line: savings per method, the interval's low end, the equal-cost gain
-    (CPU seconds), and autoassist's saving and gain on the compute axis when given."""
+    """The last stdout line: savings per method (the reshuffle control's too, the reading a
+    method exactly as good as uniform gets), the interval's low end, the equal-cost gain (CPU
+    seconds), and autoassist's saving and gain on the compute axis when given."""
     methods = analysis["methods"]
 
     def get(method: str, key: str):
@@ -389,6 +390,8 @@ def headline(task: str, analysis: dict[str, Any],
         "saving_sb": get("selective_backprop", "saving"),
         "saving_published": get("published", "saving"),
         "saving_random": get("random_subset", "saving"),
+        # what noise alone reads: uniform again in another data order (None if not run)
+        "saving_control": get("uniform_reshuffled", "saving"),
         "gain_equal_time": gain.get("mean"),
         "gain_equal_time_se": gain.get("se"),
         "best_gap": None if best_u is None or best_a is None else best_a - best_u,
