@@ -20,15 +20,20 @@ How it meets Lightning (docs/lightning.md has the details):
   takes them, and ``report`` pairs the losses with those. The loader's epoch end (the
   Assistant's scoring request) is held until the epoch's last batch is reported.
 - The loader's state (Assistant included) is the callback's ``state_dict``, so it rides in
-  Lightning's checkpoints; each epoch's telemetry is logged with ``log_dict``.
+  Lightning's checkpoints; each epoch's telemetry is logged with ``log_dict``. Lightning writes
+  rank 0's checkpoint only, so under DDP ``state_dict`` (called on every rank) gathers each
+  rank's own part (its position, its reports not yet sent to rank 0, its telemetry) into it,
+  and each rank resumes from its own.
 """
 
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections import deque
 from collections.abc import Iterator
 from contextlib import ExitStack
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -42,7 +47,10 @@ from torch.utils.data import (
 )
 
 from autoassist.config import ShrinkConfig
+from autoassist.engine import state_check
+from autoassist.engine.distributed import rank_world
 from autoassist.errors import UsageError
+from autoassist.pipelines.base import with_rank_state
 from autoassist.pipelines.dataloader import ShrinkingLoader, loading_settings, wrap
 
 try:
@@ -81,8 +89,9 @@ class AutoAssist(Callback):
     Trainer's callbacks, and return ``aa.report(per_sample)`` from ``training_step``. The
     callback sets the loader's epoch, shards the kept set under DDP, saves the loader and its
     Assistant in Lightning's checkpoints (a run resumed with ``ckpt_path=`` continues exactly,
-    bit for bit with ``sync=True``), logs each epoch's telemetry with ``log_dict`` (keys
-    ``autoassist/<field>``) and closes the Assistant when ``fit`` ends, also on an exception.
+    bit for bit with ``sync=True``, also under DDP with the same number of processes), logs
+    each epoch's telemetry with ``log_dict`` (keys ``autoassist/<field>``) and closes the
+    Assistant when ``fit`` ends, also on an exception.
 
     Args:
         config: a ``ShrinkConfig``, a dict of its settings, or a .toml/.json file; None for
@@ -91,22 +100,35 @@ class AutoAssist(Callback):
         inputs: ``fn(batch) -> (x, y)`` when a batch is not ``(x, y, ...)`` or a dict.
         tensorboard: a log directory for the telemetry besides Lightning's loggers.
         log_telemetry: log each epoch's telemetry through the LightningModule's ``log_dict``.
+        state_timeout: under DDP, seconds a checkpoint waits for the other ranks' loader
+            state (every rank saves together; a rank that never comes, as when one rank saves
+            alone, costs this wait once, and the checkpoint then holds rank 0's state only,
+            with a warning).
         **settings: single settings that win over ``config``'s (``floor=0.3``, ``sync=True``).
 
     Raises:
         UsageError: an unknown setting or one out of its range (a ``ValueError``).
         TypeError: ``config`` is of an unknown type.
+        ValueError: ``state_timeout`` is not a positive number of seconds.
     """
 
     def __init__(self, config=None, *, features=None, inputs=None,
-                 tensorboard: str | None = None, log_telemetry: bool = True, **settings):
+                 tensorboard: str | None = None, log_telemetry: bool = True,
+                 state_timeout: float = 300.0, **settings):
         self.config = ShrinkConfig.coerce(config, **settings)
+        if not (isinstance(state_timeout, numbers.Real) and state_timeout > 0):
+            raise ValueError(f"state_timeout={state_timeout!r}: give a positive number of "
+                             "seconds (the default is 300)")
         self._options = {"features": features, "inputs": inputs, "tensorboard": tensorboard}
         self.log_telemetry = log_telemetry
+        self.state_timeout = float(state_timeout)
         self.loader: ShrinkingLoader | None = None
         self._source: DataLoader | None = None  # the DataLoader given to wrap(), now shrinking
         self._trainer = None
-        self._state_to_load: dict[str, Any] | None = None
+        self._loaded: dict[str, Any] | None = None  # a checkpoint's state, until the loader
+        # under DDP: a gloo group of its own for gathering the ranks' states at a checkpoint,
+        # with its own deadline (a lone rank's gather times out instead of hanging training)
+        self._group = None
         self._yielded: deque[tuple[np.ndarray, Any]] = deque()  # yielded, not yet in training
         self._current: tuple[np.ndarray, Any] | None = None  # the batch in training_step
         self._held = ExitStack()  # the loader's epoch end, held until its last batch's report
@@ -197,13 +219,15 @@ class AutoAssist(Callback):
             dataloader = _sharded(dataloader, trainer.global_rank, trainer.world_size,
                                   self.config.seed)
         loader = wrap(dataloader, self.config, **self._options)
-        if self._state_to_load is not None:
+        if self._loaded is not None:
             try:
-                loader.load_state_dict(self._state_to_load)
+                state = _state_for_rank(self._loaded, trainer.global_rank, trainer.world_size)
+                if state is not None:
+                    loader.load_state_dict(state)
             except BaseException:
                 loader.close()
                 raise
-            self._state_to_load = None
+            self._loaded = None
         self.loader = loader
         self._logged = len(loader.telemetry)  # a resumed run's earlier epochs were logged
         return loader
@@ -233,8 +257,15 @@ class AutoAssist(Callback):
 
     # -- Lightning's hooks -----------------------------------------------------------------------
     def setup(self, trainer, pl_module, stage: str) -> None:
-        """Remember the trainer: the loader is made in its process, for its world size."""
+        """Remember the trainer: the loader is made in its process, for its world size.
+        Under DDP, make the group that gathers the ranks' states at checkpoints (every rank
+        runs ``setup`` together, once the process group is up)."""
         self._trainer = trainer
+        dist = torch.distributed
+        if (stage == "fit" and self._group is None and trainer.world_size > 1
+                and dist.is_available() and dist.is_initialized()):
+            self._group = dist.new_group(backend="gloo",
+                                         timeout=timedelta(seconds=self.state_timeout))
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         """Set the loader's epoch to Lightning's (it plans the epoch; under DDP every rank
@@ -274,34 +305,88 @@ class AutoAssist(Callback):
     def state_dict(self) -> dict[str, Any]:
         """The loader's state (epoch, position, Assistant, scores, features, telemetry).
 
+        Lightning calls it on every rank and writes rank 0's result only. Under DDP each rank
+        therefore sends its own part (``ShrinkingLoader.rank_state()``: its position, its
+        reports not yet gathered to rank 0, its telemetry) to rank 0 here, in one
+        ``gather_object`` on the callback's own gloo group, within ``state_timeout``;
+        nothing is sent to the Assistant, so a run that checkpoints trains as one that does
+        not.
+
         Returns:
-            ``{"loader": ShrinkingLoader.state_dict()}`` (empty before the loader exists),
-            its position counting only the batches Lightning has trained: a batch fetched
-            ahead is yielded again after a resume.
+            On rank 0 (or without DDP): ``{"loader": ShrinkingLoader.state_dict(),
+            "world_size": W, "ranks": [rank 1's part, ..., rank W-1's]}`` ("ranks" None when
+            the other ranks' parts did not come), empty before the loader exists. On a rank
+            > 0: ``{"rank": r, "world_size": W, "rank_state": its part}``, for rank 0's
+            gather. Each position counts only the batches Lightning has trained: a batch
+            fetched ahead is yielded again after a resume.
         """
         if self.loader is None:
-            return {} if self._state_to_load is None else {"loader": self._state_to_load}
-        state = self.loader.state_dict()
+            return {} if self._loaded is None else self._loaded
+        rank, world = self._rank_world()
+        parts = None
+        if world > 1:  # the parts first: rank 0's own state may wait for its Assistant
+            own = self._trained_part(self.loader.rank_state())
+            parts = self._gather_rank_states(own)
+            if rank > 0:
+                return {"rank": rank, "world_size": world, "rank_state": own}
+        state = self._trained_part(self.loader.state_dict())
+        return {"loader": state, "world_size": world,
+                "ranks": None if parts is None else parts[1:]}
+
+    def _trained_part(self, state: dict[str, Any]) -> dict[str, Any]:
+        """``state`` with the batches fetched ahead (not trained yet) given back."""
         if self._yielded:
             state["batches_done"] -= len(self._yielded)
             state["epoch_complete"] = False
-        return {"loader": state}
+        return state
+
+    def _rank_world(self) -> tuple[int, int]:
+        """This process's rank and the number of training processes (the trainer's)."""
+        trainer = self._trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else rank_world()
+
+    def _gather_rank_states(self, own: dict[str, Any]) -> list | None:
+        """Every rank's part, in rank order, on rank 0 (None on the others); None, with a
+        warning, when a rank did not come within ``state_timeout``: the group is then given
+        up, and later checkpoints hold rank 0's state only."""
+        dist = torch.distributed
+        group = self._group
+        if group is None:  # given up after a timeout (warned then), or no process group
+            return None
+        rank, world = dist.get_rank(group), dist.get_world_size(group)
+        received = [None] * world if rank == 0 else None
+        try:
+            dist.gather_object(own, received, dst=0, group=group)
+        except RuntimeError as error:  # gloo's deadline (DistBackendError is a RuntimeError)
+            self._group = None
+            warnings.warn(
+                f"autoassist: rank {rank}'s checkpoint did not meet the other ranks' within "
+                f"state_timeout={self.state_timeout:g} s ({error}); the checkpoint holds rank "
+                "0's loader state only, and a resume from it is not bit-identical (every "
+                "rank takes rank 0's state). Save checkpoints on every rank at the same point "
+                "(trainer.save_checkpoint on all ranks, as ModelCheckpoint does), or raise "
+                "AutoAssist(state_timeout=...)", RuntimeWarning, stacklevel=3)
+            return None
+        return received
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Keep a checkpoint's loader state for the loader, which is made at the first
-        iteration (or load it now into an open one).
+        iteration (or load it now into an open one); under DDP each rank takes its own part.
 
         Raises:
             ValueError: the state cannot be loaded (``ShrinkingLoader.load_state_dict``'s
-                checks, when the loader is open already).
+                checks, when the loader is open already); or a ``UsageError``: it was saved
+                in the middle of an epoch by another number of processes, or it is a rank's
+                part rather than rank 0's checkpoint (``_state_for_rank``).
         """
-        state = state_dict.get("loader")
-        if state is None:
+        if not state_dict:
             return
-        if self.loader is not None:
+        if self.loader is None:
+            self._loaded = state_dict
+            return
+        state = _state_for_rank(state_dict, *self._rank_world())
+        if state is not None:
             self.loader.load_state_dict(state)
-        else:
-            self._state_to_load = state
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         """Stop the Assistant when ``fit`` fails."""
@@ -318,6 +403,9 @@ class AutoAssist(Callback):
         loader, self.loader = self.loader, None
         self._yielded.clear()
         self._current = None
+        group, self._group = self._group, None
+        if group is not None and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group(group)
         if loader is None:
             return
         try:
@@ -346,3 +434,60 @@ def _sharded(dataloader: DataLoader, rank: int, world: int, seed: int) -> DataLo
                                shuffle=isinstance(sampler, RandomSampler), seed=seed)
     return DataLoader(dataloader.dataset, batch_size=dataloader.batch_size, sampler=shard,
                       drop_last=dataloader.drop_last, **loading_settings(dataloader))
+
+
+def _state_for_rank(saved: dict[str, Any], rank: int, world: int) -> dict[str, Any] | None:
+    """Rank ``rank``'s loader state (of ``world``) from the callback state a checkpoint holds
+    (``AutoAssist.state_dict()`` of rank 0); None when it holds none.
+
+    Same world size: rank 0 takes ``loader``, rank r rank 0's with its own part in place
+    (``with_rank_state``). Another world size is fine at an epoch's end (shards are cut
+    afresh from the next plan; rank 0's Assistant takes the reports the saved ranks had not
+    sent yet, and every rank rank 0's records), but not in the middle of an epoch, whose
+    position counts batches of the saved ranks' shards.
+    """
+    shared = saved.get("loader")
+    if shared is None:
+        if "rank_state" in saved:
+            raise UsageError(
+                f"this AutoAssist state is rank {saved.get('rank')}'s part of a checkpoint, "
+                "for rank 0's; resume from the checkpoint rank 0 wrote (Lightning's "
+                "ckpt_path=)")
+        return None
+    if saved.get("world_size") is None:  # written before per-rank parts: rank 0's for all
+        return shared
+    saved_world = state_check.integer(saved["world_size"], "AutoAssist state['world_size']",
+                                      low=1)
+    parts = saved.get("ranks")
+    if parts is not None:
+        parts = state_check.sequence(parts, "AutoAssist state['ranks']", saved_world - 1)
+        for r, part in enumerate(parts, 1):
+            state_check.as_dict(part, f"AutoAssist state['ranks'][{r - 1}] (rank {r})")
+    if saved_world == world:
+        if rank == 0:
+            return shared
+        if parts is None:
+            warnings.warn(
+                "autoassist: this checkpoint holds rank 0's loader state only (the other "
+                "ranks' did not reach it when it was saved); every rank resumes from rank "
+                "0's, so the run goes on but not bit-identically", RuntimeWarning,
+                stacklevel=3)
+            return shared
+        return with_rank_state(shared, parts[rank - 1])
+    positions = [shared, *(parts or [])]
+    if not all(bool(p.get("epoch_complete")) for p in positions):
+        raise UsageError(
+            f"this checkpoint was saved in the middle of epoch {shared.get('epoch')} by "
+            f"{saved_world} process(es), and this run has {world}: the saved position counts "
+            f"batches of {saved_world} shards. Resume it with {saved_world} process(es) "
+            "(Trainer(devices=..., num_nodes=...)), or from a checkpoint saved at an epoch's "
+            "end (ModelCheckpoint(every_n_epochs=1))")
+    if rank != 0 or not parts:
+        return shared
+    outgoing = []
+    for r, part in enumerate(parts, 1):
+        where = f"AutoAssist state['ranks'][{r - 1}]['engine']"
+        engine = state_check.as_dict(state_check.get(part, "engine", where[:-10]), where)
+        outgoing += state_check.sequence(engine.get("outgoing", []), f"{where}['outgoing']")
+    engine = state_check.get(shared, "engine", "AutoAssist state['loader']")
+    return {**shared, "engine": {**engine, "outgoing": outgoing}}

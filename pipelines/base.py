@@ -55,6 +55,26 @@ def check_state_version(state: dict[str, Any]) -> None:
         )
 
 
+def with_rank_state(shared: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
+    """One data-parallel rank's whole loader state, from rank 0's ``state_dict()`` and that
+    rank's ``rank_state()``: rank 0's with the rank's own entries in place of rank 0's.
+
+    Args:
+        shared: a loader's ``state_dict()`` (rank 0's: plan, scores, features, Assistant).
+        own: another rank's ``EngineLoader.rank_state()``, saved at the same point.
+
+    Returns:
+        A state for that rank's ``load_state_dict`` (checked there as any other).
+
+    Raises:
+        StateError: either is not a dict, or has no ``engine`` dict (a ``ValueError``).
+    """
+    engine = state_check.as_dict(state_check.get(shared, "engine", "state"), "state['engine']")
+    mine = state_check.as_dict(state_check.get(own, "engine", "rank state"),
+                               "rank state['engine']")
+    return {**shared, **own, "engine": {**engine, **mine}}
+
+
 def as_ids(ids, n: int) -> np.ndarray:
     """User-given ids (list, array or tensor on any device) as checked int64 NumPy ids."""
     return check_ids(np.asarray(torch.as_tensor(ids).cpu(), dtype=np.int64).reshape(-1), n)
@@ -434,6 +454,23 @@ class EngineLoader:
                      "epoch": self._epoch, "batches_done": self._batches_done,
                      "epoch_complete": self._epoch_complete, **self._extra_state(),
                      "engine": self.engine.state_dict()}, "loader state")
+
+    def rank_state(self) -> dict[str, Any]:
+        """The entries of ``state_dict()`` that are this data-parallel rank's own: its
+        position in the epoch (its shard's batches), its sampler's state, and the engine's
+        (``ShrinkEngine.rank_state``: reports not yet gathered to rank 0, telemetry).
+
+        Where only rank 0 writes the checkpoint (Lightning), each rank's ``rank_state()`` is
+        saved with rank 0's ``state_dict()``, and ``with_rank_state`` makes the rank's whole
+        state from the two. Cheaper than ``state_dict()`` (no Assistant, scores or features),
+        and sends nothing to the Assistant.
+
+        Returns:
+            A dict of tensors and plain Python values only (``weights_only`` loads it).
+        """
+        return safe({"epoch": self._epoch, "batches_done": self._batches_done,
+                     "epoch_complete": self._epoch_complete, **self._extra_state(),
+                     "engine": self.engine.rank_state()}, "loader rank state")
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume from ``state_dict()``'s result: the next ``iter()`` continues that epoch

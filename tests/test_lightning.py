@@ -76,6 +76,7 @@ class Net(L.LightningModule):
             with open(f"{self.out}/rank{self.global_rank}.json", "w") as f:
                 json.dump({"trained": self.trained, "kept": self.kept,
                            "telemetry": self.aa.telemetry}, f, default=float)
+            torch.save(self.net.state_dict(), f"{self.out}/rank{self.global_rank}.pt")
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
@@ -201,18 +202,42 @@ def test_ddp_shards_with_a_distributed_sampler_and_refuses_other_samplers():
         _sharded(weighted, rank=0, world=2, seed=4)
 
 
-def test_two_gloo_ranks_shard_the_kept_set(tmp_path):
+def _ddp_fit(root, ckpt_path=None, callbacks=()) -> list[dict]:
+    """Two gloo ranks (``ddp_spawn``), 4 epochs of 600 instances; each rank's record (trained
+    ids, kept sets, telemetry, final weights). Rank 1's reports reach the scores an epoch
+    late (gathered at the next plan), so epoch 3 is the first whose kept set shows what a
+    resume in epoch 1 lost."""
     torch.set_num_threads(1)
-    aa = AutoAssist(**_settings())
-    model = Net(aa, out=str(tmp_path))
-    trainer = _trainer(tmp_path, callbacks=[aa], max_epochs=3, strategy="ddp_spawn",
-                       devices=2)
-    trainer.fit(model, train_dataloaders=aa.wrap(_loader(_data(600))))
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
-    r0, r1 = ({int(e): ids for e, ids in r["trained"].items()} for r in ranks)
+    # a learner reading features: rank 1's first-seen feature rows travel to rank 0 too
+    aa = AutoAssist(**_settings(), assistant="logistic")
+    model = Net(aa, out=str(root))
+    trainer = _trainer(root, callbacks=[aa, *callbacks], strategy="ddp_spawn",
+                       devices=2, enable_checkpointing=bool(callbacks))
+    trainer.fit(model, train_dataloaders=aa.wrap(_loader(_data(600))), ckpt_path=ckpt_path)
+    ranks = [json.loads((root / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for r, record in enumerate(ranks):
+        record["trained"] = {int(e): ids for e, ids in record["trained"].items()}
+        record["weights"] = torch.load(root / f"rank{r}.pt")
+    return ranks
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    """Two gloo ranks, uninterrupted, checkpointing every 7 training steps (mid-epoch)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    root = tmp_path_factory.mktemp("ddp")
+    steps = ModelCheckpoint(dirpath=root / "steps", every_n_train_steps=7, save_top_k=-1,
+                            filename="{step}")
+    return root, _ddp_fit(root, callbacks=[steps])
+
+
+def test_two_gloo_ranks_shard_the_kept_set(ddp_run):
+    _, ranks = ddp_run
+    r0, r1 = (r["trained"] for r in ranks)
     # warm-up epoch: each rank a DistributedSampler shard of all instances
     assert sorted(r0[0] + r1[0]) == list(range(600))
-    for epoch in (1, 2):
+    for epoch in (1, 2, 3):
         kept = ranks[0]["kept"][str(epoch)]
         assert kept == ranks[1]["kept"][str(epoch)]  # both ranks keep the same set
         assert len(kept) < 600
@@ -224,6 +249,156 @@ def test_two_gloo_ranks_shard_the_kept_set(tmp_path):
     gathered = [t["gathered_instances"] for t in ranks[0]["telemetry"]]
     sent = [t["reported_instances"] for t in ranks[1]["telemetry"]]
     assert gathered[1:] == sent[:-1] and all(sent)
+
+
+# what an epoch's record says about the plan and the Assistant, the same in a resumed run
+# (the report counts of the epoch a checkpoint interrupts start again from the resume)
+_PLANNED = ("epoch", "reason", "kept", "kept_fraction", "floor", "batches", "broken_off",
+            "first_scores_wait_skipped", "first_scores_wait_expired", "score_version",
+            "assistant_accuracy", "assistant_loss_mean",
+            "queue_drops", "dropped_instances")
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_resume_mid_epoch_as_the_uninterrupted_run(ddp_run, tmp_path):
+    root, whole = ddp_run
+    # step 7: the third batch of epoch 1 (epoch 0 has 5 per rank): rank 1's reports of the
+    # epoch's first batches are still waiting for the gather at epoch 2's plan
+    resumed = _ddp_fit(tmp_path, ckpt_path=str(root / "steps" / "step=7.ckpt"))
+    for rank, (a, b) in enumerate(zip(resumed, whole, strict=True)):
+        assert sorted(a["trained"]) == [1, 2, 3]
+        tail = b["trained"][1][len(b["trained"][1]) - len(a["trained"][1]):]
+        assert 0 < len(a["trained"][1]) < len(b["trained"][1]) and a["trained"][1] == tail
+        for epoch in (2, 3):  # the same kept sets, the same shards in the same order
+            assert a["kept"][str(epoch)] == b["kept"][str(epoch)], (rank, epoch)
+            assert a["trained"][epoch] == b["trained"][epoch], (rank, epoch)
+        assert len(a["telemetry"]) == len(b["telemetry"]) == EPOCHS
+        for x, y in zip(a["telemetry"], b["telemetry"], strict=True):
+            planned = [json.dumps({k: t.get(k) for k in _PLANNED}) for t in (x, y)]
+            assert planned[0] == planned[1], rank  # as text: NaN equals NaN
+        # the epochs after the resume count the same reports (rank 0: gathered from rank 1)
+        same = ("reported_instances", "gathered_instances", "yielded_instances")
+        for epoch in (2, 3):
+            assert ([a["telemetry"][epoch][k] for k in same]
+                    == [b["telemetry"][epoch][k] for k in same]), (rank, epoch)
+        for name, tensor in b["weights"].items():
+            assert torch.equal(a["weights"][name], tensor), (rank, name)  # bit-identical
+
+
+def test_a_two_rank_checkpoint_loads_with_weights_only_and_holds_rank_1(ddp_run):
+    root, _ = ddp_run
+    ckpt = torch.load(root / "steps" / "step=7.ckpt")  # torch's default: weights_only=True
+    state = ckpt["callbacks"]["AutoAssist"]
+    assert state["world_size"] == 2 and len(state["ranks"]) == 1
+    rank1 = state["ranks"][0]
+    assert rank1["epoch"] == state["loader"]["epoch"] == 1
+    assert not rank1["epoch_complete"] and rank1["batches_done"] == 2
+    assert rank1["engine"]["outgoing"]  # rank 1's reports not yet gathered to rank 0
+
+
+def _saved(epoch_complete: bool) -> dict:
+    """What rank 0 writes for 2 ranks (``AutoAssist.state_dict``), cut down to what
+    ``_state_for_rank`` reads: rank 1's part holds a report not yet gathered."""
+    report = (torch.arange(10, 20), torch.full((10,), 5.0), torch.zeros(0, dtype=torch.int64),
+              torch.zeros(0, 0))
+    shared = {"epoch": 1, "batches_done": 5 * (not epoch_complete),
+              "epoch_complete": epoch_complete,
+              "engine": {"outgoing": [], "telemetry": [{"epoch": 0, "rank": 0}], "plan": "p"}}
+    own = {"epoch": 1, "batches_done": 5 * (not epoch_complete),
+           "epoch_complete": epoch_complete,
+           "engine": {"outgoing": [report], "telemetry": [{"epoch": 0, "rank": 1}]}}
+    return {"loader": shared, "world_size": 2, "ranks": [own]}
+
+
+def test_each_rank_resumes_from_its_own_part_of_rank_0s_checkpoint():
+    from autoassist.errors import UsageError
+    from autoassist.lightning import _state_for_rank
+
+    saved = _saved(epoch_complete=False)
+    assert _state_for_rank(saved, 0, 2) is saved["loader"]
+    rank1 = _state_for_rank(saved, 1, 2)
+    assert rank1["engine"]["telemetry"] == [{"epoch": 0, "rank": 1}]  # its own records
+    assert len(rank1["engine"]["outgoing"]) == 1  # its own reports
+    assert rank1["engine"]["plan"] == "p"  # rank 0's plan
+    # another number of processes in the middle of an epoch: positions count other shards
+    for rank, world in ((0, 1), (1, 3)):
+        with pytest.raises(UsageError, match="Resume it with 2 process"):
+            _state_for_rank(saved, rank, world)
+    with pytest.raises(UsageError, match=r"\['ranks'\] has 2 entries, expected 1"):
+        _state_for_rank({**saved, "ranks": saved["ranks"] * 2}, 1, 2)
+    with pytest.raises(UsageError, match="rank 1's part"):
+        _state_for_rank({"rank": 1, "world_size": 2, "rank_state": {}}, 1, 2)
+    # without the other ranks' parts (a checkpoint rank 0 saved alone): rank 0's, with a warning
+    with pytest.warns(RuntimeWarning, match="rank 0's loader state only"):
+        assert _state_for_rank({**saved, "ranks": None}, 1, 2) is saved["loader"]
+    old = {"loader": saved["loader"]}  # written before ranks had parts: rank 0's everywhere
+    assert _state_for_rank(old, 1, 2) is _state_for_rank(old, 0, 1) is saved["loader"]
+
+
+def test_an_epoch_end_checkpoint_resumes_with_another_world_size():
+    """Rank 0 (of 1 here) takes the reports rank 1 had not sent: its Assistant learns them."""
+    import autoassist
+    from autoassist.lightning import _state_for_rank
+
+    saved = _saved(epoch_complete=True)
+    state = _state_for_rank(saved, 0, 1)
+    assert len(state["engine"]["outgoing"]) == 1 and saved["loader"]["engine"]["outgoing"] == []
+    assert _state_for_rank(saved, 1, 3) is saved["loader"]  # the other ranks: rank 0's
+    loader = autoassist.wrap(_loader(_data(100)), **_settings())
+    try:
+        for x, _, _ in loader:
+            loader.report(x[:, 0] ** 2)
+        real = loader.state_dict()
+        loader.engine.assistant.wait_processed(timeout=60)
+        before = loader.engine.state.trained
+        real["engine"]["outgoing"] = state["engine"]["outgoing"]
+        loader.load_state_dict(real)
+        loader.engine.assistant.wait_processed(timeout=60)
+        assert loader.engine.state.trained == before + 10  # rank 1's 10 losses
+        assert loader.engine._outgoing == []
+    finally:
+        loader.close()
+
+
+def _lone_rank_main(rank: int, init_file: str, out_dir: str) -> None:
+    import datetime
+    import time
+    import warnings
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=2, timeout=datetime.timedelta(seconds=60))
+    aa = AutoAssist(state_timeout=2)
+    aa.setup(SimpleNamespace(world_size=2, global_rank=rank), None, "fit")
+    together = aa._gather_rank_states({"rank": rank})
+    record = {"together": together}
+    if rank == 0:  # a checkpoint on rank 0 alone: the deadline, a warning, no hang
+        t0 = time.perf_counter()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            record["alone"] = aa._gather_rank_states({"rank": rank})
+        record["seconds"] = time.perf_counter() - t0
+        record["warnings"] = [str(w.message) for w in caught]
+        record["given_up"] = aa._group is None
+    dist.barrier()  # the training group is unharmed
+    aa.close()
+    with open(f"{out_dir}/lone{rank}.json", "w") as f:
+        json.dump(record, f)
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_a_checkpoint_saved_on_one_rank_alone_times_out_with_a_warning(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_lone_rank_main, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2,
+             join=True)
+    r0, r1 = (json.loads((tmp_path / f"lone{r}.json").read_text()) for r in (0, 1))
+    assert r0["together"] == [{"rank": 0}, {"rank": 1}] and r1["together"] is None
+    assert r0["alone"] is None and r0["given_up"] and 1.5 < r0["seconds"] < 30
+    assert any("state_timeout=2 s" in w for w in r0["warnings"])
 
 
 def _fit_and_record(root, ckpt_path=None, callbacks=()):

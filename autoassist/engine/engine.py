@@ -238,15 +238,22 @@ class ShrinkEngine:
         """Bring every rank's reports since the last plan to rank 0's Assistant."""
         outgoing, self._outgoing = self._outgoing, []
         received = distributed.gather_reports(outgoing, self.dim, self.rank, self.world)
-        if self.rank != 0 or self.assistant is None or self.assistant.failed:
+        if self.rank == 0:
+            self._take_reports(received, gathered=True)
+
+    def _take_reports(self, reports: list[distributed.Report], *, gathered: bool) -> None:
+        """Other ranks' reports into this (rank 0's) Assistant: feature rows it lacks, then
+        the losses; ``gathered`` counts them in the epoch's ``gathered_instances``."""
+        if self.assistant is None or self.assistant.failed:
             return
-        for ids, losses, feature_ids, rows in received:
+        for ids, losses, feature_ids, rows in reports:
             fresh = self.state.have[feature_ids] == 0
             self.state.features[feature_ids[fresh]] = rows[fresh]
             self.state.have[feature_ids[fresh]] = 1
             if len(ids):
                 self._pending.add(ids, losses)
-                self._telemetry.gathered += len(ids)
+                if gathered:
+                    self._telemetry.gathered += len(ids)
         self.flush()
 
     def renew(self, ids: np.ndarray, features: np.ndarray) -> None:
@@ -358,6 +365,26 @@ class ShrinkEngine:
             "first_scores_expired": self.first_scores_expired,
         }, "engine state")
 
+    def rank_state(self) -> dict[str, Any]:
+        """The entries of ``state_dict()`` that are this data-parallel rank's own.
+
+        Every rank's plan, scores and features are rank 0's (broadcast, or gathered to it),
+        but its reports not yet gathered to rank 0 (``outgoing``), its telemetry records and
+        its report buffer are not. A checkpoint written by rank 0 alone holds them only if
+        each rank's ``rank_state()`` travels with it; a rank's state is then rank 0's
+        ``state_dict()`` with these entries in place of rank 0's
+        (``autoassist.pipelines.base.with_rank_state``). Sends nothing to the Assistant.
+        Feature rows need no part: a rank's rows not yet gathered travel in ``outgoing``, and
+        rank 0 keeps the first row it gets for an instance, so its table comes out the same.
+
+        Returns:
+            A dict of tensors and plain values (``safe_state.safe``).
+        """
+        self._take_device_losses(wait=True)  # no report in flight is lost from a checkpoint
+        return safe({**self._pending.state(), "outgoing": list(self._outgoing),
+                     "telemetry": list(self.telemetry),
+                     "first_scores_expired": self.first_scores_expired}, "engine rank state")
+
     def load_state_dict(self, state: dict[str, Any], *, path: str = "engine state") -> None:
         """Restore ``state_dict()``'s result: the whole state is checked first, so a state
         that cannot be loaded changes nothing (the Assistant keeps running).
@@ -398,12 +425,17 @@ class ShrinkEngine:
         self.state.load_scores(np.asarray(scores, np.float32), int(version))
         self.current = plan
         self._pending.load(state)
-        self._outgoing = list(state.get("outgoing", []))
+        outgoing = list(state.get("outgoing", []))
+        self._outgoing = [] if self.rank == 0 else outgoing
         self._telemetry.records = list(state["telemetry"])
         self.first_scores_expired = bool(state.get("first_scores_expired", False))
         if self.assistant is not None:
             self.assistant.drops = state["drops"]
             self.assistant.start(model_state=state["assistant"], replace_state=True)
+            # reports other ranks had not sent yet, given to rank 0 (a checkpoint resumed with
+            # another number of ranks): its Assistant takes them now, as the gather would have
+            if outgoing:
+                self._take_reports(outgoing, gathered=False)
 
     def close(self) -> None:
         if self.assistant is not None:
