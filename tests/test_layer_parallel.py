@@ -3,6 +3,7 @@ augmented Lagrangian, paper C) and Stochastic Block-ADMM with DeepFacto's NMF bl
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -135,6 +136,7 @@ def test_hybrid_runs_resume_from_checkpoints(data, one_thread, tmp_path, solver)
                           HybridConfig(**{**cfg.__dict__, "parallel_epochs": 2,
                                           "serial_epochs": 0}))
     first.fit(progress=False, checkpoint=tmp_path / "half.pt")  # stops after the parallel phase
+    assert torch.load(tmp_path / "half.pt")["epoch"] == 2  # torch's default: weights_only
     resumed = HybridTrainer(_blocks(seed=7), x, y, cfg)  # other init: all from the checkpoint
     resumed.load(tmp_path / "half.pt")
     resumed.fit(progress=False)
@@ -146,6 +148,14 @@ def test_hybrid_runs_resume_from_checkpoints(data, one_thread, tmp_path, solver)
         other = HybridTrainer(_blocks(), x, y, HybridConfig(
             solver="al" if solver == "penalty" else "penalty"))
         other.load(tmp_path / "half.pt")
+
+
+def test_an_unsafe_trainer_checkpoint_is_refused_with_the_fix(tmp_path):
+    torch.save({"epoch": np.int64(2)}, tmp_path / "old.pt")  # a NumPy scalar: not weights_only
+    trainer = HybridTrainer(_blocks(), torch.zeros(4, 1, 28, 28), torch.zeros(4, dtype=torch.long),
+                            HybridConfig())
+    with pytest.raises(ValueError, match="weights_only=False"):
+        trainer.load(tmp_path / "old.pt")
 
 
 def test_hybrid_learns_with_filters_and_a_serial_correction(data, one_thread):

@@ -334,7 +334,7 @@ class BlockADMM(EpochTrainer):
                                 self.epoch_pass, evaluate, checkpoint, progress)
 
     # -- state ----------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
+    def _state(self) -> dict[str, Any]:
         return {"config": asdict(self.cfg), "blocks": self.blocks.state_dict(),
                 "optimizers": [None if o is None else o.state_dict() for o in self.opts],
                 "aux": self.aux.state_dict(), "epoch": self.epoch,

@@ -7,6 +7,7 @@ checkpoint written by one schedule resumes under another (same stages).
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,21 @@ def save_atomic(state: Any, path: str | os.PathLike) -> Path:
 
 
 def load_own(path: str | os.PathLike) -> Any:
-    """A state file this library wrote itself (it holds more than tensors)."""
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """A trainer's checkpoint, read with ``weights_only=True`` (it holds tensors and plain
+    values only).
+
+    Raises:
+        ValueError: the file holds other objects (a checkpoint written by an older
+            autoassist); the message names the fix.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{path} holds objects other than tensors and plain values (a checkpoint written "
+            "by an older autoassist), which torch.load refuses with weights_only=True. If you "
+            "wrote it yourself and trust it, load it with torch.load(path, weights_only=False) "
+            "and pass the result to load_state_dict(), then save() it again.") from err
 
 
 def save_stage(directory: str | os.PathLike, k: int, stage, head, optimizer, epoch: int) -> Path:

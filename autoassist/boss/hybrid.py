@@ -296,7 +296,7 @@ class HybridTrainer(EpochTrainer):
                                 progress)
 
     # -- state ----------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
+    def _state(self) -> dict[str, Any]:
         return {"config": asdict(self.cfg), "blocks": self.blocks.state_dict(),
                 "optimizers": [o.state_dict() for o in self.opts], "aux": self.aux.state_dict(),
                 "epoch": self.epoch, "rho": self.rho, "generator": self.gen.get_state(),

@@ -10,20 +10,31 @@ from typing import Any
 from torch import nn
 
 from autoassist.boss import checkpoint as ckpt
+from autoassist.engine.safe_state import safe
 
 Evaluate = Callable[[nn.Module], float]
 
 
 class EpochTrainer:
-    """A trainer's epochs and checkpoints; a subclass has ``blocks``, ``epoch``, ``history`` and
-    its own ``state_dict`` / ``load_state_dict``."""
+    """A trainer's epochs and checkpoints; a subclass has ``blocks``, ``epoch``, ``history``,
+    its own ``_state()`` and ``load_state_dict``."""
 
     blocks: nn.Module
     epoch: int
     history: list[dict[str, Any]]
 
     def state_dict(self) -> dict[str, Any]:
-        raise NotImplementedError(f"{type(self).__name__} must implement state_dict()")
+        """The trainer's state as tensors and plain values only, so that ``torch.load`` with
+        its default ``weights_only=True`` reads the checkpoint.
+
+        Raises:
+            TypeError: the subclass's ``_state()`` holds something else (a bug, named here).
+        """
+        return safe(self._state(), f"{type(self).__name__} state")
+
+    def _state(self) -> dict[str, Any]:
+        raise NotImplementedError(f"{type(self).__name__} must implement _state(), the dict "
+                                  "that state_dict() returns")
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         raise NotImplementedError(f"{type(self).__name__} must implement load_state_dict()")
