@@ -70,9 +70,11 @@ class ShrinkConfig:
             free).
         kernel_threads: Numba threads for the selection kernel in the Boss process
             (None = Numba's).
-        queue_size: bound of the Boss -> Assistant queue; when full, messages wait in a merged
-            backlog (the Boss never blocks; only losses beyond ~4N held are dropped, and
-            counted).
+        queue_size: Boss -> Assistant messages in flight at most (the loss ring's frames and
+            the control queue's bound); when full, messages wait in a merged backlog (the Boss
+            never blocks; only losses beyond ~4N held are dropped, and counted). With
+            ``send_every`` it also sizes the loss ring in /dev/shm: queue_size x send_every x
+            256 losses of 12 bytes, within 4096 to 2**20 (768 KiB at the defaults).
         send_every: batches of losses grouped into one message (fewer, larger messages are
             cheaper).
         sync: wait for the Assistant at every epoch boundary: reproducible, slower. For

@@ -2,12 +2,13 @@
 
     python -m benchmarks.scale [--quick] [--instances 10000000] [--epochs 3]
 
-Measures what a large data set costs: bytes per instance in ``/dev/shm`` and in the feature
-file, the peak resident memory of the Boss and of the Assistant, and seconds per epoch against
-the plain DataLoader, keeping everything (``floor=1``: every loss still goes to the Assistant)
-and shrinking (the defaults). Plain, keep-all and shrinking runs alternate, ``--rounds`` times,
-so the machine's drift hits them alike. Goals (issue 29): <= 16 bytes per instance in /dev/shm,
-keep-all within 5% of plain. Writes ``benchmarks/results/scale[_quick].json`` and a plot.
+Measures what a large data set costs: bytes per instance in ``/dev/shm`` (the scores' block
+and the fixed-size loss ring) and in the feature file, the peak resident memory of the Boss
+and of the Assistant, and seconds per epoch against the plain DataLoader, keeping everything
+(``floor=1``: every loss still goes to the Assistant) and shrinking (the defaults). Plain,
+keep-all and shrinking runs alternate, ``--rounds`` times, so the machine's drift hits them
+alike. Goals (issue 29): <= 16 bytes per instance in /dev/shm, keep-all within 5% of plain.
+Writes ``benchmarks/results/scale[_quick].json`` and a plot.
 """
 
 from __future__ import annotations
@@ -101,7 +102,8 @@ def run(n: int, epochs: int, rounds: int, batch_size: int) -> dict:
                     loader.set_epoch(e)
                     seconds.append(_epoch(loader, model, opt, True))
                 state = loader.engine.state
-                shm = os.stat(f"/dev/shm/{state.name.lstrip('/')}").st_size
+                shm = sum(os.stat(f"/dev/shm/{name.lstrip('/')}").st_size  # + the loss ring
+                          for name in (state.name, loader.engine.assistant.ring_name))
                 memory[kind] = {
                     "dev_shm_bytes_per_instance": shm / n,
                     # the default memory Assistant reads no features: no feature file at all

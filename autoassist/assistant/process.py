@@ -1,15 +1,19 @@
 """The Boss's handle on the Assistant process: start, send, restart, stop, state.
 
-The Boss never blocks on the Assistant. The inbox is bounded; when it is full (the Assistant is
-still starting, or a fast GPU Boss outruns it for a while) messages wait in a backlog, where
-consecutive ``Losses`` merge into one, and go over as soon as the queue has room. Only a backlog
-beyond a memory bound loses its oldest losses, and those are counted (``queue_drops``); score and
-state requests are never dropped. (The AutoAssist paper dropped messages at once; on a GPU that
-threw away the first epochs' losses while the Assistant was still importing its modules.)
+The Boss never blocks on the Assistant. ``Losses`` go through the shared-memory loss ring
+(``loss_ring.py``: a copy, no pickling, no feeder thread), the rare control messages through a
+bounded queue, each with a frame in the ring that keeps its place among the losses
+(``protocol.py``). When the ring is full (the Assistant is still starting, or a fast GPU Boss
+outruns it for a while) messages wait in a backlog, where consecutive ``Losses`` merge into one
+(up to the ring's size), and go over as soon as the ring has room. Only a backlog beyond a memory
+bound loses its oldest losses, and those are counted (``queue_drops``); score and state requests
+are never dropped. (The AutoAssist paper dropped messages at once; on a GPU that threw away the
+first epochs' losses while the Assistant was still importing its modules.)
 
 A dead Assistant is restarted (at most ``max_restarts`` times) only by ``check()``, which the
 engine calls where an epoch is planned or ends, never on the report path; meanwhile its messages
-wait in the backlog.
+wait in the backlog. What it left in the ring survives it: its successor takes the ring from
+where it stopped, and the control messages not yet taken are queued again for it.
 
 The process is started with the *spawn* method: Numba's OpenMP layer and torch's threads do not
 survive ``fork`` safely. Spawn would also re-run the caller's main module in the child; the
@@ -33,6 +37,7 @@ import weakref
 from collections import deque
 from typing import Any
 
+from .loss_ring import LossRing, default_slots
 from .protocol import (
     AssistantSettings,
     Losses,
@@ -102,22 +107,30 @@ class AssistantProcess:
     Args:
         state: the shared block (the Boss's, which owns it).
         settings: what the Assistant runs with.
-        queue_size: bound of the inbox (messages; more wait in the backlog).
+        queue_size: messages in flight at most (the ring's frames and the control queue's
+            bound; more wait in the backlog).
         max_restarts: restarts of a dead process before running on without one.
+        ring_slots: the loss ring's data slots (default ``loss_ring.default_slots(queue_size,
+            1)``; the engine sizes it for its ``send_every``).
     """
 
     state_timeout = 30.0  # seconds model_state() waits for the process to answer
 
     def __init__(self, state: SharedState, settings: AssistantSettings, queue_size: int,
-                 max_restarts: int):
+                 max_restarts: int, ring_slots: int | None = None):
         self.state = state
         self.settings = settings
         self.queue_size = int(queue_size)
         self.max_restarts = int(max_restarts)
+        self.ring_slots = int(ring_slots or default_slots(queue_size, 1))
         self.restarts = 0
         self.drops = 0
-        self.sent = 0
-        self._backlog: deque[Message] = deque()  # messages the full queue could not take yet
+        self._ring: LossRing | None = None  # made at start, kept across restarts, gone at stop
+        self._doorbell = None  # a semaphore: one release per frame wakes the Assistant
+        # control messages in the ring's frames, (frame, message), until the Assistant has
+        # handled them: a restarted Assistant gets those it had not taken yet
+        self._controls: deque[tuple[int, Message]] = deque()
+        self._backlog: deque[Message] = deque()  # messages the full ring could not take yet
         self._backlog_instances = 0
         self.dropped_instances = 0  # losses lost to the backlog's bound
         self.backlog_limit = min(max(4 * state.num_instances, 65536), _BACKLOG_CAP)
@@ -146,21 +159,31 @@ class AssistantProcess:
             self._backlog.clear()
             self._backlog_instances = 0
             self.failed = False
+            self._close_ring()
             if model_state is not None:
                 self.state.loss_mean = model_state["loss_mean"]
                 self.state.accuracy = model_state["accuracy"]
         if self.state.seq % 2:  # a publish cut short by the last process's death
             self.state.seq = 2 * self.state.version  # the version cell says what completed
         self.state.cpu_seconds = 0.0  # the new process's own (the old one's is counted)
+        if self._ring is None:
+            self._ring = LossRing(self.ring_slots, self.queue_size)
+            self._controls.clear()
         self._inbox = self._ctx.Queue(maxsize=self.queue_size)
         self._outbox = self._ctx.Queue()
-        self.sent = 0
-        self.state.processed = 0
+        self._doorbell = self._ctx.Semaphore(0)
+        # a restart: the ring's frames not taken yet are the successor's, and so are the
+        # control messages they stand for (the dead process's queue went with it)
+        taken = self._ring.frames_taken
+        self.state.processed = taken  # a frame taken by the dead process counts as handled
+        self._controls = deque((k, m) for k, m in self._controls if k >= taken)
+        for _, message in self._controls:
+            self._inbox.put_nowait(message)  # at most queue_size: one per frame in flight
         self._proc = self._ctx.Process(
             target=run_assistant,
             args=(self.state.name, self.state.num_instances, self.state.feature_dim,
-                  self.state.feature_dir, self.settings, self._last_model_state, self._inbox,
-                  self._outbox),
+                  self.state.feature_dir, self.settings, self._last_model_state,
+                  self._ring.name, self._inbox, self._doorbell, self._outbox),
             name="autoassist-assistant",
             daemon=True,
         )
@@ -224,10 +247,9 @@ class AssistantProcess:
         if proc is None:
             return
         if proc.is_alive():
-            try:
-                self._inbox.put_nowait(Stop())  # a full queue: the process is not reading
-            except (queue.Full, ValueError, OSError):
-                pass
+            with contextlib.suppress(ValueError, OSError):
+                # after the messages in flight; no free frame: the process is not reading
+                self._post(Stop())
             proc.join(timeout)
             if proc.is_alive():
                 proc.terminate()
@@ -238,8 +260,16 @@ class AssistantProcess:
                 proc.kill()  # SIGKILL ends even a stopped process
                 proc.join(1.0)
         self._discard_queues()
+        self._close_ring()
         self._proc = None
         _LIVE.discard(self)
+
+    def _close_ring(self) -> None:
+        """Unlink the ring (owned here, like ``SharedState`` by the engine); in flight is lost."""
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+        self._controls.clear()
 
     def _discard_queues(self) -> None:
         for q in (self._inbox, self._outbox):
@@ -248,36 +278,76 @@ class AssistantProcess:
                 q.close()
 
     # -- messages -------------------------------------------------------------------------------
+    @property
+    def ring_name(self) -> str | None:
+        """The loss ring's shared-memory name (None while no Assistant runs)."""
+        return None if self._ring is None else self._ring.name
+
+    @property
+    def sent(self) -> int:
+        """Messages put in the ring since it was made (``state.processed`` counts the same
+        ones handled)."""
+        return 0 if self._ring is None else self._ring.frames_written
+
     def send(self, message: Message, block: bool = False) -> None:
-        """Queue a message after any held ones. ``block=False`` never waits: what the full queue
+        """Send a message after any held ones. ``block=False`` never waits: what the full ring
         cannot take stays in the backlog, and so does everything while the process is dead
         (until ``check()`` restarts it). Nothing is sent once the Assistant is given up."""
         if self.failed:
             return
+        if not self._backlog and self.alive and self._post(message):
+            return  # the usual case: straight into the ring
         self._hold(message)
         self.deliver(block=block)
 
     def deliver(self, block: bool = False, timeout: float = 300.0) -> bool:
-        """Hand held messages to the queue, oldest first; returns whether none is left.
+        """Hand held messages to the ring (control messages: a frame and the queue), oldest
+        first; returns whether none is left.
 
         ``block``: wait for room, while the process lives and for at most ``timeout`` seconds
         (what is not delivered by then stays held, never lost)."""
         deadline = time.monotonic() + timeout if block else 0.0  # report path: no clock read
         while self._backlog and self.alive:
-            try:
-                if block:
-                    self._inbox.put(self._backlog[0], timeout=0.1)
-                else:
-                    self._inbox.put_nowait(self._backlog[0])
-            except queue.Full:
+            if not self._post(self._backlog[0]):
                 if block and time.monotonic() < deadline:
+                    time.sleep(0.0005)  # the Assistant frees room as it takes frames
                     continue
                 return False
             message = self._backlog.popleft()
             if isinstance(message, Losses):
                 self._backlog_instances -= len(message.ids)
-            self.sent += 1
         return not self._backlog
+
+    def _post(self, message: Message) -> bool:
+        """One message into the ring, or False (nothing sent) when it has no room. ``Losses``
+        are copied into it; any other message, and ``Losses`` larger than the whole ring, goes
+        through the queue behind a control frame.
+
+        Raises:
+            ValueError, OSError: the queue is closed.
+        """
+        ring = self._ring
+        if isinstance(message, Losses) and ring.fits(message):
+            was_half_full = ring.half_full
+            if not ring.put_losses(message):
+                return False
+            if not was_half_full and ring.half_full:  # else its timer fetches them: a wake-up
+                self._doorbell.release()  # per message preempted the Boss on a busy machine
+            return True
+        if not ring.has_frame():
+            return False
+        processed = self.state.processed
+        while self._controls and self._controls[0][0] < processed:  # handled: forget
+            self._controls.popleft()
+        try:  # before its frame: the frame says the message is in the queue
+            self._inbox.put_nowait(message)
+        except queue.Full:  # (a frame per queued message keeps it below its bound)
+            return False
+        if not isinstance(message, Stop):
+            self._controls.append((ring.frames_written, message))
+        ring.put_control()
+        self._doorbell.release()  # requests are answered at once
+        return True
 
     @property
     def backlog_instances(self) -> int:
@@ -288,7 +358,10 @@ class AssistantProcess:
             self._backlog.append(message)
             return
         last = self._backlog[-1] if self._backlog else None
-        merged = merge_losses(last, message) if isinstance(last, Losses) else None
+        merged = None
+        if isinstance(last, Losses) and (len(last.ids) + len(last.forget) + len(message.ids)
+                                         + len(message.forget) <= self.ring_slots):
+            merged = merge_losses(last, message)  # (not beyond the ring: it would be pickled)
         if merged is not None:  # one message for both
             self._backlog.pop()
             self._backlog_instances -= len(last.ids)
@@ -313,6 +386,8 @@ class AssistantProcess:
         deadline = time.monotonic() + timeout
         if not self.deliver(block=True, timeout=timeout):
             return False
+        if self._doorbell is not None and self.alive:
+            self._doorbell.release()  # losses in the ring: now, not at the Assistant's timer
         while time.monotonic() < deadline:
             if not self.alive:
                 return False
@@ -372,6 +447,7 @@ class AssistantProcess:
             "queue_drops": self.drops,
             "dropped_instances": self.dropped_instances,
             "backlog_instances": self._backlog_instances,
+            "ring_instances": 0 if self._ring is None else self._ring.instances_held,
             "score_version": s.version,
             "assistant_bad_scores": s.bad_scores,
         }

@@ -1,16 +1,40 @@
 """The Boss <-> Assistant protocol, written down once: messages, settings, shared memory.
 
-Two processes, three channels:
+Two processes; what goes between them:
 
-``inbox`` (Boss -> Assistant, a bounded queue)
+the loss ring (Boss -> Assistant, shared memory, ``loss_ring.py``) and the inbox (a queue)
     ``Losses(ids, losses, forget)``  per-instance losses the Boss trained on, in report order;
                                      ``forget``: instances whose data changed (replay slots),
                                      whose remembered loss is cleared before these losses count
     ``ScoreRequest(epoch)``          score all N instances and publish (sent at each epoch's end)
     ``StateRequest(token)``          send the learner's state back (checkpoints)
     ``Stop()``                       leave the loop
-    The Boss never blocks on a full inbox: ``process.AssistantProcess`` holds what the queue
-    cannot take in a bounded backlog and merges consecutive ``Losses``.
+    Every message takes one *frame* of the ring, in the order the Boss sends them. A ``Losses``
+    frame carries the message itself: its ``forget`` ids and then its ids as int64 slots, its
+    losses as float32 slots (12 bytes a slot), copied in by the Boss and out by the Assistant:
+    no pickling and no feeder thread, whose GIL-holding writes stalled the Boss's next torch
+    call (issue 29). Any other message, and a ``Losses`` larger than the whole ring, goes
+    through the inbox queue (pickled) behind a *control frame*, which the Boss writes only after
+    the message is queued. The Assistant takes frames strictly in order and, at a control
+    frame, the queue's next message; so a message is handled after every message sent before
+    it and before every one sent after it: a ``ScoreRequest`` scores with every loss reported
+    before it and none reported after it, and a ``StateRequest``'s answer holds every loss
+    reported before it. (A control frame is the ring's write position at the time its message
+    was sent.) The ring and the queue hold ``queue_size`` frames; the ring's data slots
+    (``loss_ring.default_slots``: ``queue_size`` messages of ``send_every`` batches of 256
+    instances, within 4096 to 2**20; 768 KiB of /dev/shm at the defaults) are a fixed size,
+    not per instance. The Boss never blocks on a full ring (except with ``sync=True``, where it
+    waits for room): ``process.AssistantProcess`` holds what it cannot take in a bounded backlog
+    and merges consecutive ``Losses`` (up to the ring's size).
+
+the doorbell (Boss -> Assistant, a semaphore)
+    released for every control frame, when ``Losses`` bring the ring to half full, and when the
+    Boss waits for the Assistant (``wait_processed``). Otherwise the Assistant's timer fetches
+    the losses: it sleeps on the doorbell only while the ring is empty, 0.02 s at a time while
+    losses come and 0.2 s once none came for 0.2 s (then it is idle: it checks that the Boss
+    lives and does its idle work). No busy wait, and no wake-up per message: waking the
+    Assistant for each one preempted the Boss on a busy machine (~0.4 ms a release measured on
+    two loaded cores). The doorbell only hurries the Assistant: nothing depends on it.
 
 ``outbox`` (Assistant -> Boss, unbounded)
     ``StateReply(token, state)``     the answer to the ``StateRequest`` with the same token
@@ -22,8 +46,17 @@ Two processes, three channels:
                               ``accuracy``, ``loss_mean``, ``cpu_seconds``, ``train_seconds``
     read by the Boss:         ``snapshot()`` (the newest complete scores), the cells (telemetry,
                               the adaptive floor)
-    ``processed`` counts handled messages: the Boss's ``sent`` minus it is what is in flight.
-    The Boss writes the Assistant's cells only while no Assistant runs (start, resume).
+    ``processed`` counts handled frames since the ring was made: the ring's frames written (the
+    Boss's ``sent``) minus it is what is in flight. The Boss writes the Assistant's cells only
+    while no Assistant runs (start, resume).
+
+The ring lives as long as the Boss's handle runs an Assistant: made at its first start, kept
+across restarts, unlinked at ``stop`` (and at resume, with the backlog: that timeline's
+messages in flight end there). The Assistant takes a frame before handling it, so a message
+that killed it is not handed to its successor; a successor takes the ring from there (losses
+in flight survive a death), and the Boss queues again, for its new queue, the control messages
+of the frames not yet taken (the dead process's queue is gone). At a restart ``processed`` is
+set to the frames taken.
 
 Scores are published under a seqlock over two buffers. The sequence count is even while no one
 writes and odd while the Assistant writes; version ``v`` lives in buffer ``v % 2`` and
@@ -144,7 +177,14 @@ def default_feature_dir() -> str:
     return os.environ.get(FEATURE_DIR_ENV) or tempfile.gettempdir()
 
 
-def _check_room(directory: str, need: int, what: str, fixes: str) -> None:
+def check_room(directory: str, need: int, what: str, fixes: str) -> None:
+    """Refuse to make a table that would not fit ``directory`` (a full /dev/shm ends the
+    process with SIGBUS at the first write, far from the cause).
+
+    Raises:
+        SharedMemoryTooSmall: less than ``need`` bytes free; the message names ``what`` and
+            the ``fixes``.
+    """
     try:
         free = shutil.disk_usage(directory).free
     except OSError:
@@ -190,13 +230,13 @@ class SharedState:
         self.feature_dir = str(feature_dir or default_feature_dir())
         self._owner = name is None
         if name is None:
-            _check_room(SHM_DIR, total, f"the scores of {n} instances",
-                        "give the container more shared memory (docker run --shm-size=1g) or "
-                        "train on a subset")
+            check_room(SHM_DIR, total, f"the scores of {n} instances",
+                       "give the container more shared memory (docker run --shm-size=1g) or "
+                       "train on a subset")
             if d:
-                _check_room(self.feature_dir, n * d * 4, f"a {n} x {d} feature table",
-                            f"point feature_dir (or ${FEATURE_DIR_ENV}) at a folder with room, "
-                            "or lower feature_dim")
+                check_room(self.feature_dir, n * d * 4, f"a {n} x {d} feature table",
+                           f"point feature_dir (or ${FEATURE_DIR_ENV}) at a folder with room, "
+                           "or lower feature_dim")
             self._shm = shared_memory.SharedMemory(create=True, size=total)
         else:
             self._shm = shared_memory.SharedMemory(name=name, create=False)
@@ -225,7 +265,7 @@ class SharedState:
 
     # the named cells (int64 counters, float64 values)
     version = _cell(_INT, _VERSION, int, "the newest complete score version (0: none yet)")
-    processed = _cell(_INT, _PROCESSED, int, "messages handled since the Assistant started")
+    processed = _cell(_INT, _PROCESSED, int, "frames handled since the loss ring was made")
     trained = _cell(_INT, _TRAINED, int, "instances the Assistant trained on (with features)")
     published_epoch = _cell(_INT, _PUBLISHED_EPOCH, int, "epoch of the last ScoreRequest")
     seq = _cell(_INT, _SEQ, int, "the scores' seqlock count (odd while the Assistant writes)")

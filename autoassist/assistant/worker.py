@@ -3,7 +3,9 @@
 It labels each reported loss ``1[loss > running mean loss]`` (``kernels.ema_stream``), trains its
 light model (``models.py``) on the instance's features (written by the Boss into shared memory,
 plus the loss memory's two columns), and on request, or when idle after enough new evidence,
-scores all N instances and publishes them. The messages and cells are ``protocol.py``'s.
+scores all N instances and publishes them. The messages and cells are ``protocol.py``'s: it
+takes the loss ring's frames in order (``loss_ring.py``), a control frame's message from the
+queue, and sleeps on the doorbell while the ring is empty.
 
 This module is what the spawned child imports: NumPy only at import time, so the child starts
 without torch (the "mlp" learner imports it when chosen).
@@ -19,6 +21,7 @@ import time
 import numpy as np
 
 from .loss_memory import LossMemory
+from .loss_ring import LossRing
 from .protocol import (
     AssistantSettings,
     Losses,
@@ -29,7 +32,8 @@ from .protocol import (
     Stop,
 )
 
-_POLL_SECONDS = 0.2
+_POLL_SECONDS = 0.2  # the Assistant's timer while the ring is quiet (then it is idle)
+_BUSY_POLL_SECONDS = 0.02  # its timer while losses come (the Boss rings only when half full)
 _SCORE_CHUNK = 65536
 _ACCURACY_RATE = 0.001  # per-instance EMA rate of the accuracy: a window of ~1000 instances
 _MINIBATCH = 32  # the Assistant's own SGD batch: many cheap steps per message
@@ -162,9 +166,31 @@ class _Worker:
             self.publish()
 
 
+def _queued_message(inbox, parent):
+    """The message a control frame stands for: the Boss queued it before writing the frame, so
+    it is there or on its way; None when the Boss died meanwhile."""
+    while True:
+        try:
+            return inbox.get(timeout=_POLL_SECONDS)
+        except queue.Empty:
+            if parent is not None and not parent.is_alive():
+                return None
+
+
 def run_assistant(shm_name: str, num_instances: int, feature_dim: int, feature_dir: str,
-                  settings: AssistantSettings, model_state: dict | None, inbox, outbox) -> None:
-    """Entry point of the Assistant process (module-level so *spawn* can import it)."""
+                  settings: AssistantSettings, model_state: dict | None, ring_name: str,
+                  inbox, doorbell, outbox) -> None:
+    """Entry point of the Assistant process (module-level so *spawn* can import it).
+
+    Args:
+        shm_name, num_instances, feature_dim, feature_dir: the ``SharedState`` to attach to.
+        settings: the learner's settings.
+        model_state: a learner state to start from (None: a fresh learner).
+        ring_name: the loss ring to take messages from.
+        inbox: the control messages' queue.
+        doorbell: a semaphore the Boss releases once per frame it writes.
+        outbox: where ``StateReply`` goes.
+    """
     # Imports run before the process lowers its priority: at nice 10 beside a Boss using every
     # core, they would take tens of seconds. Numba is not among them: ema_stream labels the usual
     # small messages in plain Python and compiles only for a large one (kernels/stats.py), which
@@ -179,20 +205,30 @@ def run_assistant(shm_name: str, num_instances: int, feature_dim: int, feature_d
         torch.set_num_threads(settings.threads)
 
     state = SharedState(num_instances, feature_dim, name=shm_name, feature_dir=feature_dir)
+    ring = LossRing(name=ring_name)
     worker = _Worker(state, settings, model_state, outbox)
     handlers = {Losses: worker.on_losses, ScoreRequest: worker.on_score,
                 StateRequest: worker.on_state}
     parent = mp.parent_process()
+    last_frame = time.monotonic()
+    busy = False  # a frame came within the last _POLL_SECONDS
     try:
         while True:
-            try:
-                msg = inbox.get(timeout=_POLL_SECONDS)
-            except queue.Empty:
+            msg = ring.take()
+            if msg is None:  # nothing in flight: sleep until rung or timed out (no busy wait)
+                rung = doorbell.acquire(timeout=_BUSY_POLL_SECONDS if busy else _POLL_SECONDS)
+                if rung or ring.pending:
+                    continue  # (a release for a frame already taken only loops once more)
                 if parent is not None and not parent.is_alive():
                     return
-                worker.on_idle()
+                if time.monotonic() - last_frame >= _POLL_SECONDS:  # quiet: idle work
+                    busy = False
+                    worker.on_idle()
                 continue
-            if isinstance(msg, Stop):
+            last_frame, busy = time.monotonic(), True
+            if not isinstance(msg, Losses):  # CONTROL: its message is the queue's next one
+                msg = _queued_message(inbox, parent)
+            if msg is None or isinstance(msg, Stop):
                 return
             handler = handlers.get(type(msg))
             if handler is None:
@@ -201,4 +237,5 @@ def run_assistant(shm_name: str, num_instances: int, feature_dim: int, feature_d
             handler(msg)
             worker.write_cells()
     finally:
+        ring.close()
         state.close()

@@ -18,6 +18,7 @@ import torch
 
 from autoassist.assistant import AssistantProcess, AssistantSettings, ScoreRequest, SharedState
 from autoassist.assistant.features import CallableFeatures, RandomProjectionFeatures
+from autoassist.assistant.loss_ring import default_slots
 from autoassist.config import ShrinkConfig
 from autoassist.engine import distributed, state_check
 from autoassist.engine import plan as policy
@@ -51,6 +52,7 @@ class ShrinkEngine:
             self.assistant = AssistantProcess(
                 self.state, AssistantSettings.from_config(config),
                 queue_size=config.queue_size, max_restarts=config.max_restarts,
+                ring_slots=default_slots(config.queue_size, config.send_every),
             )
             self.assistant.start()
         self.current: EpochPlan | None = None
