@@ -74,7 +74,8 @@ class ShrinkConfig:
             the control queue's bound); when full, messages wait in a merged backlog (the Boss
             never blocks; only losses beyond ~4N held are dropped, and counted). With
             ``send_every`` it also sizes the loss ring in /dev/shm: queue_size x send_every x
-            256 losses of 12 bytes, within 4096 to 2**20 (768 KiB at the defaults).
+            256 losses of 12 bytes, or a quarter epoch's where that is more, within 4096 to
+            2**20 (768 KiB at the defaults up to 262k instances).
         send_every: batches of losses grouped into one message (fewer, larger messages are
             cheaper).
         sync: wait for the Assistant at every epoch boundary: reproducible, slower. For

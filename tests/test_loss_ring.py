@@ -93,6 +93,10 @@ def test_the_ring_is_a_fixed_size_from_the_settings_and_unlinked_by_its_owner():
     assert default_slots(64, 4) == 65536  # the defaults: 768 KiB of /dev/shm
     assert ring_bytes(65536, 64) <= 800 * 1024
     assert default_slots(1, 1) == 4096 and default_slots(10**6, 10**6) == 1 << 20
+    # a quarter epoch where that is more (large batches), never past the cap
+    assert default_slots(64, 4, 100_000) == 65536
+    assert default_slots(64, 4, 1_000_000) == 250_000
+    assert default_slots(64, 4, 10**8) == 1 << 20
     ring = LossRing(slots=16, frames=4)
     path = f"/dev/shm/{ring.name.lstrip('/')}"
     if os.path.isdir("/dev/shm"):

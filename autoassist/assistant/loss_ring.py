@@ -37,21 +37,25 @@ _INSTANCES_PER_BATCH = 256
 MIN_SLOTS, MAX_SLOTS = 1 << 12, 1 << 20
 
 
-def default_slots(queue_size: int, send_every: int) -> int:
+def default_slots(queue_size: int, send_every: int, num_instances: int = 0) -> int:
     """The ring's data slots for the settings: as many losses as ``queue_size`` messages of
-    ``send_every`` batches of 256 instances held, within [4096, 2**20] (48 KiB to 12 MiB of
-    ``/dev/shm``; 768 KiB at the defaults, 64 x 4). A message larger than the whole ring goes
-    through the queue instead (pickled, as before the ring).
+    ``send_every`` batches of 256 instances, or a quarter of an epoch's (``num_instances / 4``)
+    where that is more, within [4096, 2**20]: 48 KiB to 12 MiB of ``/dev/shm``, 768 KiB at the
+    defaults up to 262k instances, at most 3 bytes per instance above that. The quarter epoch
+    is for large batches (8192 instances x 4 per message fill the 256-based ring with two
+    messages; a full ring holds the next ones in the Boss's backlog). A message larger than
+    the whole ring goes through the queue instead (pickled).
 
     Args:
         queue_size: the inbox's bound in messages (also the ring's frames).
         send_every: batches per ``Losses`` message.
+        num_instances: the instances the Assistant scores (0: not considered).
 
     Returns:
         The number of slots.
     """
-    return int(min(max(int(queue_size) * int(send_every) * _INSTANCES_PER_BATCH, MIN_SLOTS),
-                   MAX_SLOTS))
+    wanted = max(int(queue_size) * int(send_every) * _INSTANCES_PER_BATCH, int(num_instances) // 4)
+    return int(min(max(wanted, MIN_SLOTS), MAX_SLOTS))
 
 
 def ring_bytes(slots: int, frames: int) -> int:

@@ -22,8 +22,9 @@ the loss ring (Boss -> Assistant, shared memory, ``loss_ring.py``) and the inbox
     reported before it. (A control frame is the ring's write position at the time its message
     was sent.) The ring and the queue hold ``queue_size`` frames; the ring's data slots
     (``loss_ring.default_slots``: ``queue_size`` messages of ``send_every`` batches of 256
-    instances, within 4096 to 2**20; 768 KiB of /dev/shm at the defaults) are a fixed size,
-    not per instance. The Boss never blocks on a full ring (except with ``sync=True``, where it
+    instances, or a quarter epoch's losses where that is more, within 4096 to 2**20; 768 KiB
+    of /dev/shm at the defaults up to 262k instances, at most 3 bytes per instance above).
+    The Boss never blocks on a full ring (except with ``sync=True``, where it
     waits for room): ``process.AssistantProcess`` holds what it cannot take in a bounded backlog
     and merges consecutive ``Losses`` (up to the ring's size).
 

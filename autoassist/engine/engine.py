@@ -52,7 +52,7 @@ class ShrinkEngine:
             self.assistant = AssistantProcess(
                 self.state, AssistantSettings.from_config(config),
                 queue_size=config.queue_size, max_restarts=config.max_restarts,
-                ring_slots=default_slots(config.queue_size, config.send_every),
+                ring_slots=default_slots(config.queue_size, config.send_every, self.n),
             )
             self.assistant.start()
         self.current: EpochPlan | None = None
