@@ -20,6 +20,7 @@ from autoassist.bench.frontier import (
     run_compute,
     split_validation,
 )
+from autoassist.errors import UsageError
 
 
 def _points(method, costs, accs, seeds=(0, 1, 2), jitter=0.0, epochs=None):
@@ -82,6 +83,14 @@ def test_saving_target_and_equal_cost_gain_on_hand_made_frontiers():
     slow = a["methods"]["slow"]
     assert slow["saving"] is None and slow["saving_ci"][0] is None
     assert slow["reached_fraction"] == 0.0
+    # the saving to reach uniform's accuracy at each of its budgets, not only at its best
+    at = fast["saving_at_budget"]
+    assert at["2"]["target"] == pytest.approx(0.85) and not at["2"]["first_point"]
+    assert at["2"]["saving"] == pytest.approx(0.5) == at["2"]["ci"][0]
+    assert at["4"]["saving"] == pytest.approx(1 - 1.25 / 4)  # between its 0.85 and 0.86
+    assert at["1"]["first_point"] and at["1"]["saving"] == pytest.approx(0.5)  # a lower bound
+    assert slow["saving_at_budget"]["1"]["saving"] == pytest.approx(1 - 3 / 1)  # costs 3x
+    assert slow["saving_at_budget"]["3"]["saving"] is None
     h = headline("t", {**a, "methods": {"uniform": a["methods"]["uniform"],
                                         "autoassist": fast}})
     assert h["saving"] == fast["saving"] and h["gain_equal_time"] == pytest.approx(0.02)
@@ -176,6 +185,13 @@ def test_frontier_runs_are_stored_and_skipped_on_rerun(tmp_path, monkeypatch):
                                       "saving_sb", "saving_published", "saving_random",
                                       "saving_control", "gain_equal_time", "best_gap"}
     assert saved["headline"]["saving_control"] is None  # the control was not run
+    # read again from the file alone: the same savings at each of uniform's budgets
+    read = frontier.reanalyse(tmp_path / "frontier_magic_tiny.json")
+    assert (read["analysis"]["methods"]["autoassist"]["saving_at_budget"]
+            == saved["analysis_compute"]["methods"]["autoassist"]["saving_at_budget"])
+    assert "| autoassist |" in read["table"] and "uniform at 3 epochs" in read["table"]
+    with pytest.raises(UsageError, match="not a frontier result"):
+        frontier.reanalyse(tmp_path / "frontier_runs")
     assert result["headline"] == saved["headline"]
     assert len(list((tmp_path / "frontier_runs").glob("*.json"))) == 9
     # autoassist ran with the library's defaults: wrap(loader) with nothing but the seed

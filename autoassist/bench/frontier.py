@@ -279,11 +279,13 @@ def _table(points: list[dict[str, Any]], method: str, seeds: Sequence[int],
     return None if np.isnan(out).any() else out
 
 
-def _saving(uniform: np.ndarray, method: np.ndarray, cols) -> tuple[float | None, float, float]:
-    """(saving, target, reference cost) of the mean frontiers over seed columns ``cols``."""
+def _saving(uniform: np.ndarray, method: np.ndarray, cols, row: int | None = None
+            ) -> tuple[float | None, float, float]:
+    """(saving, target, reference cost) of the mean frontiers over seed columns ``cols``; the
+    target is uniform's best mean accuracy, or its mean accuracy at budget ``row``."""
     u = uniform[:, cols].mean(axis=1)
     m = method[:, cols].mean(axis=1)
-    best = int(np.argmax(u[:, 1]))
+    best = int(np.argmax(u[:, 1])) if row is None else row
     target, reference = float(u[best, 1]), float(u[best, 0])
     reached = interpolate_cost(m[:, 0], m[:, 1], target)
     return (None if reached is None else 1.0 - reached / reference), target, reference
@@ -335,6 +337,9 @@ def analyse(points: list[dict[str, Any]], seeds: Sequence[int], *, bootstrap: in
                 else (np.nan, np.nan)
         entry["saving_ci"] = [None if not np.isfinite(low) else float(low),
                               None if not np.isfinite(high) else float(high)]
+        entry["saving_at_budget"] = {
+            str(budget): _saving_with_interval(uniform, table, cols_all, resamples, row)
+            for row, budget in enumerate(u_budgets)}
         gains = {}
         for b, budget in enumerate(u_budgets):
             diffs = []
@@ -354,6 +359,24 @@ def analyse(points: list[dict[str, Any]], seeds: Sequence[int], *, bootstrap: in
     headline_budget = equal_cost_budget or (u_budgets[1] if len(u_budgets) > 1 else u_budgets[0])
     out["equal_cost_budget"] = headline_budget
     return out
+
+
+def _saving_with_interval(uniform: np.ndarray, method: np.ndarray, cols, resamples,
+                          row: int) -> dict[str, Any]:
+    """The saving to reach uniform's mean accuracy at budget ``row`` (not its best): where
+    uniform's frontier still rises, the crossing is well defined and noise moves it little.
+    ``first_point``: the method's cheapest budget already reaches it, so the saving is a
+    lower bound (the frontier is not extrapolated below its first point)."""
+    saving, target, _ = _saving(uniform, method, cols, row)
+    boots = [_saving(uniform, method, c, row)[0] for c in resamples]
+    vals = np.array([-np.inf if b is None else b for b in boots])
+    low, high = (np.quantile(vals, [0.05, 0.95], method="lower") if len(vals)
+                 else (np.nan, np.nan))
+    m = method[:, cols].mean(axis=1)
+    return {"target": target, "saving": saving,
+            "ci": [None if not np.isfinite(low) else float(low),
+                   None if not np.isfinite(high) else float(high)],
+            "first_point": bool(saving is not None and m[0, 1] >= target)}
 
 
 def overhead_ratio(points: list[dict[str, Any]], method: str) -> float | None:
@@ -420,9 +443,62 @@ def _saving_cell(m: dict[str, Any]) -> str:
             f"{m['saving']:.1%} [{_fmt(ci[0])}, {_fmt(ci[1])}]")
 
 
+def _budget_saving_cell(cell: dict[str, Any]) -> str:
+    if cell["saving"] is None:
+        return "not reached"
+    ci = cell["ci"]
+    return (f"{'≥ ' if cell['first_point'] else ''}{cell['saving']:.0%} "
+            f"[{_fmt(ci[0], '.0%')}, {_fmt(ci[1], '.0%')}]")
+
+
 def _gain_cell(m: dict[str, Any], budget: int) -> str:
     gain = m["gain_equal_cost"].get(str(budget), {})
     return "n/a" if gain.get("mean") is None else f"{gain['mean']:+.4f} ± {gain['se'] or 0:.4f}"
+
+
+def budget_saving_table(analysis: dict[str, Any]) -> list[str]:
+    """Markdown lines: each method's saving to reach uniform's mean accuracy at each of
+    uniform's budgets, on ``analysis``'s axis (``analyse(...)["methods"][m]["saving_at_budget"]``).
+    """
+    budgets = list(analysis["methods"]["uniform"]["budgets"])
+    lines = [f"Saving on {analysis['axis']} to reach uniform's mean accuracy at each of its "
+             "budgets (a target where uniform's frontier still rises reads a well-defined "
+             "crossing; '≥': the method's cheapest budget reaches it already), 90% interval:", "",
+             "| method | " + " | ".join(f"uniform at {b} epochs" for b in budgets) + " |",
+             "| --- |" + " --- |" * len(budgets)]
+    for method, m in analysis["methods"].items():
+        if method == "uniform" or not m.get("complete"):
+            continue
+        cells = [_budget_saving_cell(m["saving_at_budget"][str(b)]) for b in budgets]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def reanalyse(path: Path, axis: str = "compute") -> dict[str, Any]:
+    """Read a frontier result file again with today's readings, training nothing and writing
+    nothing: its stored points give the savings at each of uniform's budgets.
+
+    Args:
+        path: a ``frontier_*.json`` this harness wrote.
+        axis: the cost axis (``compute``, or ``cost`` for CPU seconds).
+
+    Returns:
+        ``{"file", "commit", "seeds", "analysis", "table"}`` (``table``: markdown).
+
+    Raises:
+        UsageError: the file is missing or not a frontier result.
+    """
+    from autoassist.errors import UsageError
+
+    try:
+        result = json.loads(Path(path).read_text())
+        points = result["points"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UsageError(f"--reanalyse {path}: not a frontier result file ({err})") from None
+    seeds = sorted({p["seed"] for p in points if p["method"] == "uniform"})
+    analysis = analyse(points, seeds, axis=axis)
+    return {"file": str(path), "commit": result.get("commit"), "seeds": seeds,
+            "analysis": analysis, "table": "\n".join(budget_saving_table(analysis))}
 
 
 def markdown(task: Task, result: dict[str, Any]) -> str:
@@ -469,6 +545,8 @@ def markdown(task: Task, result: dict[str, Any]) -> str:
     if suspect:
         lines += ["", f"WARNING: {len(suspect)} run(s) used more CPU than their threads allow "
                   f"(a spinning thread): {', '.join(suspect)}; their cost is inflated."]
+    if c is not None:
+        lines += [""] + budget_saving_table(c)
     lines += ["", "Saving: 1 - cost for the method's mean frontier to first reach the target / "
               "uniform's reference cost (linear between budgets; 'not reached' within the "
               "largest budget is never a number). Interval: 90% bootstrap over seeds."]
@@ -705,6 +783,9 @@ def add_arguments(p) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--tag", default=None,
                    help="suffix of the output files (another set of methods on the same runs)")
+    p.add_argument("--reanalyse", default=None, metavar="FILE",
+                   help="train nothing: print the savings at each of uniform's budgets (compute) "
+                        "read from a frontier result file's stored points")
 
 
 def check_arguments(args) -> None:
@@ -743,6 +824,14 @@ def check_arguments(args) -> None:
 
 def run_cli(args, directory: Path) -> dict[str, Any]:
     check_arguments(args)
+    if getattr(args, "reanalyse", None):
+        read = reanalyse(Path(args.reanalyse))
+        print(read["table"])
+        savings = {m: {b: c["saving"] for b, c in e["saving_at_budget"].items()}
+                   for m, e in read["analysis"]["methods"].items()
+                   if m != "uniform" and e.get("complete")}
+        return {"headline": {"file": read["file"], "commit": read["commit"],
+                             "seeds": len(read["seeds"]), "saving_at_budget": savings}}
     seeds = args.seeds or (3 if args.quick else 5)
     result = run_frontier(
         args.task, out=directory, seeds=seeds, quick=args.quick,
