@@ -67,7 +67,10 @@ MULTIPLIERS = {"uniform": 1.0, "autoassist": 1.5, "autoassist_reweight_anneal": 
                "aa_memory_rw": 1.5, "aa_memory_rw_tail": 1.5, "aa_sum": 1.5, "aa_sum_tail": 1.5,
                # the control: uniform again with another data order (same initial weights), so
                # the readings of a method exactly as good as uniform show what noise alone gives
-               "uniform_reshuffled": 1.0}
+               "uniform_reshuffled": 1.0,
+               # bounds: the keep rule fed a perfect Assistant (the Boss's current losses), at
+               # the defaults' floor and at a low one; the defaults at that low floor
+               "oracle": 1.5, "oracle_floor02": 2.0, "aa_floor02": 2.0}
 # frontier method -> (harness method, its autoassist settings): "autoassist" is exactly
 # ``autoassist.wrap(loader)`` with the library's defaults (only the seed is passed)
 # (a callable gets the run's epoch count: settings that depend on the budget)
@@ -91,6 +94,11 @@ VARIANTS: dict[str, tuple[str, Any]] = {
     "aa_sum": ("autoassist", {"reweight_scale": "sum"}),
     "aa_sum_tail": ("autoassist", lambda e: {"reweight_scale": "sum", "epochs": e,
                                              "anneal_epochs": max(1, round(e / 8))}),
+    # what caps the saving: the Assistant (oracle vs the defaults at one floor) or the keep
+    # rule (floor 0.5 vs 0.2 under either)
+    "oracle": ("oracle", {"floor": 0.5}),
+    "oracle_floor02": ("oracle", {"floor": 0.2}),
+    "aa_floor02": ("autoassist", {"floor": 0.2}),
 }
 METHODS = ("uniform", "autoassist", "published", "infobatch", "selective_backprop",
            "random_subset")

@@ -21,6 +21,9 @@ Methods (same model, epoch budget, learning rate, seeds, thread settings):
 - ``uniform_reshuffled`` (opt-in, ``--methods ...,uniform_reshuffled``): uniform again from the
   same initial weights with another data order. Equally accurate by construction, it shows how
   often a method *as good as* uniform reaches the strict per-seed target: the criterion's noise.
+- ``oracle`` (opt-in): an upper bound, not a method: the library's keep rule fed a perfect
+  Assistant (every instance scored with the Boss's current loss before each epoch, scoring not
+  counted). It says whether the Assistant or the keep rule caps what shrinking can save.
 """
 
 from __future__ import annotations
@@ -58,11 +61,12 @@ METHODS = ("uniform", "autoassist", "random_subset", "published", "infobatch",
 # Opt-in controls (not run by default): ``uniform_reshuffled`` is uniform again with another data
 # order, equally accurate by construction, so its "reached" count and paired final difference
 # measure the strict criterion's own noise floor.
-CONTROLS = ("uniform_reshuffled",)
+CONTROLS = ("uniform_reshuffled", "oracle")
 ALL_METHODS = METHODS + CONTROLS
 LABELS = {"uniform": "uniform (tuned)", "autoassist": "autoassist",
           "random_subset": "random subset (control)",
           "uniform_reshuffled": "uniform, other data order (control)",
+          "oracle": "perfect Assistant (bound)",
           "published": "AutoAssist as published", "infobatch": "InfoBatch-style",
           "selective_backprop": "Selective-Backprop-style"}
 
@@ -98,6 +102,9 @@ class _Method:
 
     def loss(self, model, batch) -> tuple[torch.Tensor | None, int, int]:
         raise NotImplementedError
+
+    def bind(self, model) -> None:
+        """The Boss's model, before the first epoch (a method that scores with it keeps it)."""
 
     def finish(self, model) -> tuple[torch.Tensor | None, int, int]:
         return None, 0, 0
@@ -260,6 +267,76 @@ class InfoBatchMethod(_Method):
         return {"kept_fraction": self.kept}
 
 
+class OracleMethod(_Method):
+    """The library's keep rule fed a perfect Assistant: an upper bound, not a method.
+
+    Before each shrinking epoch every training instance is scored with the Boss's *current*
+    loss (eval mode, no gradients), and ``p_i = 1`` where it lies above the mean loss: exactly
+    the label the default (memory) Assistant predicts from each instance's last reported loss,
+    without its staleness. Selection, floor and weights are the library's own
+    (``plan_from_keep_scores``: ``P_i = b + (1 - b) p_i``, weights ``mean(P) / P_i``), with the
+    defaults' one full warm-up epoch. The scoring pass is free for a perfect Assistant, so it is
+    not counted in ``forwarded``; ``scoring_forwards`` records it.
+    """
+
+    def __init__(self, *args, floor: float = 0.5, warmup_epochs: int = 1, chunk: int = 4096):
+        super().__init__(*args)
+        from autoassist.config import ShrinkConfig
+
+        self.config = ShrinkConfig(floor=floor, warmup_epochs=warmup_epochs, seed=self.seed)
+        self.chunk = chunk
+        self.model = None
+        self.kept: list[float] = []
+        self.scoring_forwards = 0
+        self._weights = np.ones(len(self.train), np.float32)
+
+    def bind(self, model) -> None:
+        self.model = model
+
+    def _current_losses(self) -> np.ndarray:
+        if self.model is None:
+            raise RuntimeError("OracleMethod scores with the Boss's model: call bind(model) "
+                               "before the first epoch")
+        x, y = self.train.tensors()
+        device = next(self.model.parameters()).device
+        was_training = self.model.training
+        self.model.eval()
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(y), self.chunk):
+                xb, yb = x[i : i + self.chunk].to(device), y[i : i + self.chunk].to(device)
+                out.append(F.cross_entropy(self.model(xb), yb, reduction="none").cpu())
+        self.model.train(was_training)
+        self.scoring_forwards += len(y)
+        return torch.cat(out).numpy().astype(np.float64)
+
+    def epoch(self, epoch):
+        from autoassist.engine.plan import plan_from_keep_scores
+        from autoassist.kernels import shuffle_kept
+
+        n = len(self.train)
+        if epoch < self.config.warmup_epochs:
+            kept, self._weights = np.arange(n), np.ones(n, np.float32)
+        else:
+            losses = self._current_losses()
+            p = (losses > losses.mean()).astype(np.float32)
+            plan = plan_from_keep_scores(self.config, epoch, p, epoch, self.config.floor)
+            kept, self._weights = np.flatnonzero(plan.mask), plan.all_weights
+        self.kept.append(len(kept) / n)
+        ids = _IdBatches(shuffle_kept(kept, self.seed, epoch), self.batch_size)
+        return _Zipped(DataLoader(self.train, batch_sampler=ids, pin_memory=self.pin),
+                       ids.batches)
+
+    def loss(self, model, batch):
+        (x, y), ids = batch
+        per_sample = F.cross_entropy(model(x), y, reduction="none")
+        w = torch.from_numpy(self._weights[ids]).to(per_sample.device)
+        return (per_sample * w).mean(), len(y), len(y)
+
+    def info(self):
+        return {"kept_fraction": self.kept, "scoring_forwards": self.scoring_forwards}
+
+
 class _Zipped:
     def __init__(self, loader, ids):
         self.loader, self.ids = loader, ids
@@ -346,6 +423,8 @@ def make_method(name: str, train, batch_size: int, seed: int, epochs: int,
         return InfoBatchMethod(*args)
     if name == "selective_backprop":
         return SelectiveBackpropMethod(*args)
+    if name == "oracle":
+        return OracleMethod(*args, **(settings or {}))
     raise ValueError(f"unknown method {name!r}; choose from {ALL_METHODS}")
 
 
@@ -391,6 +470,7 @@ def run_one(task: Task, method: str, train, test, *, seed: int, lr: float, epoch
     clock.start()
     runner = make_method(method, train, task.batch_size, seed, epochs, settings, device,
                          matched_run)
+    runner.bind(model)
     setup_seconds = clock.pause()
 
     def settle():  # queued GPU work belongs to the epoch that queued it
