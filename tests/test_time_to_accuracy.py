@@ -227,6 +227,49 @@ def test_reshuffled_uniform_sees_every_instance_in_another_seeded_order():
     assert not np.array_equal(order(make_method("uniform_reshuffled", data, 64, 4, 2)), other)
 
 
+def test_oracle_bound_keeps_every_above_mean_loss_and_reweights_the_rest():
+    """The perfect-Assistant bound: the Boss's current losses, the library's keep rule."""
+    import torch
+
+    from autoassist.bench.datasets import TensorPairs
+    from autoassist.bench.time_to_accuracy import make_method
+
+    n = 2000
+    x = torch.linspace(-3, 3, n)[:, None]
+    data = TensorPairs(x, torch.zeros(n, dtype=torch.long), ("a", "b"))
+    model = torch.nn.Linear(1, 2)
+    with torch.no_grad():  # logits (0, x): the loss of label 0 is log(1 + e^x), rising with x
+        model.weight.copy_(torch.tensor([[0.0], [1.0]]))
+        model.bias.zero_()
+    oracle = make_method("oracle", data, 64, 5, 3, {"floor": 0.25})
+    with pytest.raises(RuntimeError, match="bind"):
+        oracle.epoch(1)
+    oracle.bind(model)
+
+    def kept(epoch):
+        batches = list(oracle.epoch(epoch))
+        return np.concatenate([ids for (_x, _y), ids in batches]), batches
+
+    warm, _ = kept(0)  # the warm-up epoch keeps everything, weight 1
+    assert sorted(warm.tolist()) == list(range(n)) and oracle.scoring_forwards == 0
+    ids, batches = kept(1)
+    losses = torch.nn.functional.softplus(x[:, 0]).numpy()
+    above = np.flatnonzero(losses > losses.mean())
+    assert set(above.tolist()) <= set(ids.tolist())  # P = 1 above the mean
+    below_kept = len(ids) - len(above)
+    assert 0.18 < below_kept / (n - len(above)) < 0.32  # the floor elsewhere
+    mean_p = (len(above) + 0.25 * (n - len(above))) / n
+    (bx, by), bids = batches[0]
+    loss, fwd, bwd = oracle.loss(model, ((bx, by), bids))
+    w = np.where(np.isin(bids, above), mean_p, mean_p / 0.25)
+    expected = (torch.nn.functional.cross_entropy(model(bx), by, reduction="none")
+                * torch.from_numpy(w).float()).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert (fwd, bwd) == (len(by), len(by))  # the scoring pass is free for a perfect Assistant
+    assert oracle.scoring_forwards == n and oracle.info()["kept_fraction"][1] == len(ids) / n
+    assert np.array_equal(kept(1)[0], ids)  # seeded: the same epoch keeps the same set
+
+
 # -- the harness end to end on a tiny real budget ------------------------------------------------
 @contextmanager
 def _watched_harness():
