@@ -9,7 +9,10 @@ Each loop is written once in plain Python and compiled with Numba on first need:
 runs it uncompiled for batches under ``COMPILE_AT`` losses until the compiled one is loaded
 (the same float64 operations in the same order, so the same labels and mean), which keeps Numba
 out of a starting Assistant: on a small data set its import and kernel load (~0.8 s of CPU) would
-land in the Boss's first epoch, on the Boss's cores.
+land in the Boss's first epoch, on the Boss's cores. Once the process has labelled
+``COMPILE_AFTER`` losses in Python (about what loading the compiled loop costs), it compiles
+whatever the batch size: a large data set's Assistant labels millions of losses an epoch, ~100x
+faster compiled, and a starved one must not fall behind for want of it.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from __future__ import annotations
 import numpy as np
 
 COMPILE_AT = 1 << 16  # losses in one call from which compiling pays off (Python: ~0.3 us each)
+COMPILE_AFTER = 1 << 20  # losses labelled in Python by this process, after which it has paid
 _COMPILED: dict = {}
+_python_losses = [0]  # losses this process has labelled uncompiled (ema_stream)
 
 
 def _compiled(loop):
@@ -47,8 +52,10 @@ def ema_stream(losses: np.ndarray, mean: float, alpha: float) -> tuple[np.ndarra
     if not 0.0 < alpha <= 1.0:
         raise ValueError(f"alpha={alpha} must lie in (0, 1]")
     labels = np.empty(len(losses), np.uint8)
-    if len(losses) >= COMPILE_AT or _ema_stream in _COMPILED:
+    n = len(losses)
+    if n >= COMPILE_AT or _ema_stream in _COMPILED or _python_losses[0] + n > COMPILE_AFTER:
         return labels, float(_compiled(_ema_stream)(losses, float(mean), float(alpha), labels))
+    _python_losses[0] += n
     return labels, float(_ema_stream(losses, float(mean), float(alpha), labels))  # uncompiled
 
 

@@ -135,6 +135,7 @@ class EngineLoader:
         self._counts = _EpochCounts()
         self._live: weakref.ref | None = None  # the iteration started last
         self._warned: set[str] = set()
+        self._dropped_seen = 0  # the Assistant's dropped losses already warned about
         self._last_ids: np.ndarray | None = None  # the batch just yielded, until reported
         self._last_batch: Any = None
         self._defer_end = False  # inside late_reports()
@@ -372,8 +373,34 @@ class EngineLoader:
                 "loader.report(per_sample) once per batch; when losses come back after the "
                 "loop, run the epoch inside `with loader.late_reports():`",
             )
+        self._warn_if_behind(epoch, record)
         if self._on_epoch_end is not None:  # a copy: the hook cannot change the loader's
             self._on_epoch_end(dict(record))
+
+    def _warn_if_behind(self, epoch: int, record: dict[str, Any]) -> None:
+        """Say so when the Assistant's lag costs the run its shrinking: the Boss never waits
+        for it, so a starved Assistant (its process runs at low priority) would otherwise just
+        leave every epoch full."""
+        starved = ("it runs at low priority so as never to slow the Boss, and gets little CPU "
+                   "when every core is busy. Leave a core free for it (fewer torch threads or "
+                   "DataLoader workers), or set sync=True to wait for it (slower)")
+        if record.get("first_scores_wait_expired"):
+            self._warn_once(
+                "no_first_scores",
+                f"autoassist: epoch {epoch} trained on every instance: the Assistant had "
+                f"published no scores after {record.get('first_scores_waited', 0.0):.2f} s "
+                "(first_scores_wait); later epochs shrink as soon as its scores come, without "
+                f"waiting. If this persists (telemetry score_version stays 0): {starved}",
+            )
+        dropped = record.get("dropped_instances", 0) - self._dropped_seen
+        self._dropped_seen = record.get("dropped_instances", 0)
+        if dropped > 0:
+            self._warn_once(
+                "dropped_losses",
+                f"autoassist: the Assistant is falling behind: {dropped} losses of epoch "
+                f"{epoch} were dropped before it could take them (telemetry "
+                f"dropped_instances), so its scores lag the Boss's progress: {starved}",
+            )
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:

@@ -194,7 +194,8 @@ def test_a_silent_assistant_costs_one_first_scores_wait_per_run():
     train = _magic(1500)
     model, opt = _linear_boss()
     loader = autoassist.wrap(DataLoader(train, batch_size=64, shuffle=True), seed=3,
-                             warmup_epochs=1, first_scores_wait=0.25)
+                             warmup_epochs=1, first_scores_wait=0.25,
+                             queue_size=2, send_every=1)  # a ring of 2 messages: a backlog soon
     with loader:
         engine, handle = loader.engine, loader.engine.assistant
         assert handle.model_state(timeout=120)[1]  # its loop runs; no losses: nothing published
@@ -207,12 +208,23 @@ def test_a_silent_assistant_costs_one_first_scores_wait_per_run():
             return real_wait(*args)
 
         engine._await_first_scores = spy
+        handle.backlog_limit = 2000  # what the frozen Assistant cannot take soon goes: ~epoch 2
         try:
-            _train_epochs(loader, model, opt, range(5))
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                _train_epochs(loader, model, opt, range(5))
         finally:
             os.kill(handle.pid, signal.SIGCONT)
         tele = loader.telemetry
         assert engine.state_dict()["first_scores_expired"] is True  # a resumed run waits no more
+    said = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    # each said once, naming what happened and what to do
+    assert sum("published no scores" in m and "epoch 1 trained on every instance" in m
+               and "Leave a core free" in m for m in said) == 1
+    dropped = [m for m in said if "falling behind" in m]
+    first_drop = next(t for t in tele if t["dropped_instances"] > 0)
+    assert len(dropped) == 1 and f"{first_drop['dropped_instances']} losses of epoch " \
+        f"{first_drop['epoch']} were dropped" in dropped[0]
     assert waits == [1]  # the first shrinking epoch only (was: every epoch)
     assert [t["first_scores_wait_expired"] for t in tele] == [False, True, False, False, False]
     assert [t["first_scores_wait_skipped"] for t in tele] == [False, False, True, True, True]

@@ -186,6 +186,25 @@ def test_ema_stream_matches_definition():
         ema_stream(losses, 0.0, 0.0)
 
 
+def test_ema_stream_compiles_once_enough_small_batches_were_labelled_in_python(monkeypatch):
+    """Small batches start in Python; once their total passes COMPILE_AFTER the compiled loop
+    takes over (a large data set's Assistant), with the same labels and mean."""
+    from autoassist.kernels import stats
+
+    monkeypatch.setattr(stats, "_COMPILED", {})
+    monkeypatch.setattr(stats, "_python_losses", [0])
+    monkeypatch.setattr(stats, "COMPILE_AFTER", 1000)
+    losses = np.random.default_rng(4).random(1800)
+    first, mean = ema_stream(losses[:600], float("nan"), 0.05)
+    assert stats._ema_stream not in stats._COMPILED and stats._python_losses == [600]
+    second, mean = ema_stream(losses[600:1200], mean, 0.05)  # 1200 > 1000: compiled now
+    assert stats._ema_stream in stats._COMPILED and stats._python_losses == [600]
+    third, mean = ema_stream(losses[1200:], mean, 0.05)
+    whole, whole_mean = ema_stream(losses, float("nan"), 0.05)
+    assert np.array_equal(np.concatenate([first, second, third]), whole)
+    assert mean == whole_mean
+
+
 def test_ema_stream_python_and_compiled_paths_agree_exactly():
     """Small batches are labelled in plain Python until the compiled loop is loaded (kernels
     stay out of a starting Assistant); both must give the same labels and the same mean."""
