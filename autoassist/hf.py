@@ -120,13 +120,16 @@ class _TrainerLoader:
     ``len()`` is the full epoch's (the Trainer sizes ``max_steps`` and the LR schedule from it)
     until the Trainer's first ``set_epoch``; from then on the current epoch's batches still to
     come. ``set_epoch`` runs the loader's next epoch (or continues a resumed, unfinished one),
-    whatever number the Trainer gives.
+    whatever number the Trainer gives; once ``epochs`` epochs have run (a run resumed from its
+    last checkpoint), an empty one.
     """
 
-    def __init__(self, loader: ShrinkingLoader, next_epoch: int):
+    def __init__(self, loader: ShrinkingLoader, next_epoch: int, epochs: int):
         self.loader = loader
         self.dataset = loader.user_loader.dataset  # Trainer.num_examples reads it
         self.next_epoch = next_epoch  # the loader's epoch the next set_epoch runs
+        self.epochs = epochs  # num_train_epochs
+        self._finished = False  # every epoch has run: nothing is left to train
         self._started = False
         self._length = 0
         self._held = ExitStack()  # the epoch's end, held until its last batch is reported
@@ -141,6 +144,12 @@ class _TrainerLoader:
     def set_epoch(self, trainer_epoch: int) -> None:
         self.end_held_epoch()
         self._started = True
+        # the Trainer counts its epochs in full-epoch steps, so after a resume from the end of
+        # the last epoch it still runs one: without this, a loader epoch past the run's end
+        self._finished = self.next_epoch >= self.epochs
+        if self._finished:
+            self._length = 0
+            return
         self.loader.set_epoch(self.next_epoch)
         self._length = max(len(self.loader) - self.loader.batches_done, 0)
 
@@ -153,6 +162,8 @@ class _TrainerLoader:
         loader = self.loader
         if not self._started:  # iterated without set_epoch (not the Trainer's way)
             self.set_epoch(0)
+        if self._finished:
+            return
         self.end_held_epoch()
         self._held.enter_context(loader.late_reports())
         self._ran_out = False
@@ -371,7 +382,7 @@ class AutoAssistTrainer(Trainer):
                 loader.close()
                 raise
             next_epoch = int(state["epoch"]) + bool(state["epoch_complete"])
-        self._aa_adapter = _TrainerLoader(loader, next_epoch)
+        self._aa_adapter = _TrainerLoader(loader, next_epoch, int(self.args.num_train_epochs))
         return self._aa_adapter
 
     def _check_resumed_steps(self, state: dict[str, Any], steps: int, batches: int) -> None:

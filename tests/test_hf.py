@@ -176,6 +176,24 @@ def test_resume_matches_uninterrupted_run(data, tmp_path):
     assert mid < resumed.state.global_step == whole.state.global_step
 
 
+def test_resuming_a_finished_run_trains_nothing_more(data, tmp_path):
+    """The Trainer counts epochs in full-epoch steps, so from the last checkpoint it would run
+    one more epoch: the loader gives it none."""
+    dataset, vocab = data
+    args = dict(num_train_epochs=2, save_strategy="epoch")
+    whole = Recorder(model=_model(vocab), args=_args(tmp_path, **args), train_dataset=dataset,
+                     data_collator=collate, shrink=SHRINK)
+    whole.train()
+    again = Recorder(model=_model(vocab), args=_args(tmp_path, **args), train_dataset=dataset,
+                     data_collator=collate, shrink=SHRINK)
+    again.train(resume_from_checkpoint=True)  # the last one: the end of epoch 1
+    assert again.epochs == [] and again.state.global_step == whole.state.global_step
+    assert [r["epoch"] for r in again.telemetry] == [0, 1]
+    a, b = _weights(whole.model), _weights(again.model)
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=0)
+
+
 def test_gradient_accumulation_steps_after_each_shrunk_epoch_and_learner_features(data,
                                                                                  tmp_path):
     dataset, vocab = data
