@@ -9,12 +9,16 @@
 
 How it meets the Trainer (docs/hf.md has the details):
 
-- The training loader: the Trainer builds and ``accelerator.prepare``s its DataLoader as usual
-  (``get_train_dataloader``); the shrinking loader is made from it and has accelerate prepare
-  the DataLoader it rebuilds (``wrap(..., prepare=accelerator.prepare)``), so batches keep
-  accelerate's device placement. The Trainer iterates a thin adapter whose ``len()`` is the
-  full epoch's until training starts (so ``max_steps`` and the LR schedule's length are those
-  of full epochs), then each (shrunk) epoch's.
+- The training loader: in one process the Trainer builds and ``accelerator.prepare``s its
+  DataLoader as usual (``get_train_dataloader``); the shrinking loader is made from it and has
+  accelerate prepare the DataLoader it rebuilds (``wrap(..., prepare=accelerator.prepare)``),
+  so batches keep accelerate's device placement. With several processes (DDP) accelerate's
+  prepare would shard batches behind the shrinking sampler's back, so each process builds its
+  DataLoader with a ``DistributedSampler`` instead (the Trainer's collator, column removal and
+  worker settings) and the shrinking loader cuts equal, disjoint shards of the kept set; the
+  Trainer's ``_prepare_inputs`` moves each batch to the device. The Trainer iterates a thin
+  adapter whose ``len()`` is the full epoch's until training starts (so ``max_steps`` and the
+  LR schedule's length are those of full epochs), then each (shrunk) epoch's.
 - Ids: a batch's instance ids are the dataset's indices the shrinking sampler chose; the adapter
   puts them in the batch under ``IDS_KEY`` (NumPy, so the Trainer leaves them on the CPU) and
   ``compute_loss`` takes them out again: no id column, whatever ``remove_unused_columns`` does.
@@ -26,39 +30,50 @@ How it meets the Trainer (docs/hf.md has the details):
   Trainer asks for (``lr_scheduler_type``, warm-up) is read at the run's *progress* (epoch and
   position in the shrunk epoch), so it ends where it should however epochs shrink.
 - State: ``autoassist_state.pt`` in each checkpoint folder (tensors and plain values:
-  ``torch.load``'s default ``weights_only=True`` reads it); ``train(resume_from_checkpoint=...)``
-  continues.
+  ``torch.load``'s default ``weights_only=True`` reads it), written by process 0; with several
+  processes each other process r adds its own part, ``autoassist_state_rank{r}.pt``.
+  ``train(resume_from_checkpoint=...)`` continues.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, DistributedSampler
 
 from autoassist.config import ShrinkConfig
+from autoassist.engine import state_check
+from autoassist.engine.distributed import rank_world
 from autoassist.errors import UsageError
+from autoassist.pipelines.base import with_rank_state
 from autoassist.pipelines.dataloader import ShrinkingLoader
 
 try:
     from transformers import Trainer, TrainerCallback
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    from transformers.trainer_utils import seed_worker
 except ImportError as error:  # pragma: no cover - the extra is installed wherever tests run
     raise ImportError(
         "autoassist.hf needs Hugging Face transformers (>= 4.57, < 5) and accelerate: "
         "pip install 'autoassist[hf]'"
     ) from error
 
-__all__ = ["IDS_KEY", "STATE_FILE", "AutoAssistTrainer", "token_features"]
+__all__ = ["IDS_KEY", "RANK_STATE_FILE", "STATE_FILE", "AutoAssistTrainer", "token_features"]
 
 IDS_KEY = "autoassist_ids"  # the batch entry holding its instance ids (taken out before forward)
 STATE_FILE = "autoassist_state.pt"  # in each checkpoint folder: the loader's and Assistant's state
+# with several processes, process r's own part of the state (its position, its reports not yet
+# gathered to process 0, its telemetry), next to process 0's STATE_FILE
+RANK_STATE_FILE = "autoassist_state_rank{rank}.pt"
 _STATE_VERSION = 1
 
 
@@ -105,13 +120,16 @@ class _TrainerLoader:
     ``len()`` is the full epoch's (the Trainer sizes ``max_steps`` and the LR schedule from it)
     until the Trainer's first ``set_epoch``; from then on the current epoch's batches still to
     come. ``set_epoch`` runs the loader's next epoch (or continues a resumed, unfinished one),
-    whatever number the Trainer gives.
+    whatever number the Trainer gives; once ``epochs`` epochs have run (a run resumed from its
+    last checkpoint), an empty one.
     """
 
-    def __init__(self, loader: ShrinkingLoader, next_epoch: int):
+    def __init__(self, loader: ShrinkingLoader, next_epoch: int, epochs: int):
         self.loader = loader
         self.dataset = loader.user_loader.dataset  # Trainer.num_examples reads it
         self.next_epoch = next_epoch  # the loader's epoch the next set_epoch runs
+        self.epochs = epochs  # num_train_epochs
+        self._finished = False  # every epoch has run: nothing is left to train
         self._started = False
         self._length = 0
         self._held = ExitStack()  # the epoch's end, held until its last batch is reported
@@ -126,6 +144,12 @@ class _TrainerLoader:
     def set_epoch(self, trainer_epoch: int) -> None:
         self.end_held_epoch()
         self._started = True
+        # the Trainer counts its epochs in full-epoch steps, so after a resume from the end of
+        # the last epoch it still runs one: without this, a loader epoch past the run's end
+        self._finished = self.next_epoch >= self.epochs
+        if self._finished:
+            self._length = 0
+            return
         self.loader.set_epoch(self.next_epoch)
         self._length = max(len(self.loader) - self.loader.batches_done, 0)
 
@@ -138,6 +162,8 @@ class _TrainerLoader:
         loader = self.loader
         if not self._started:  # iterated without set_epoch (not the Trainer's way)
             self.set_epoch(0)
+        if self._finished:
+            return
         self.end_held_epoch()
         self._held.enter_context(loader.late_reports())
         self._ran_out = False
@@ -210,11 +236,16 @@ class AutoAssistTrainer(Trainer):
             ``token_features`` of the training set (hashed bags of its token ids).
         **kwargs: the Trainer's keyword arguments.
 
+    With several processes (DDP: ``torchrun``, ``accelerate launch``) every process trains an
+    equal, disjoint shard of the epoch's kept set, which process 0's Assistant chooses from all
+    processes' losses; checkpoints hold every process's part (docs/hf.md).
+
     Raises:
         UsageError: (at ``train``) a step budget (``max_steps > 0``), a fractional
             ``num_train_epochs``, ``compute_loss_func`` or label smoothing (the loss is computed
-            here: override ``per_sample_loss``), several processes, or gradient accumulation
-            where the Trainer fixes the epoch length up front (transformers 5).
+            here: override ``per_sample_loss``), gradient accumulation where the Trainer fixes
+            the epoch length up front (transformers 5); with several processes also
+            ``group_by_length`` or accelerate's ``split_batches`` / ``dispatch_batches``.
     """
 
     def __init__(self, *args, shrink=None, features=None, **kwargs):
@@ -223,6 +254,7 @@ class AutoAssistTrainer(Trainer):
         self._aa_features = features
         self._aa_adapter: _TrainerLoader | None = None
         self._aa_state_to_load: dict[str, Any] | None = None
+        self._aa_resumed_steps: int | None = None  # the checkpoint's global step, until loaded
         self._aa_telemetry: list[dict[str, Any]] = []
         # the loss compute_loss returns is a per-sequence mean: the Trainer divides it by the
         # accumulation steps itself (not by a token count across them)
@@ -282,11 +314,7 @@ class AutoAssistTrainer(Trainer):
                 "per_sample_loss(outputs, labels)"
             )
         if args.world_size > 1:
-            raise UsageError(
-                f"AutoAssistTrainer runs in one process for now (world size {args.world_size}); "
-                "for data-parallel training use autoassist.wrap with a DistributedSampler in "
-                "your own loop, or the Lightning callback"
-            )
+            self._check_parallel_settings()
         if args.gradient_accumulation_steps > 1 and _epoch_length_fixed():
             raise UsageError(
                 f"gradient_accumulation_steps={args.gradient_accumulation_steps}: this "
@@ -298,28 +326,116 @@ class AutoAssistTrainer(Trainer):
         if not args.ignore_data_skip:  # the loader's state resumes the data position itself
             args.ignore_data_skip = True
 
+    def _check_parallel_settings(self) -> None:
+        """Several processes: refuse what the per-process DataLoader cannot honour (it is not
+        accelerate's), and a process group that is not the Trainer's (the epoch's plan is a
+        collective on torch.distributed's default group)."""
+        args = self.args
+        if args.group_by_length:
+            raise UsageError(
+                "group_by_length=True with several processes: AutoAssistTrainer shards each "
+                "epoch's kept set in DistributedSampler's shuffled order, not by length. Set "
+                "group_by_length=False, or train in one process"
+            )
+        config = args.accelerator_config
+        for name in ("split_batches", "dispatch_batches"):
+            if getattr(config, name, None):
+                raise UsageError(
+                    f"accelerator_config {name}=True with several processes: AutoAssistTrainer "
+                    "gives each process its own shard of the kept set (a DistributedSampler), "
+                    f"not accelerate's batch sharding. Leave {name} unset; "
+                    "per_device_train_batch_size is then each process's batch"
+                )
+        rank, world = rank_world()
+        if (rank, world) != (args.process_index, args.world_size):
+            raise UsageError(
+                f"AutoAssistTrainer is process {args.process_index} of {args.world_size}, but "
+                f"torch.distributed's default process group makes it rank {rank} of {world}: "
+                "the processes plan each epoch together on that group. Launch with torchrun or "
+                "accelerate launch and let the Trainer set up the process group"
+            )
+
     def get_train_dataloader(self):
-        """The Trainer's training DataLoader, shrinking: built and prepared by the Trainer, then
-        wrapped, its rebuilt DataLoader prepared by accelerate again (device placement)."""
-        prepared = super().get_train_dataloader()
+        """The Trainer's training DataLoader, shrinking. One process: built and prepared by the
+        Trainer, then wrapped, its rebuilt DataLoader prepared by accelerate again (device
+        placement). Several: this process's DataLoader over a ``DistributedSampler``
+        (``_sharded_train_dataloader``), wrapped without accelerate's prepare."""
+        if self.args.world_size > 1:
+            source, prepare = self._sharded_train_dataloader(), None
+        else:
+            source, prepare = super().get_train_dataloader(), self.accelerator.prepare
         if self._aa_adapter is not None:  # a retried inner loop (auto_find_batch_size)
             self.close_autoassist()
         features = self._aa_features
         if features is None and self.shrink_config.assistant != "memory":
-            features = token_features(prepared.dataset, self.shrink_config.feature_dim)
-        loader = ShrinkingLoader(prepared, self.shrink_config, features=features,
-                                 prepare=self.accelerator.prepare)
-        next_epoch = 0
+            features = token_features(source.dataset, self.shrink_config.feature_dim)
         state, self._aa_state_to_load = self._aa_state_to_load, None
+        steps, self._aa_resumed_steps = self._aa_resumed_steps, None
+        if state is not None and steps is not None:
+            self._check_resumed_steps(state, steps, len(source))
+        loader = ShrinkingLoader(source, self.shrink_config, features=features, prepare=prepare)
+        next_epoch = 0
         if state is not None:
             try:
-                loader.load_state_dict(state["loader"])
+                loader.load_state_dict(state)
             except BaseException:
                 loader.close()
                 raise
-            next_epoch = int(state["loader"]["epoch"]) + bool(state["loader"]["epoch_complete"])
-        self._aa_adapter = _TrainerLoader(loader, next_epoch)
+            next_epoch = int(state["epoch"]) + bool(state["epoch_complete"])
+        self._aa_adapter = _TrainerLoader(loader, next_epoch, int(self.args.num_train_epochs))
         return self._aa_adapter
+
+    def _check_resumed_steps(self, state: dict[str, Any], steps: int, batches: int) -> None:
+        """Refuse a resume the Trainer would count as further along than the loader is.
+
+        The Trainer derives its first epoch from the checkpoint's global step over a full
+        epoch's optimizer steps, and stops at ``num_train_epochs`` full epochs' steps. Shrunk
+        epochs keep both in range while a full epoch is as long as when the checkpoint was
+        written; with more processes (shorter shards) it can be shorter, and the run would
+        stop before its last epochs.
+        """
+        accumulation = self.args.gradient_accumulation_steps
+        full = max(-(-batches // accumulation), 1)  # optimizer steps per full epoch, as counted
+        epochs_done = int(state["epoch"]) + bool(state["epoch_complete"])
+        within = 0 if state["epoch_complete"] else -(-int(state["batches_done"]) // accumulation)
+        most = epochs_done * full + within
+        if steps > most:
+            raise UsageError(
+                f"this checkpoint was saved after {steps} optimizer steps, but {epochs_done} "
+                f"full epochs of this run take {epochs_done * full} ({full} per epoch with "
+                f"{self.args.world_size} process(es)): the Trainer would count the run as "
+                "further along than it is and stop before its last epochs. Resume with as many "
+                "processes as the run that saved it (or, at an epoch's end, fewer)"
+            )
+
+    def _sharded_train_dataloader(self) -> DataLoader:
+        """This process's training DataLoader under DDP, as the Trainer would build it (its
+        collator after its column removal, batch size, workers, pinning, worker seeding) but
+        over a ``DistributedSampler`` and not prepared by accelerate: accelerate would shard
+        the shrinking loader's batches again, hiding which instances each one holds. The
+        shrinking loader cuts the sampler's shards from each epoch's kept set (equal lengths,
+        so every process runs the same number of steps); the Trainer's ``_prepare_inputs``
+        moves each batch to ``args.device``."""
+        args = self.args
+        if self.train_dataset is None:
+            raise ValueError("Trainer: training requires a train_dataset.")
+        dataset, collator = self.train_dataset, self.data_collator
+        if _is_datasets_dataset(dataset):
+            dataset = self._remove_unused_columns(dataset, description="Training")
+        else:
+            collator = self._get_collator_with_removed_columns(collator, description="Training")
+        seed = args.data_seed if args.data_seed is not None else args.seed
+        sampler = DistributedSampler(dataset, num_replicas=args.world_size,
+                                     rank=args.process_index, shuffle=True, seed=seed,
+                                     drop_last=args.dataloader_drop_last)
+        return DataLoader(
+            dataset, batch_size=self._train_batch_size, sampler=sampler, collate_fn=collator,
+            drop_last=args.dataloader_drop_last, num_workers=args.dataloader_num_workers,
+            pin_memory=args.dataloader_pin_memory,
+            persistent_workers=args.dataloader_persistent_workers,
+            prefetch_factor=args.dataloader_prefetch_factor,
+            worker_init_fn=partial(seed_worker, num_workers=args.dataloader_num_workers,
+                                   rank=args.process_index))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The training batches' (re)weighted mean per-sequence loss, reported to the Assistant
@@ -418,35 +534,152 @@ class AutoAssistTrainer(Trainer):
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _save_checkpoint(self, model, trial):
+        """The Trainer's checkpoint, plus the shrinking loader's state: process 0 writes
+        ``STATE_FILE`` (the whole state, Assistant included); with several processes each other
+        process r writes its own part (``RANK_STATE_FILE``: ``ShrinkingLoader.rank_state()``),
+        as the Trainer's own RNG states are written, one file per process."""
         super()._save_checkpoint(model, trial)
         adapter = self._aa_adapter
-        if adapter is None or not self.args.should_save:
+        if adapter is None:
             return
         folder = os.path.join(self._get_output_dir(trial=trial),
                               f"checkpoint-{self.state.global_step}")
-        state = {"version": _STATE_VERSION, "loader": adapter.loader.state_dict()}
-        torch.save(state, os.path.join(folder, STATE_FILE))
+        rank, world = self.args.process_index, self.args.world_size
+        os.makedirs(folder, exist_ok=True)  # process r may come before process 0 made it
+        if rank == 0:
+            state = {"version": _STATE_VERSION, "world_size": world,
+                     "loader": adapter.loader.state_dict()}
+            torch.save(state, os.path.join(folder, STATE_FILE))
+        else:
+            part = {"version": _STATE_VERSION, "rank": rank, "world_size": world,
+                    "loader": adapter.loader.rank_state()}
+            torch.save(part, os.path.join(folder, RANK_STATE_FILE.format(rank=rank)))
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
-        path = os.path.join(resume_from_checkpoint, STATE_FILE)
-        if not os.path.isfile(path):
-            raise UsageError(
-                f"{resume_from_checkpoint} has no {STATE_FILE}: it was not written by "
-                "AutoAssistTrainer, so the shrinking loader's epoch and Assistant cannot be "
-                "resumed. Resume from a checkpoint of an AutoAssistTrainer run, or start anew"
-            )
-        state = torch.load(path, weights_only=True)
-        if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
-            raise UsageError(f"{path} is not an autoassist state this version reads "
-                             f"(version {_STATE_VERSION})")
+        state = _checkpoint_state(resume_from_checkpoint, self.args.process_index,
+                                  self.args.world_size)
         if self._aa_adapter is not None:  # loaded after the loader was made (DeepSpeed, FSDP)
-            self._aa_adapter.loader.load_state_dict(state["loader"])
-            loader_state = state["loader"]
-            self._aa_adapter.next_epoch = (int(loader_state["epoch"])
-                                           + bool(loader_state["epoch_complete"]))
+            self._aa_adapter.loader.load_state_dict(state)
+            self._aa_adapter.next_epoch = int(state["epoch"]) + bool(state["epoch_complete"])
         else:
             self._aa_state_to_load = state
+            self._aa_resumed_steps = _saved_global_step(resume_from_checkpoint)
+
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        """The Trainer's, except on the CPU with several processes. There transformers (4.57)
+        loads the optimizer state with ``map_location=args.device``, which is ``cpu:0``, a
+        location ``torch.load`` cannot restore ("don't know how to restore data location ...
+        tagged with cpu:0"), so no CPU run of several processes could resume; the optimizer
+        and scheduler states are loaded to the CPU here instead."""
+        from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME
+
+        device = self.args.device
+        if (checkpoint is None or self.args.world_size <= 1 or device.type != "cpu"
+                or device.index is None or self.is_deepspeed_enabled or self.is_fsdp_enabled):
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        optimizer = os.path.join(checkpoint, OPTIMIZER_NAME)
+        scheduler = os.path.join(checkpoint, SCHEDULER_NAME)
+        if not (os.path.isfile(optimizer) and os.path.isfile(scheduler)):
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        self.optimizer.load_state_dict(torch.load(optimizer, map_location="cpu",
+                                                  weights_only=True))
+        self.lr_scheduler.load_state_dict(torch.load(scheduler, weights_only=True))
+
+
+def _read_state(path: str, what: str) -> dict[str, Any]:
+    """One of the checkpoint's autoassist files, checked to be a state this version reads."""
+    state = torch.load(path, weights_only=True)
+    if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
+        raise UsageError(f"{path} is not {what} this version reads (version {_STATE_VERSION})")
+    return state
+
+
+def _checkpoint_state(folder: str, rank: int, world: int) -> dict[str, Any]:
+    """Process ``rank``'s (of ``world``) loader state from an AutoAssistTrainer checkpoint.
+
+    Saved by as many processes: process 0 takes ``STATE_FILE``'s, process r that with its own
+    part in place of process 0's (``with_rank_state``), so each resumes exactly where it was.
+    Saved by another number of processes: only at an epoch's end (a position mid-epoch counts
+    batches of the saved shards); every process then takes process 0's state, process 0 with
+    the reports the saved processes had not yet sent it (its Assistant takes them on loading).
+
+    Raises:
+        UsageError: no ``STATE_FILE`` or a rank's part missing, a file this version does not
+            read, or another number of processes in the middle of an epoch.
+    """
+    path = os.path.join(folder, STATE_FILE)
+    if not os.path.isfile(path):
+        raise UsageError(
+            f"{folder} has no {STATE_FILE}: it was not written by AutoAssistTrainer, so the "
+            "shrinking loader's epoch and Assistant cannot be resumed. Resume from a checkpoint "
+            "of an AutoAssistTrainer run, or start anew"
+        )
+    saved = _read_state(path, "an autoassist state")
+    shared = state_check.as_dict(state_check.get(saved, "loader", path), f"{path}['loader']")
+    saved_world = state_check.integer(saved.get("world_size", 1), f"{path}['world_size']",
+                                      low=1)
+
+    def part(r: int) -> dict[str, Any]:
+        name = RANK_STATE_FILE.format(rank=r)
+        where = os.path.join(folder, name)
+        if not os.path.isfile(where):
+            raise UsageError(
+                f"{folder} was saved by {saved_world} processes but lacks {name}, process "
+                f"{r}'s part of the autoassist state (every process writes its own): was the "
+                "checkpoint folder shared by all processes? Resume from a complete checkpoint"
+            )
+        own = _read_state(where, f"process {r}'s autoassist state")
+        if own.get("rank") != r or own.get("world_size") != saved_world:
+            raise UsageError(f"{where} is process {own.get('rank')}'s of "
+                             f"{own.get('world_size')}, not process {r}'s of {saved_world}")
+        return state_check.as_dict(state_check.get(own, "loader", where), f"{where}['loader']")
+
+    if saved_world == world:
+        return shared if rank == 0 else with_rank_state(shared, part(rank))
+    parts = [part(r) for r in range(1, saved_world)]
+    if not all(bool(p.get("epoch_complete")) for p in (shared, *parts)):
+        raise UsageError(
+            f"{folder} was saved in the middle of epoch {shared.get('epoch')} by "
+            f"{saved_world} process(es), and this run has {world}: the saved position counts "
+            f"batches of {saved_world} shards. Resume it with {saved_world} process(es) "
+            f"(torchrun --nproc_per_node {saved_world}, or accelerate launch --num_processes "
+            f"{saved_world}), or from a checkpoint saved at an epoch's end "
+            '(save_strategy="epoch")'
+        )
+    if rank != 0 or not parts:
+        return shared
+    engine = state_check.as_dict(state_check.get(shared, "engine", path),
+                                 f"{path}['loader']['engine']")
+    outgoing = list(engine.get("outgoing", []))
+    for r, own in enumerate(parts, 1):
+        theirs = state_check.as_dict(own.get("engine"), f"process {r}'s ['loader']['engine']")
+        outgoing += list(theirs.get("outgoing", []))
+    return {**shared, "engine": {**engine, "outgoing": outgoing}}
+
+
+def _saved_global_step(folder: str) -> int | None:
+    """The Trainer's global step in the checkpoint ``folder`` (None without its state file)."""
+    from transformers.trainer import TRAINER_STATE_NAME
+
+    path = os.path.join(folder, TRAINER_STATE_NAME)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return int(json.load(f).get("global_step", 0))
+
+
+def _is_datasets_dataset(dataset) -> bool:
+    """Whether ``dataset`` is a Hugging Face ``datasets.Dataset`` (its unused columns are
+    removed from the dataset; other datasets' by the collator)."""
+    from transformers.utils import is_datasets_available
+
+    if not is_datasets_available():
+        return False
+    import datasets
+
+    return isinstance(dataset, datasets.Dataset)
 
 
 def _is_causal_lm(model) -> bool:

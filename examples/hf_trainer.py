@@ -6,6 +6,7 @@ ids by a vocabulary made here.
     python examples/hf_trainer.py --epochs 6               # writes checkpoints to runs/hf
     python examples/hf_trainer.py --epochs 6 --resume      # continues from the last one
     python examples/hf_trainer.py --quick                  # a few seconds (the tests run it)
+    torchrun --nproc_per_node 2 examples/hf_trainer.py     # two processes (DDP, gloo on CPU)
 
 Needs ``pip install 'autoassist[hf,corpus]'``.
 """
@@ -69,16 +70,18 @@ def collate(items):
 
 
 class PrintEpochs(TrainerCallback):
-    """One line per epoch: how much of the data it trained on, and the loss."""
+    """One line per epoch (by process 0 alone, with several): how much of the data it trained
+    on, over all processes, and the loss."""
 
     def __init__(self):
         self.trainer = None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs:  # logging_strategy="epoch": once per epoch, at its end
+        # logging_strategy="epoch": once per epoch, at its end
+        if logs and "loss" in logs and state.is_world_process_zero:
             record = self.trainer.telemetry[-1]
             print(f"epoch {record['epoch']}: kept {record['kept']} of "
-                  f"{record['epoch_instances']} verses ({record['reason']}), train loss "
+                  f"{len(self.trainer.train_dataset)} verses ({record['reason']}), train loss "
                   f"{logs['loss']:.3f}", flush=True)
 
 

