@@ -70,6 +70,22 @@ def _draws_each_once(sampler, n: int) -> bool:
     return False
 
 
+def _whole_order(sampler, n: int) -> np.ndarray | None:
+    """The epoch's order of torch's own ``SequentialSampler`` or ``RandomSampler`` (each
+    instance once, a ``torch.Generator``) drawn in one call, not an index at a time through the
+    sampler's generator (~0.1 s per million instances, as much as a small Boss's epoch); None
+    for any other sampler. The RandomSampler draw is the sampler's own calls on its generator,
+    which ``ShrinkingLoader`` checks against the sampler once before relying on it."""
+    if type(sampler) is SequentialSampler and len(sampler) == n:
+        return np.arange(n, dtype=np.int64)
+    if (type(sampler) is RandomSampler and not sampler.replacement and sampler.num_samples == n
+            and isinstance(sampler.generator, torch.Generator)):
+        order = torch.randperm(n, generator=sampler.generator)
+        torch.randperm(n, generator=sampler.generator)  # its tail's draw (``num_samples % n``)
+        return order.numpy().astype(np.int64, copy=False)
+    return None
+
+
 def _chunked(it: Iterator[int]) -> Iterator[np.ndarray]:
     """The sampler's indices in NumPy chunks: vectorised filtering, and infinite samplers work."""
     while True:
@@ -264,6 +280,7 @@ class ShrinkingLoader(EngineLoader):
                          tensorboard=tensorboard, on_epoch_end=on_epoch_end)
         self._generator_state: torch.Tensor | None = None
         self._drawn: tuple[int, np.ndarray] | None = None  # (epoch, draws): _drawn_order
+        self._whole_order_ok: bool | None = None  # _whole_epoch_order agrees (None: unchecked)
         # weakly: the DataLoader holds the batch sampler, so a strong reference back would make
         # a cycle that keeps this loader (and its persistent workers) alive until a GC
         self._batch_sampler = _ShrinkBatchSampler(_weak(self._epoch_batches),
@@ -338,11 +355,35 @@ class ShrinkingLoader(EngineLoader):
             return _batched(iter([self._distributed_order(mask)]), None, n, self._batch_size,
                             self._drop_last)
         order = None if self._counts_by_plan() else self._drawn_order()
+        if order is None and self._whole_order_ok is not False:
+            order = self._whole_epoch_order()
         if order is not None:
             return _batched(iter([order]), mask, n, self._batch_size, self._drop_last)
         self._prepare_sampler()
         return _batched(_chunked(iter(self._sampler)), mask, n, self._batch_size,
                         self._drop_last)
+
+    def _whole_epoch_order(self) -> np.ndarray | None:
+        """The epoch's order in one draw (``_whole_order``), once it has been seen to equal
+        the sampler's own iteration and leave its generator in the same state (checked on the
+        first epoch: a torch whose sampler draws otherwise falls back to iterating it)."""
+        self._prepare_sampler()
+        sampler = self._sampler
+        gen = getattr(sampler, "generator", None)
+        before = gen.get_state() if isinstance(gen, torch.Generator) else None
+        order = _whole_order(sampler, self.num_instances)
+        if order is None:
+            self._whole_order_ok = False
+            return None
+        if self._whole_order_ok is None:  # the first time: the sampler's own draw must agree
+            after = gen.get_state() if before is not None else None
+            if before is not None:
+                gen.set_state(before)
+            own = np.fromiter(iter(sampler), np.int64)
+            same_state = before is None or torch.equal(gen.get_state(), after)
+            self._whole_order_ok = bool(same_state and np.array_equal(own, order))
+            order = own  # the sampler's own, either way (its generator is where it left it)
+        return order
 
     def _distributed_order(self, mask: np.ndarray | None) -> np.ndarray:
         """Equal-length, disjoint shards of the *kept* set (DistributedSampler's rule on it)."""

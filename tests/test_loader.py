@@ -41,13 +41,37 @@ def test_keep_all_batches_identical_to_original(small_train, num_workers):
 
     plain = []
     base = make()
-    for _ in range(2):
+    for _ in range(3):  # the first epoch checks the one-call draw, the others use it
         plain += [(x.clone(), y.clone()) for x, y in base]
     with autoassist.wrap(make(), floor=1.0) as loader:
-        wrapped = _batches(loader, epochs=2)
-    assert len(plain) == len(wrapped) == 2 * 32
+        wrapped = _batches(loader, epochs=3)
+        assert loader._whole_order_ok is True
+    assert len(plain) == len(wrapped) == 3 * 32
     for (x0, y0), (x1, y1) in zip(plain, wrapped, strict=True):
         assert torch.equal(x0, x1) and torch.equal(y0, y1)
+
+
+def test_an_epoch_order_drawn_otherwise_than_by_the_sampler_falls_back_to_it(small_train,
+                                                                           monkeypatch):
+    """If the one-call draw of a RandomSampler's order ever differs from the sampler's own
+    iteration (another torch), the loader notices on the first epoch and iterates the
+    sampler from then on: the user's order, whatever torch does."""
+    import autoassist.pipelines.dataloader as dl
+
+    real = dl._whole_order
+    monkeypatch.setattr(dl, "_whole_order",
+                        lambda sampler, n: None if (o := real(sampler, n)) is None else o[::-1])
+
+    def make():
+        return DataLoader(small_train, batch_size=64, shuffle=True,
+                          generator=torch.Generator().manual_seed(3))
+
+    base = make()
+    plain = [y.clone() for _ in range(2) for _x, y in base]
+    with autoassist.wrap(make(), floor=1.0) as loader:
+        wrapped = [y for _x, y in _batches(loader, epochs=2)]
+        assert loader._whole_order_ok is False
+    assert all(torch.equal(a, b) for a, b in zip(plain, wrapped, strict=True))
 
 
 def test_warmup_epoch_sees_every_instance_once(small_train):
