@@ -135,6 +135,26 @@ def run_sampler(name: str, X, y, lam: float, passes: int, seed: int, f_star: flo
     return curve
 
 
+def paired_ratios(method: list[dict], uniform: list[dict]) -> list[float | None]:
+    """Per seed, the method's passes to the target over uniform's on the same seed (None where
+    either never reached it)."""
+    return [None if m["passes_to_target"] is None or u["passes_to_target"] is None
+            else m["passes_to_target"] / u["passes_to_target"]
+            for m, u in zip(method, uniform, strict=True)]
+
+
+def bootstrap_ci(ratios: list[float | None], resamples: int = 2000,
+                 seed: int = 0) -> list[float] | None:
+    """90% bootstrap interval of the mean paired ratio over seeds (None with fewer than 2
+    seeds or any seed that did not reach the target)."""
+    if len(ratios) < 2 or any(r is None for r in ratios):
+        return None
+    values = np.asarray(ratios, dtype=np.float64)
+    rng = np.random.Generator(np.random.PCG64(seed))
+    means = values[rng.integers(0, len(values), (resamples, len(values)))].mean(axis=1)
+    return [float(np.quantile(means, 0.05)), float(np.quantile(means, 0.95))]
+
+
 def plot(runs: dict, path, lam: float):
     made = subplots(1, 2, figsize=(11, 4.2))
     if made is None:  # no matplotlib: the JSON is the result
@@ -214,13 +234,17 @@ def main(argv=None) -> dict:
     for name in ("importance", "shrinking"):
         v = summary[name]["passes_to_target"]
         headline[f"{name}_vs_uniform"] = None if v is None or u is None else v / u
+        ratios = paired_ratios(runs[name], runs["uniform"])
+        summary[name]["paired_ratios"] = ratios
+        headline[f"{name}_vs_uniform_ci90"] = bootstrap_ci(ratios)
     result = {
         **headline, "summary": summary, "f_star": f_star, "reference_seconds": ref_seconds,
         "n": X.shape[0], "dim": X.shape[1], "floor": args.floor, "passes_budget": passes,
         "lowest_raw_gap": lowest, "curves": runs,
         "commit": commit, "machine": machine_info(), "threads": thread_info(),
     }
-    write_result("linear_svm", result, headline, lambda path: plot(runs, path, args.lam))
+    write_result("linear_svm_quick" if args.quick else "linear_svm", result, headline,
+                 lambda path: plot(runs, path, args.lam))
     return result
 
 
