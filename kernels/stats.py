@@ -59,6 +59,14 @@ def ema_stream(losses: np.ndarray, mean: float, alpha: float) -> tuple[np.ndarra
     return labels, float(_ema_stream(losses, float(mean), float(alpha), labels))  # uncompiled
 
 
+def compile_ema_stream() -> None:
+    """Load the compiled label loop now: for a process that will label at least
+    ``COMPILE_AFTER`` losses an epoch (an Assistant over that many instances), so that the
+    ~0.5-0.8 s of CPU is paid at its start, beside the Boss's first epoch, and not in the middle
+    of the losses its first scores wait for."""
+    _compiled(_ema_stream)(np.zeros(1), float("nan"), 0.5, np.empty(1, np.uint8))
+
+
 def _scatter_ema(table, seen, ids, values, alpha):
     for k in range(ids.shape[0]):
         i = ids[k]

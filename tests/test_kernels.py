@@ -200,6 +200,9 @@ def test_ema_stream_compiles_once_enough_small_batches_were_labelled_in_python(m
     second, mean = ema_stream(losses[600:1200], mean, 0.05)  # 1200 > 1000: compiled now
     assert stats._ema_stream in stats._COMPILED and stats._python_losses == [600]
     third, mean = ema_stream(losses[1200:], mean, 0.05)
+    monkeypatch.setattr(stats, "_COMPILED", {})
+    stats.compile_ema_stream()  # what a large data set's Assistant does as it starts
+    assert stats._ema_stream in stats._COMPILED
     whole, whole_mean = ema_stream(losses, float("nan"), 0.05)
     assert np.array_equal(np.concatenate([first, second, third]), whole)
     assert mean == whole_mean

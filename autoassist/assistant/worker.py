@@ -193,11 +193,18 @@ def run_assistant(shm_name: str, num_instances: int, feature_dim: int, feature_d
     """
     # Imports run before the process lowers its priority: at nice 10 beside a Boss using every
     # core, they would take tens of seconds. Numba is not among them: ema_stream labels the usual
-    # small messages in plain Python and compiles only for a large one (kernels/stats.py), which
-    # keeps ~0.8 s of CPU out of the Boss's first epoch.
-    from autoassist.kernels import ema_stream  # noqa: F401 - imported before nice, see above
+    # small messages in plain Python and compiles only for a large one or after many
+    # (kernels/stats.py), which keeps ~0.8 s of CPU out of a small run's first epoch; a data set
+    # of COMPILE_AFTER instances or more, which will need it each epoch, compiles it here.
+    from autoassist.kernels import (
+        ema_stream,  # noqa: F401 - imported before nice, see above
+        stats,
+    )
 
     from . import models  # noqa: F401
+    if num_instances >= stats.COMPILE_AFTER:  # it labels that many losses an epoch: compile now,
+        os.environ["NUMBA_NUM_THREADS"] = str(settings.threads)  # (as _limit_threads sets it)
+        stats.compile_ema_stream()  # at full priority, beside the Boss's first epoch
     limiter = _limit_threads(settings.threads)  # noqa: F841 - held for the process's lifetime
     if settings.kind == "mlp":  # this process is the Assistant's own: its torch, its threads
         import torch
