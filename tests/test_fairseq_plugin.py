@@ -175,6 +175,11 @@ def test_fairseq_train_shrinks_and_resumes_mid_epoch_bit_identically(data_bin, t
     kept = [line for line in log.splitlines() if "autoassist: epoch" in line and " kept " in line]
     assert len(kept) == 3 and "(warmup)" in kept[0] and "(shrink)" in kept[1]
     fractions = [float(line.split(" kept ")[1].split("%")[0]) for line in kept]
+    # each epoch that ran says what it trains on, and only those: fairseq builds epoch 4's
+    # batches after epoch 3 but never runs it
+    trains = [line.split("autoassist: epoch ")[1].split()[0] for line in log.splitlines()
+              if "autoassist: epoch" in line and " trains on " in line]
+    assert trains == ["1", "2", "3"], trains
     assert fractions[0] == 100.0 and all(30.0 <= f < 100.0 for f in fractions[1:])
     # resume from a checkpoint in the middle of epoch 2
     mids = sorted(full.glob("checkpoint_2_*.pt"))
