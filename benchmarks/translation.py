@@ -131,7 +131,7 @@ def prepare(pair: str, setup: Setup, work: Path) -> tuple[Path, dict]:
 def fairseq_run(pair: str, method: str, seed: int, setup: Setup, target: float | None,
                 data_bin: Path, work: Path) -> dict[str, Any]:
     """Train one (pair, method, seed) to the plateau or the cap; score its checkpoints."""
-    save = work / pair / f"{method}-s{seed}"
+    save = work / pair / f"{method}-s{seed}-{setup.key()}"  # quick and full never share one
     for old in save.glob("checkpoint*.pt"):
         old.unlink()
     out = fr.train(data_bin, save,
