@@ -145,6 +145,7 @@ class AutoAssistTranslationTask(TranslationTask):
         self._sizes: np.ndarray | None = None
         self._finished: set[int] = set()
         self._built_epoch: int | None = None  # the epoch whose batches were built last
+        self._batches_message: tuple[int, str] | None = None  # logged when that epoch begins
         self._batches_reported = 0
         self._reporting = False
 
@@ -248,15 +249,22 @@ class AutoAssistTranslationTask(TranslationTask):
             self._sizes = _num_tokens(dataset)
         batches = batch_by_size(indices, self._sizes, max_tokens=b["max_tokens"],
                                 max_sentences=b["max_sentences"], multiple=b["multiple"])
-        logger.info(
-            f"autoassist: epoch {epoch} trains on {len(indices):,} of {len(dataset):,} pairs "
-            f"({plan.reason}) in {len(batches):,} batches"
-        )
+        # logged when the epoch begins (begin_epoch): fairseq builds the next epoch's batches
+        # before it checks --max-epoch, so the last epoch's successor is built but never runs
+        self._batches_message = (
+            epoch, f"autoassist: epoch {epoch} trains on {len(indices):,} of {len(dataset):,} "
+                   f"pairs ({plan.reason}) in {len(batches):,} batches")
         self._batches_reported = 0
         self._built_epoch = epoch
         return batches
 
     # -- training hooks --------------------------------------------------------------------------
+    def begin_epoch(self, epoch, model):
+        super().begin_epoch(epoch, model)
+        if self._batches_message is not None and self._batches_message[0] == epoch:
+            logger.info(self._batches_message[1])
+            self._batches_message = None
+
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         self._reporting = not ignore_grad  # fairseq's dummy batches (ignore_grad) are not news
         try:

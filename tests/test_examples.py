@@ -109,17 +109,29 @@ def test_translation_example_trains_both_ways_and_scores_bleu(tmp_path):
     for i, r in enumerate(results):
         (train, trained), (generate, generated) = sections[2 * i], sections[2 * i + 1]
         # trains: fairseq's per-epoch training perplexity fell from epoch 1 to epoch 2
-        ppl = [float(v) for v in re.findall(r"\| ppl ([0-9.]+) \|", trained)]
+        ppl = [float(v) for line in trained.splitlines()
+               if line.split()[:3] == ["train", "|", "epoch"]
+               for v in re.findall(r"\| ppl ([0-9.]+) \|", line)]
         assert len(ppl) == 2 and ppl[1] < ppl[0], (r["method"], trained)
         # scores BLEU: the number recorded is the one fairseq-generate printed for this
-        # method's final checkpoint on the test books (at this size BLEU is ~0.00 for both
+        # method's best checkpoint on the test books (at this size BLEU is ~0.00 for both
         # methods, so no comparison of the two scores, or with an untrained model, can be made)
         assert "fairseq_cli.train" in train and "fairseq_cli.generate" in generate
-        assert f"--path {tmp_path / r['method'] / 'checkpoint2.pt'} " in generate
+        # validated by BLEU every epoch (stock --eval-bleu); the best checkpoint is scored
+        assert "--eval-bleu " in train and "valid on 'valid' subset" in trained
+        assert "| bleu " in trained
+        assert f"--path {tmp_path / r['method'] / 'checkpoint_best.pt'} " in generate
         assert "--gen-subset test " in generate
         bleu = parse_bleu(generated)
         assert bleu is not None and r["test_bleu"] == bleu
         assert r["seconds"] > 0
+        # the BLEU-vs-seconds curve: one point per epoch, seconds cumulative
+        c = r["curve"]
+        assert len(c["bleu"]) == len(c["seconds"]) == 2 and c["seconds"][0] <= c["seconds"][1]
+    # both curves shown epoch by epoch, after the runs
+    table = out.stdout.split("valid BLEU (greedy) after each epoch")[1].splitlines()
+    assert "uniform BLEU" in table[1] and "autoassist BLEU" in table[1]
+    assert [row.split()[0] for row in table[2:4]] == ["1", "2"]
 
 
 @pytest.mark.slow

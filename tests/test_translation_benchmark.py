@@ -1,0 +1,115 @@
+"""The translation benchmark's harness logic on hand-made runs: no fairseq, no timing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from autoassist.bench.fairseq_runs import parse_epoch_stat, plateaued
+from autoassist.bench.frontier import RunStore
+from benchmarks import translation as tr
+
+
+def test_plateau_needs_a_full_window_and_less_than_min_gain():
+    # too early to tell: no validation 5 epochs before the last
+    assert not plateaued([1, 2, 3, 4], [1.0, 1.0, 1.0, 1.0], patience=5)
+    # 6 epochs, flat: the best gained 0 over the last 5
+    assert plateaued([1, 2, 3, 4, 5, 6], [5.0, 9.0, 9.0, 9.0, 9.0, 9.1], patience=5,
+                     min_gain=0.2) is False  # 9.1 - 5.0 (best up to epoch 1) >= 0.2
+    assert plateaued([1, 2, 3, 4, 5, 6, 7], [5.0, 9.0, 9.0, 9.1, 9.0, 9.15, 8.0], patience=5,
+                     min_gain=0.2)  # best 9.15 vs 9.0 up to epoch 2
+    # a dip and a new best: still going
+    assert not plateaued([1, 2, 3, 4, 5, 6, 7], [5.0, 9.0, 8.0, 8.0, 8.0, 8.0, 9.5])
+    # BLEU every 2 epochs: the window counts epochs, not validations
+    assert not plateaued([2, 4], [3.0, 3.0], patience=3)
+    assert plateaued([2, 4, 6], [3.0, 3.1, 3.0], patience=3)  # vs epoch 2
+    with pytest.raises(ValueError, match="patience"):
+        plateaued([1], [1.0], patience=0)
+
+
+def test_epoch_stats_are_read_from_fairseq_summaries():
+    log = ("x | train_inner | epoch 001:  50 / 81 loss=9 | train_wall 3 | wall 4\n"
+           "x | INFO | train | epoch 001 | loss 9.5 | train_wall 17 | wall 24\n"
+           "x | INFO | valid | epoch 001 | valid on 'valid' subset | loss 8.6 | bleu 0.01 |\n"
+           "x | INFO | train | epoch 002 | loss 8.1 | train_wall 16 | wall 48\n")
+    assert parse_epoch_stat(log, "train_wall") == [17.0, 16.0]
+    assert parse_epoch_stat(log, "bleu", tag="valid") == [0.01]
+
+
+def _run(pair, method, seed, bleus, seconds, test=10.0, at_target=None, target=None):
+    return {"pair": pair, "method": method, "seed": seed, "target": target,
+            "epochs": list(range(1, len(bleus) + 1)), "epoch_seconds": seconds,
+            "train_wall": seconds, "stopped": "plateau", "bleu_epochs":
+            list(range(1, len(bleus) + 1)), "bleu_seconds": seconds, "valid_bleu": bleus,
+            "kept_percent": [100.0] * len(bleus), "test_bleu_best": test,
+            "target_epoch": None, "test_bleu_at_target": at_target}
+
+
+def test_saving_is_read_at_uniforms_best_and_not_reached_is_none():
+    runs = [
+        # seed 1: uniform's best 18.0 first at 30 s (later epochs do not beat it)
+        _run("de-en", "uniform", 1, [10.0, 15.0, 18.0, 17.9, 18.0], [10, 20, 30, 40, 50],
+             test=16.0),
+        # autoassist first reaches 18.0 at 24 s: saving 1 - 24/30
+        _run("de-en", "autoassist", 1, [9.0, 14.0, 17.0, 18.2, 18.4], [6, 12, 18, 24, 30],
+             test=16.5, at_target=15.8),
+        # seed 2: autoassist peaks at 17.9 < 18.5: not reached
+        _run("de-en", "uniform", 2, [12.0, 18.5, 18.4], [10, 20, 30], test=16.2),
+        _run("de-en", "autoassist", 2, [11.0, 17.9, 17.0], [8, 16, 24], test=15.0,
+             at_target=None),
+    ]
+    a = tr.analyse(runs)
+    s1, s2 = a["per_seed"]
+    assert s1["target_bleu"] == 18.0 and s1["seconds_uniform"] == 30
+    assert s1["seconds_autoassist"] == 24 and s1["saving"] == pytest.approx(1 - 24 / 30)
+    assert s1["test_bleu_autoassist_at_target"] == 15.8
+    assert s2["reached"] is False and s2["saving"] is None
+    assert s2["seconds_autoassist"] is None and s2["test_bleu_autoassist_at_target"] is None
+    # one seed missed: the overall saving is not a number, the count says why
+    assert a["saving"] is None and a["reached"] == 1 and a["seeds"] == 2
+    assert a["savings"] == [pytest.approx(0.2), None]
+    assert a["bleu_uniform"] == pytest.approx((18.0 + 18.5) / 2)
+    assert a["bleu_autoassist"] == pytest.approx((18.4 + 17.9) / 2)
+    assert a["test_bleu_autoassist_at_target"] == 15.8  # over the seeds that reached it
+    # both seeds reached: the mean saving; JSON keeps None as null, never a number
+    only = tr.analyse(runs[:2])
+    assert only["saving"] == pytest.approx(0.2) and only["pairs"]["de-en"]["reached"] == 1
+    assert json.loads(json.dumps(a))["saving"] is None
+    text = tr.markdown(runs, a, "cmd")
+    assert "not reached" in text
+
+
+def test_a_second_invocation_skips_stored_runs(tmp_path):
+    calls = []
+
+    def fake(pair, method, seed, setup, target):
+        calls.append((pair, method, seed, target))
+        bleus = [5.0, 8.0, 9.0] if method == "uniform" else [6.0, 9.0, 9.1]
+        return _run(pair, method, seed, bleus, [10, 20, 30] if method == "uniform"
+                    else [8, 16, 24], target=target, at_target=7.0)
+
+    store = RunStore(tmp_path / "runs", {"product": "p", "training": "t"},
+                     product_free=("uniform",))
+    argv = ["--quick", "--seeds", "2", "--name", "t"]
+    first = tr.main(argv, run=fake, store=store, results=tmp_path)
+    # uniform first, then autoassist against uniform's best (9.0), per seed
+    assert calls == [("de-en", "uniform", 1, None), ("de-en", "autoassist", 1, 9.0),
+                     ("de-en", "uniform", 2, None), ("de-en", "autoassist", 2, 9.0)]
+    assert first["analysis"]["saving"] == pytest.approx(1 - 16 / 30)
+    assert len(list((tmp_path / "runs").glob("*.json"))) == 4
+    calls.clear()
+    second = tr.main(argv, run=fake, store=store, results=tmp_path)
+    assert calls == [] and second["analysis"] == first["analysis"]
+    # other code for the plugin: autoassist's runs are stale, uniform's are not
+    changed = RunStore(tmp_path / "runs", {"product": "p2", "training": "t"},
+                       product_free=("uniform",))
+    tr.main(argv, run=fake, store=changed, results=tmp_path)
+    assert [c[1] for c in calls] == ["autoassist", "autoassist"]
+    assert (tmp_path / "t.json").is_file() and (tmp_path / "t.md").is_file()
+
+
+def test_bad_pairs_are_refused_with_the_choices(capsys):
+    with pytest.raises(SystemExit):
+        tr.parse_args(["--pairs", "de-fr"])
+    assert "use pairs from de-en,es-en" in capsys.readouterr().err
