@@ -685,7 +685,7 @@ def plot(runs: list[dict[str, Any]], summary: dict[str, Any], path: Path,
     for ax in axes.flat[len(seeds):]:
         ax.set_visible(False)
     colors = dict(zip(ALL_METHODS, ("black", "tab:red", "tab:grey", "tab:orange", "tab:blue",
-                                    "tab:green", "tab:purple"), strict=True))
+                                    "tab:green", "tab:purple", "tab:brown"), strict=True))
     accs = [a for r in runs for a in r["accuracy"]]
     top = max(accs)
     for ax, seed in zip(axes.flat, seeds, strict=False):
