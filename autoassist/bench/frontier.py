@@ -70,7 +70,8 @@ MULTIPLIERS = {"uniform": 1.0, "autoassist": 1.5, "autoassist_reweight_anneal": 
                "uniform_reshuffled": 1.0,
                # bounds: the keep rule fed a perfect Assistant (the Boss's current losses), at
                # the defaults' floor and at a low one; the defaults at that low floor
-               "oracle": 1.5, "oracle_floor02": 2.0, "aa_floor02": 2.0}
+               "oracle": 1.5, "oracle_floor02": 2.0, "aa_floor02": 2.0,
+               "oracle_prop05": 2.0, "oracle_prop033": 3.0}
 # frontier method -> (harness method, its autoassist settings): "autoassist" is exactly
 # ``autoassist.wrap(loader)`` with the library's defaults (only the seed is passed)
 # (a callable gets the run's epoch count: settings that depend on the budget)
@@ -99,6 +100,10 @@ VARIANTS: dict[str, tuple[str, Any]] = {
     "oracle": ("oracle", {"floor": 0.5}),
     "oracle_floor02": ("oracle", {"floor": 0.2}),
     "aa_floor02": ("autoassist", {"floor": 0.2}),
+    # another keep rule on the same perfect scores: P proportional to the loss (importance
+    # sampling), half and a third of the data per epoch
+    "oracle_prop05": ("oracle", {"rule": "proportional", "budget": 0.5}),
+    "oracle_prop033": ("oracle", {"rule": "proportional", "budget": 1 / 3}),
 }
 METHODS = ("uniform", "autoassist", "published", "infobatch", "selective_backprop",
            "random_subset")

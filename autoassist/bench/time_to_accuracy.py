@@ -267,6 +267,47 @@ class InfoBatchMethod(_Method):
         return {"kept_fraction": self.kept}
 
 
+def proportional_keep(losses: np.ndarray, budget: float, min_keep: float = 0.02) -> np.ndarray:
+    """Keep probabilities proportional to the loss, capped at 1, with mean ``budget``.
+
+    ``P_i = clip(loss_i / tau, min_keep, 1)``; ``tau`` is found by bisection (``mean(P)`` falls
+    as ``tau`` grows). Importance sampling by loss: with weights ``mean(P) / P_i`` each step's
+    expected gradient is uniform's, and high-loss instances are sampled more, not always.
+
+    Args:
+        losses: per-instance losses, finite and >= 0.
+        budget: the mean keep probability wanted, in [min_keep, 1].
+        min_keep: the least probability an instance gets, so every weight stays bounded.
+
+    Returns:
+        float32 probabilities, mean ``budget`` to within 1e-4 (exactly 1 where budget is 1).
+
+    Raises:
+        ValueError: on a budget outside [min_keep, 1], or on negative or non-finite losses.
+    """
+    losses = np.asarray(losses, dtype=np.float64)
+    if not 0.0 < min_keep <= budget <= 1.0:
+        raise ValueError(f"budget={budget}, min_keep={min_keep}: need 0 < min_keep <= budget <= 1")
+    if losses.size == 0 or not np.all(np.isfinite(losses)) or losses.min() < 0:
+        raise ValueError("losses must be a non-empty array of finite values >= 0")
+    if budget >= 1.0 or losses.max() == 0:
+        return np.full(losses.shape, budget if losses.max() == 0 else 1.0, np.float32)
+
+    def mean_keep(tau):
+        return np.clip(losses / tau, min_keep, 1.0).mean()
+
+    lo, hi = 1e-12, losses.max() / min_keep  # mean_keep(lo) = 1, mean_keep(hi) = min_keep
+    for _ in range(200):
+        mid = math.sqrt(lo * hi)
+        if mean_keep(mid) > budget:
+            lo = mid
+        else:
+            hi = mid
+        if hi / lo < 1 + 1e-9:
+            break
+    return np.clip(losses / hi, min_keep, 1.0).astype(np.float32)
+
+
 class OracleMethod(_Method):
     """The library's keep rule fed a perfect Assistant: an upper bound, not a method.
 
@@ -277,12 +318,23 @@ class OracleMethod(_Method):
     (``plan_from_keep_scores``: ``P_i = b + (1 - b) p_i``, weights ``mean(P) / P_i``), with the
     defaults' one full warm-up epoch. The scoring pass is free for a perfect Assistant, so it is
     not counted in ``forwarded``; ``scoring_forwards`` records it.
+
+    ``rule="proportional"`` swaps the keep rule for importance sampling on the same perfect
+    scores: ``P_i = clip(loss_i / tau, min_keep, 1)`` with ``tau`` set so that ``mean(P)`` is
+    ``budget`` (``proportional_keep``), weights ``mean(P) / P_i`` as the library's. It asks
+    whether a rule other than "above the mean, else the floor" could save more on the same task.
     """
 
-    def __init__(self, *args, floor: float = 0.5, warmup_epochs: int = 1, chunk: int = 4096):
+    RULES = ("mean", "proportional")
+
+    def __init__(self, *args, floor: float = 0.5, warmup_epochs: int = 1, chunk: int = 4096,
+                 rule: str = "mean", budget: float = 0.5, min_keep: float = 0.02):
         super().__init__(*args)
         from autoassist.config import ShrinkConfig
 
+        if rule not in self.RULES:
+            raise ValueError(f"rule={rule!r}: choose one of {self.RULES}")
+        self.rule, self.budget, self.min_keep = rule, float(budget), float(min_keep)
         self.config = ShrinkConfig(floor=floor, warmup_epochs=warmup_epochs, seed=self.seed)
         self.chunk = chunk
         self.model = None
@@ -319,8 +371,11 @@ class OracleMethod(_Method):
             kept, self._weights = np.arange(n), np.ones(n, np.float32)
         else:
             losses = self._current_losses()
-            p = (losses > losses.mean()).astype(np.float32)
-            plan = plan_from_keep_scores(self.config, epoch, p, epoch, self.config.floor)
+            if self.rule == "mean":
+                p, floor = (losses > losses.mean()).astype(np.float32), self.config.floor
+            else:  # P itself as the score, floor 0: the plan keeps and weights by exactly P
+                p, floor = proportional_keep(losses, self.budget, self.min_keep), 0.0
+            plan = plan_from_keep_scores(self.config, epoch, p, epoch, floor)
             kept, self._weights = np.flatnonzero(plan.mask), plan.all_weights
         self.kept.append(len(kept) / n)
         ids = _IdBatches(shuffle_kept(kept, self.seed, epoch), self.batch_size)
