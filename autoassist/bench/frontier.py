@@ -168,7 +168,7 @@ PRODUCT_FREE = ("uniform", "uniform_reshuffled", "selective_backprop")
 
 
 # product code no benchmark run executes: changing it leaves stored runs valid
-_OFF_THE_TRAINING_PATH = ("bench", "tuning", "boss", "rl", "cli.py", "lightning.py",
+_OFF_THE_TRAINING_PATH = ("bench", "tuning", "boss", "rl", "cli.py", "lightning.py", "hf.py",
                           "plotting.py")
 
 
