@@ -312,7 +312,7 @@ def test_oracle_proportional_rule_keeps_high_losses_more_and_weights_by_inverse_
     assert len(set(ids.tolist())) == len(ids) and abs(len(ids) / n - 0.4) < 0.04
     low, high = np.arange(n) < n // 4, np.arange(n) >= 3 * n // 4
     assert np.isin(np.flatnonzero(high), ids).mean() > 3 * np.isin(np.flatnonzero(low), ids).mean()
-    p = proportional_keep(torch.nn.functional.softplus(x[:, 0]).numpy(), 0.4)
+    p = proportional_keep(torch.nn.functional.softplus(x[:, 0]).numpy(), 0.4, min_keep=0.1)
     (bx, by), bids = batches[0]
     loss, _, _ = oracle.loss(model, ((bx, by), bids))
     expected = (torch.nn.functional.cross_entropy(model(bx), by, reduction="none")
@@ -320,6 +320,10 @@ def test_oracle_proportional_rule_keeps_high_losses_more_and_weights_by_inverse_
     assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
     with pytest.raises(ValueError, match="rule"):
         make_method("oracle", data, 64, 5, 2, {"rule": "top"})
+    with torch.no_grad():  # a diverged Boss: every loss NaN, so keep everything at weight 1
+        model.weight.fill_(float("nan"))
+    ids = np.concatenate([b for (_x, _y), b in oracle.epoch(1)])
+    assert sorted(ids.tolist()) == list(range(n)) and np.all(oracle._weights == 1.0)
 
 
 # -- the harness end to end on a tiny real budget ------------------------------------------------

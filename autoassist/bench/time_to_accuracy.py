@@ -267,7 +267,7 @@ class InfoBatchMethod(_Method):
         return {"kept_fraction": self.kept}
 
 
-def proportional_keep(losses: np.ndarray, budget: float, min_keep: float = 0.02) -> np.ndarray:
+def proportional_keep(losses: np.ndarray, budget: float, min_keep: float = 0.1) -> np.ndarray:
     """Keep probabilities proportional to the loss, capped at 1, with mean ``budget``.
 
     ``P_i = clip(loss_i / tau, min_keep, 1)``; ``tau`` is found by bisection (``mean(P)`` falls
@@ -323,12 +323,14 @@ class OracleMethod(_Method):
     scores: ``P_i = clip(loss_i / tau, min_keep, 1)`` with ``tau`` set so that ``mean(P)`` is
     ``budget`` (``proportional_keep``), weights ``mean(P) / P_i`` as the library's. It asks
     whether a rule other than "above the mean, else the floor" could save more on the same task.
+    ``min_keep`` bounds the weights at ``budget / min_keep``: at 0.02 (weights up to 25) magic's
+    MLP diverged at the one-cycle peak.
     """
 
     RULES = ("mean", "proportional")
 
     def __init__(self, *args, floor: float = 0.5, warmup_epochs: int = 1, chunk: int = 4096,
-                 rule: str = "mean", budget: float = 0.5, min_keep: float = 0.02):
+                 rule: str = "mean", budget: float = 0.5, min_keep: float = 0.1):
         super().__init__(*args)
         from autoassist.config import ShrinkConfig
 
@@ -374,7 +376,14 @@ class OracleMethod(_Method):
             if self.rule == "mean":
                 p, floor = (losses > losses.mean()).astype(np.float32), self.config.floor
             else:  # P itself as the score, floor 0: the plan keeps and weights by exactly P
-                p, floor = proportional_keep(losses, self.budget, self.min_keep), 0.0
+                # (a diverging Boss's NaN or infinite losses rank as its highest finite ones)
+                finite = np.isfinite(losses)
+                if finite.any():
+                    losses = np.where(finite, losses, losses[finite].max())
+                    p = proportional_keep(np.maximum(losses, 0.0), self.budget, self.min_keep)
+                else:
+                    p = np.ones(len(losses), np.float32)
+                floor = 0.0
             plan = plan_from_keep_scores(self.config, epoch, p, epoch, floor)
             kept, self._weights = np.flatnonzero(plan.mask), plan.all_weights
         self.kept.append(len(kept) / n)
