@@ -7,8 +7,10 @@ setup:
 demo: setup
 	.venv/bin/autoassist demo
 
+# -P: the repo root stays off sys.path, where its kernels/ folder (autoassist.kernels) would
+# shadow PyPI's kernels, which transformers 5 imports (tests/conftest.py refuses that run)
 test: setup
-	.venv/bin/python -m pytest -q
+	.venv/bin/python -P -m pytest -q
 
 lint: setup
 	.venv/bin/ruff check .
