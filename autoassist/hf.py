@@ -17,8 +17,10 @@ How it meets the Trainer (docs/hf.md has the details):
   DataLoader with a ``DistributedSampler`` instead (the Trainer's collator, column removal and
   worker settings) and the shrinking loader cuts equal, disjoint shards of the kept set; the
   Trainer's ``_prepare_inputs`` moves each batch to the device. The Trainer iterates a thin
-  adapter whose ``len()`` is the full epoch's until training starts (so ``max_steps`` and the
-  LR schedule's length are those of full epochs), then each (shrunk) epoch's.
+  adapter whose ``len()`` is the full epoch's until training starts (so the LR schedule's
+  length is that of full epochs), then each (shrunk) epoch's. transformers 4 reads it after
+  each ``set_epoch``; transformers >= 5.3 fixes every epoch's counts at the start and passes
+  them to ``Trainer._run_epoch``, overridden here to plan the epoch first and pass its own.
 - Ids: a batch's instance ids are the dataset's indices the shrinking sampler chose; the adapter
   puts them in the batch under ``IDS_KEY`` (NumPy, so the Trainer leaves them on the CPU) and
   ``compute_loss`` takes them out again: no id column, whatever ``remove_unused_columns`` does.
@@ -26,7 +28,9 @@ How it meets the Trainer (docs/hf.md has the details):
   LMs), reported with those ids; the (re)weighted mean is the loss to backpropagate.
 - Epochs: the adapter runs the loader's own epochs whatever number the Trainer passes to
   ``set_epoch`` (the Trainer derives its epoch from the global step and full-epoch lengths),
-  and a callback stops training once ``num_train_epochs`` epochs have run. The LR schedule the
+  and a callback stops training once ``num_train_epochs`` epochs have run; ``state.epoch`` is
+  the loader's position, ``state.max_steps`` and the progress bar's total the steps the run
+  will take, counting epochs not yet planned as full ones. The LR schedule the
   Trainer asks for (``lr_scheduler_type``, warm-up) is read at the run's *progress* (epoch and
   position in the shrunk epoch), so it ends where it should however epochs shrink.
 - State: ``autoassist_state.pt`` in each checkpoint folder (tensors and plain values:
@@ -282,9 +286,10 @@ class AutoAssistTrainer(Trainer):
     Raises:
         UsageError: (at ``train``) a step budget (``max_steps > 0``), a fractional
             ``num_train_epochs``, ``compute_loss_func`` or label smoothing (the loss is computed
-            here: override ``per_sample_loss``), gradient accumulation where the Trainer fixes
-            the epoch length up front (transformers 5); with several processes also
-            ``group_by_length`` or accelerate's ``split_batches`` / ``dispatch_batches``.
+            here: override ``per_sample_loss``), transformers 5.0 - 5.2 (they fix each epoch's
+            step count where a shrunk epoch cannot change it); with several processes also a
+            ``train_sampling_strategy`` other than random (4.x: ``group_by_length``) or
+            accelerate's ``split_batches`` / ``dispatch_batches``.
     """
 
     def __init__(self, *args, shrink=None, features=None, **kwargs):
