@@ -174,8 +174,6 @@ class _TrainerLoader:
         """The loader's epochs done plus the fraction of its current (shrunk) epoch's batches
         yielded: the run's true epoch count, whatever the Trainer counts."""
         loader = self.loader
-        if not self._started:
-            return float(self.next_epoch)
         steps, done = len(loader), loader.batches_done
         return loader.epoch + (1.0 if steps == 0 or done >= steps else done / steps)
 
