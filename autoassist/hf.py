@@ -17,8 +17,10 @@ How it meets the Trainer (docs/hf.md has the details):
   DataLoader with a ``DistributedSampler`` instead (the Trainer's collator, column removal and
   worker settings) and the shrinking loader cuts equal, disjoint shards of the kept set; the
   Trainer's ``_prepare_inputs`` moves each batch to the device. The Trainer iterates a thin
-  adapter whose ``len()`` is the full epoch's until training starts (so ``max_steps`` and the
-  LR schedule's length are those of full epochs), then each (shrunk) epoch's.
+  adapter whose ``len()`` is the full epoch's until training starts (so the LR schedule's
+  length is that of full epochs), then each (shrunk) epoch's. transformers 4 reads it after
+  each ``set_epoch``; transformers >= 5.3 fixes every epoch's counts at the start and passes
+  them to ``Trainer._run_epoch``, overridden here to plan the epoch first and pass its own.
 - Ids: a batch's instance ids are the dataset's indices the shrinking sampler chose; the adapter
   puts them in the batch under ``IDS_KEY`` (NumPy, so the Trainer leaves them on the CPU) and
   ``compute_loss`` takes them out again: no id column, whatever ``remove_unused_columns`` does.
@@ -26,7 +28,9 @@ How it meets the Trainer (docs/hf.md has the details):
   LMs), reported with those ids; the (re)weighted mean is the loss to backpropagate.
 - Epochs: the adapter runs the loader's own epochs whatever number the Trainer passes to
   ``set_epoch`` (the Trainer derives its epoch from the global step and full-epoch lengths),
-  and a callback stops training once ``num_train_epochs`` epochs have run. The LR schedule the
+  and a callback stops training once ``num_train_epochs`` epochs have run; ``state.epoch`` is
+  the loader's position, ``state.max_steps`` and the progress bar's total the steps the run
+  will take, counting epochs not yet planned as full ones. The LR schedule the
   Trainer asks for (``lr_scheduler_type``, warm-up) is read at the run's *progress* (epoch and
   position in the shrunk epoch), so it ends where it should however epochs shrink.
 - State: ``autoassist_state.pt`` in each checkpoint folder (tensors and plain values:
@@ -37,7 +41,9 @@ How it meets the Trainer (docs/hf.md has the details):
 
 from __future__ import annotations
 
+import inspect
 import json
+import math
 import os
 import warnings
 from collections.abc import Iterator, Mapping
@@ -58,12 +64,13 @@ from autoassist.pipelines.base import with_rank_state
 from autoassist.pipelines.dataloader import ShrinkingLoader
 
 try:
-    from transformers import Trainer, TrainerCallback
+    import transformers
+    from transformers import ProgressCallback, Trainer, TrainerCallback
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
     from transformers.trainer_utils import seed_worker
 except ImportError as error:  # pragma: no cover - the extra is installed wherever tests run
     raise ImportError(
-        "autoassist.hf needs Hugging Face transformers (>= 4.57, < 5) and accelerate: "
+        "autoassist.hf needs Hugging Face transformers (4.57, or >= 5.3) and accelerate: "
         "pip install 'autoassist[hf]'"
     ) from error
 
@@ -124,8 +131,10 @@ class _TrainerLoader:
     last checkpoint), an empty one.
     """
 
-    def __init__(self, loader: ShrinkingLoader, next_epoch: int, epochs: int):
+    def __init__(self, loader: ShrinkingLoader, next_epoch: int, epochs: int,
+                 on_plan=None):
         self.loader = loader
+        self.on_plan = on_plan  # called after each set_epoch, the epoch's length known
         self.dataset = loader.user_loader.dataset  # Trainer.num_examples reads it
         self.next_epoch = next_epoch  # the loader's epoch the next set_epoch runs
         self.epochs = epochs  # num_train_epochs
@@ -149,14 +158,24 @@ class _TrainerLoader:
         self._finished = self.next_epoch >= self.epochs
         if self._finished:
             self._length = 0
-            return
-        self.loader.set_epoch(self.next_epoch)
-        self._length = max(len(self.loader) - self.loader.batches_done, 0)
+        else:
+            self.loader.set_epoch(self.next_epoch)
+            self._length = max(len(self.loader) - self.loader.batches_done, 0)
+        if self.on_plan is not None:
+            self.on_plan()
 
     @property
     def epochs_done(self) -> int:
         """Epochs this run has finished (all their batches trained)."""
         return self.next_epoch
+
+    @property
+    def position(self) -> float:
+        """The loader's epochs done plus the fraction of its current (shrunk) epoch's batches
+        yielded: the run's true epoch count, whatever the Trainer counts."""
+        loader = self.loader
+        steps, done = len(loader), loader.batches_done
+        return loader.epoch + (1.0 if steps == 0 or done >= steps else done / steps)
 
     def __iter__(self) -> Iterator[Any]:
         loader = self.loader
@@ -202,12 +221,34 @@ class _TrainerLoader:
         self._held.close()
 
 
+class _PlannedEpoch:
+    """The adapter's epoch, planned already, as transformers 5's ``_run_epoch`` iterates it:
+    without ``set_epoch``, which would plan the next one."""
+
+    def __init__(self, adapter: _TrainerLoader):
+        self.adapter = adapter
+
+    def __len__(self) -> int:
+        return len(self.adapter)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.adapter)
+
+
 class _EpochBudget(TrainerCallback):
-    """Stops training once the loader has run ``num_train_epochs`` epochs (the Trainer's own
-    epoch count, derived from global steps of full-length epochs, would run more)."""
+    """Counts the run in the loader's epochs: ``state.epoch`` after each step is the loader's
+    position (the Trainer's own counts full-length epochs), and training stops once the loader
+    has run ``num_train_epochs`` epochs (the Trainer's count, derived from global steps of
+    full-length epochs, would run more). First of the callbacks, so that the others see it."""
 
     def __init__(self, trainer: AutoAssistTrainer):
         self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        adapter = self.trainer._aa_adapter
+        if adapter is not None:
+            state.epoch = adapter.position
+        return control
 
     def on_epoch_end(self, args, state, control, **kwargs):
         adapter = self.trainer._aa_adapter
@@ -243,9 +284,10 @@ class AutoAssistTrainer(Trainer):
     Raises:
         UsageError: (at ``train``) a step budget (``max_steps > 0``), a fractional
             ``num_train_epochs``, ``compute_loss_func`` or label smoothing (the loss is computed
-            here: override ``per_sample_loss``), gradient accumulation where the Trainer fixes
-            the epoch length up front (transformers 5); with several processes also
-            ``group_by_length`` or accelerate's ``split_batches`` / ``dispatch_batches``.
+            here: override ``per_sample_loss``), transformers 5.0 - 5.2 (they fix each epoch's
+            step count where a shrunk epoch cannot change it); with several processes also a
+            ``train_sampling_strategy`` other than random (4.x: ``group_by_length``) or
+            accelerate's ``split_batches`` / ``dispatch_batches``.
     """
 
     def __init__(self, *args, shrink=None, features=None, **kwargs):
@@ -259,7 +301,8 @@ class AutoAssistTrainer(Trainer):
         # the loss compute_loss returns is a per-sequence mean: the Trainer divides it by the
         # accumulation steps itself (not by a token count across them)
         self.model_accepts_loss_kwargs = False
-        self.add_callback(_EpochBudget(self))
+        # first: the other callbacks' on_step_end see the loader's epoch in state.epoch
+        self.callback_handler.callbacks.insert(0, _EpochBudget(self))
 
     # -- what the user reads -----------------------------------------------------------------
     @property
@@ -315,14 +358,9 @@ class AutoAssistTrainer(Trainer):
             )
         if args.world_size > 1:
             self._check_parallel_settings()
-        if args.gradient_accumulation_steps > 1 and _epoch_length_fixed():
-            raise UsageError(
-                f"gradient_accumulation_steps={args.gradient_accumulation_steps}: this "
-                "transformers version fixes each epoch's length when training starts, so it "
-                "would not step the optimizer after the last batches of a shrunk epoch. Use "
-                "gradient_accumulation_steps=1 (a larger per_device_train_batch_size), or "
-                "transformers 4.57, which reads each epoch's length"
-            )
+        problem = _unsupported_transformers()
+        if problem is not None:
+            raise UsageError(problem)
         if not args.ignore_data_skip:  # the loader's state resumes the data position itself
             args.ignore_data_skip = True
 
@@ -331,11 +369,15 @@ class AutoAssistTrainer(Trainer):
         accelerate's), and a process group that is not the Trainer's (the epoch's plan is a
         collective on torch.distributed's default group)."""
         args = self.args
-        if args.group_by_length:
+        # transformers 5: train_sampling_strategy; 4.x: group_by_length
+        strategy = getattr(args, "train_sampling_strategy", None) or (
+            "group_by_length" if getattr(args, "group_by_length", False) else "random")
+        if strategy != "random":
             raise UsageError(
-                "group_by_length=True with several processes: AutoAssistTrainer shards each "
-                "epoch's kept set in DistributedSampler's shuffled order, not by length. Set "
-                "group_by_length=False, or train in one process"
+                f"train_sampling_strategy={strategy!r} (transformers 4: group_by_length=True) "
+                "with several processes: AutoAssistTrainer shards each epoch's kept set in "
+                "DistributedSampler's shuffled order. Leave the default, random order, or train "
+                "in one process"
             )
         config = args.accelerator_config
         for name in ("split_batches", "dispatch_batches"):
@@ -382,8 +424,48 @@ class AutoAssistTrainer(Trainer):
                 loader.close()
                 raise
             next_epoch = int(state["epoch"]) + bool(state["epoch_complete"])
-        self._aa_adapter = _TrainerLoader(loader, next_epoch, int(self.args.num_train_epochs))
+        self._aa_adapter = _TrainerLoader(loader, next_epoch, int(self.args.num_train_epochs),
+                                          on_plan=self._epoch_planned)
         return self._aa_adapter
+
+    def _run_epoch(self, model, epoch, train_dataloader, steps_in_epoch,
+                   num_update_steps_per_epoch, **kwargs):
+        """transformers >= 5.3's one epoch, given the batch and optimizer-step counts it fixed
+        when training started (full epochs): the epoch is planned here first and runs with its
+        own (shrunk) counts, so gradient accumulation steps after its last, short window."""
+        adapter = self._aa_adapter
+        if adapter is None or train_dataloader is not adapter:
+            return super()._run_epoch(model=model, epoch=epoch, train_dataloader=train_dataloader,
+                                      steps_in_epoch=steps_in_epoch,
+                                      num_update_steps_per_epoch=num_update_steps_per_epoch,
+                                      **kwargs)
+        adapter.set_epoch(epoch)
+        steps = len(adapter)
+        return super()._run_epoch(
+            model=model, epoch=epoch, train_dataloader=_PlannedEpoch(adapter),
+            steps_in_epoch=steps,
+            num_update_steps_per_epoch=-(-steps // self.args.gradient_accumulation_steps),
+            **kwargs)
+
+    def _epoch_planned(self) -> None:
+        """An epoch's length is known: ``state.max_steps`` (and the progress bar's total)
+        become the steps done, this epoch's and full epochs' for those still to plan. An upper
+        bound (a shrunk epoch is never longer than a full one), so the Trainer, which stops at
+        ``max_steps``, never stops early; exact from the last epoch's plan on."""
+        adapter = self._aa_adapter
+        if adapter is None:
+            return
+        accumulation = self.args.gradient_accumulation_steps
+        full = max(math.ceil(len(adapter.loader.user_loader) / accumulation), 1)
+        later = max(adapter.epochs - adapter.loader.epoch - 1, 0)  # epochs still to plan
+        total = (self.state.global_step + math.ceil(len(adapter) / accumulation)
+                 + later * full)
+        self.state.max_steps = total
+        for callback in self.callback_handler.callbacks:
+            bar = getattr(callback, "training_bar", None)
+            if isinstance(callback, ProgressCallback) and bar is not None:
+                bar.total = total
+                bar.refresh()
 
     def _check_resumed_steps(self, state: dict[str, Any], steps: int, batches: int) -> None:
         """Refuse a resume the Trainer would count as further along than the loader is.
@@ -526,11 +608,7 @@ class AutoAssistTrainer(Trainer):
         adapter = self._aa_adapter
         if adapter is None:
             return 0.0
-        loader = adapter.loader
-        steps = len(loader)
-        done = loader.batches_done
-        position = loader.epoch + (1.0 if steps == 0 or done >= steps else done / steps)
-        return min(position / epochs, 1.0)
+        return min(adapter.position / epochs, 1.0)
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _save_checkpoint(self, model, trial):
@@ -688,11 +766,28 @@ def _is_causal_lm(model) -> bool:
     return inner.__class__.__name__ in set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
 
 
-def _epoch_length_fixed() -> bool:
-    """Whether this transformers fixes each epoch's batch count when training starts (5.x:
-    ``steps_in_epoch`` comes from ``set_initial_training_values``) rather than reading
-    ``len(loader)`` after each ``set_epoch`` (4.x)."""
-    import transformers
+def _unsupported_transformers(version: str | None = None, trainer: type | None = None
+                              ) -> str | None:
+    """Why this transformers (``version``, its ``Trainer``) cannot train shrunk epochs, or None.
 
-    return int(transformers.__version__.split(".")[0]) >= 5
+    4.x reads each epoch's batch count after its ``set_epoch``. 5.x fixes it when training
+    starts; from 5.3 on it hands it to ``Trainer._run_epoch``, which ``AutoAssistTrainer``
+    overrides to plan the epoch first and pass its own count. 5.0 - 5.2 read it inline,
+    before the epoch is planned.
+    """
+    version = transformers.__version__ if version is None else version
+    if int(version.split(".")[0]) < 5:
+        return None
+    run_epoch = getattr(Trainer if trainer is None else trainer, "_run_epoch", None)
+    needed = {"model", "epoch", "train_dataloader", "steps_in_epoch",
+              "num_update_steps_per_epoch"}
+    if run_epoch is not None and needed <= set(inspect.signature(run_epoch).parameters):
+        return None
+    return (
+        f"transformers {version} fixes each epoch's step count when training "
+        "starts, outside Trainer._run_epoch(steps_in_epoch=...) where AutoAssistTrainer "
+        "gives each shrunk epoch its own (transformers 5.0 - 5.2 have no such method), so "
+        "shrunk epochs would be cut or run short. Install transformers >= 5.3 or 4.57: "
+        "pip install 'autoassist[hf]'"
+    )
 

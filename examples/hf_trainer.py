@@ -101,9 +101,11 @@ def main() -> None:
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=64, vocab_size=vocab,
                                        n_positions=32, pad_token_id=PAD))
+    full_steps = args.epochs * -(-len(seqs) // 16)  # the optimizer steps of full epochs
     training = TrainingArguments(
         output_dir=args.out, num_train_epochs=args.epochs, per_device_train_batch_size=16,
-        learning_rate=3e-3, lr_scheduler_type="cosine", warmup_ratio=0.05,
+        learning_rate=3e-3, lr_scheduler_type="cosine",
+        warmup_steps=max(full_steps // 20, 1),  # 5%, in steps: transformers 5 has no warmup_ratio
         logging_strategy="epoch", save_strategy="epoch", report_to=[], use_cpu=True,
         disable_tqdm=True, seed=0)
     printer = PrintEpochs()

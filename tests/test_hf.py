@@ -175,6 +175,9 @@ def test_resume_matches_uninterrupted_run(data, tmp_path):
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=0)
     assert [r["kept"] for r in resumed.telemetry] == [r["kept"] for r in whole.telemetry]
     assert mid < resumed.state.global_step == whole.state.global_step
+    # the loader's epochs, not the Trainer's (derived from full-epoch steps after a resume)
+    assert resumed.state.epoch == whole.state.epoch == 4
+    assert resumed.state.max_steps == resumed.state.global_step
 
 
 def test_resuming_a_finished_run_trains_nothing_more(data, tmp_path):
@@ -211,6 +214,43 @@ def test_gradient_accumulation_steps_after_each_shrunk_epoch_and_learner_feature
     assert all(r["unreported_instances"] == 0 for r in trainer.telemetry)
 
 
+def test_progress_bar_and_epoch_counters_follow_shrunk_epochs(data, tmp_path):
+    """state.epoch is the loader's position (epochs done plus the trained fraction of the
+    shrunk epoch), state.max_steps and the progress bar's total the steps the run will take
+    (full epochs for those not yet planned), and the bar ends full."""
+    from transformers import ProgressCallback
+
+    dataset, vocab = data
+    seen = []
+
+    class Counters(TrainerCallback):
+        def on_epoch_end(self, args, state, control, **kw):
+            bar = next(c for c in trainer.callback_handler.callbacks
+                       if isinstance(c, ProgressCallback)).training_bar
+            seen.append((state.epoch, state.global_step, state.max_steps, bar.n, bar.total))
+
+    epochs, full = 4, -(-(N // 8) // 2)  # optimizer steps of a full epoch: 6 batches, 2 a step
+    trainer = Recorder(model=_model(vocab),
+                       args=_args(tmp_path, gradient_accumulation_steps=2, disable_tqdm=False,
+                                  logging_strategy="steps", logging_steps=1),
+                       train_dataset=dataset, data_collator=collate, shrink=SHRINK,
+                       callbacks=[Counters()])
+    trainer.train()
+    batches = [len(e) for e in trainer.epochs]
+    assert len(batches) == epochs and any(b % 2 for b in batches) and sum(batches) < 4 * 6
+    steps = np.cumsum([-(-b // 2) for b in batches]).tolist()
+    assert [s[1] for s in seen] == steps
+    for e, (epoch, step, max_steps, bar_n, bar_total) in enumerate(seen):
+        assert epoch == e + 1  # the loader's epochs, not the Trainer's full-epoch count
+        assert max_steps == bar_total == step + (epochs - e - 1) * full
+        assert bar_n == step
+    assert seen[-1][2] == seen[-1][1] == trainer.state.global_step  # the bar ends full
+    # each step's logged epoch: the epoch plus its trained fraction (a window is 2 batches)
+    logged = [r["epoch"] for r in trainer.state.log_history if "loss" in r]
+    want = [e + min(2 * k, b) / b for e, b in enumerate(batches) for k in range(1, -(-b // 2) + 1)]
+    assert logged == pytest.approx(want)
+
+
 def test_learner_features_are_hashed_token_bags_without_padding(data):
     dataset, _ = data
     table = token_features(dataset, dim=16)
@@ -224,6 +264,22 @@ def test_learner_features_are_hashed_token_bags_without_padding(data):
             return item
 
     np.testing.assert_array_equal(token_features(Masked(padded.seqs), dim=16), table)
+
+
+def test_transformers_without_the_epoch_hook_is_refused():
+    """transformers 5.0 - 5.2 fix each epoch's step count outside Trainer._run_epoch."""
+    from transformers import Trainer
+
+    from autoassist.hf import _unsupported_transformers
+
+    class Inline:  # 5.0 - 5.2: no _run_epoch
+        pass
+
+    assert _unsupported_transformers("4.57.6", Inline) is None  # 4.x reads len() per epoch
+    assert "5.3" in _unsupported_transformers("5.1.0", Inline)
+    if hasattr(Trainer, "_run_epoch"):
+        assert _unsupported_transformers("5.25.0", Trainer) is None
+    assert _unsupported_transformers() is None  # the one installed here is supported
 
 
 def test_settings_the_trainer_cannot_shrink_are_refused(data, tmp_path):
