@@ -12,7 +12,9 @@ from typing import Any
 
 from autoassist.errors import UsageError, UsageFileNotFoundError
 
-ASSISTANT_KINDS = ("logistic", "sgd", "mlp", "memory")
+ASSISTANT_KINDS = ("logistic", "sgd", "mlp", "memory", "proportional")
+# Assistants that score by the loss memory alone: no input features are computed or sent
+FEATURELESS_ASSISTANTS = ("memory", "proportional")
 REWEIGHT_SCALES = ("mean", "sum")
 
 
@@ -53,9 +55,13 @@ class ShrinkConfig:
             full one; "sum": weights ``1 / P_i`` (InfoBatch's rescaling), so a shrunk epoch's
             summed gradient is a full epoch's (larger steps, fewer of them).
         assistant: "logistic" (online logistic regression), "sgd" (scikit-learn
-            SGDClassifier), "mlp" (a tiny torch net), or "memory" (no learner: informative
+            SGDClassifier), "mlp" (a tiny torch net), "memory" (no learner: informative
             while the instance's last loss was above the running mean, InfoBatch's rule;
-            needs ``loss_history``).
+            needs ``loss_history``), or "proportional" (no learner: ``P_i`` proportional to
+            the instance's last loss, at least ``floor``, at most 1, ``keep`` on average:
+            importance sampling by loss; needs ``keep`` and a ``floor`` below it).
+        keep: with ``assistant="proportional"``, the mean keep probability of a shrinking
+            epoch (the fraction of the data it trains on), e.g. 1/3 with ``floor=0.1``.
         loss_history: give the Assistant each instance's last reported loss (relative to the
             running mean) as two extra features; off = the paper's Assistant, on input
             features only.
@@ -106,6 +112,7 @@ class ShrinkConfig:
     reweight: bool = True
     reweight_scale: str = "mean"
     assistant: str = "memory"
+    keep: float | None = None
     loss_history: bool = True
     label_ema: float = 0.01
     feature_dim: int = 32
@@ -150,9 +157,20 @@ class ShrinkConfig:
             raise bad("epochs", "must be a positive integer or None")
         if self.assistant not in ASSISTANT_KINDS:
             raise bad("assistant", f"must be one of {ASSISTANT_KINDS}")
-        if self.assistant == "memory" and not self.loss_history:
-            raise bad("assistant", "'memory' scores by each instance's last loss: it needs "
-                      "loss_history=True")
+        if self.assistant in FEATURELESS_ASSISTANTS and not self.loss_history:
+            raise bad("assistant", f"{self.assistant!r} scores by each instance's last loss: "
+                      "it needs loss_history=True")
+        if self.assistant == "proportional":
+            if self.keep is None or not (self.floor < self.keep <= 1.0):
+                raise bad("keep", "the proportional Assistant's mean keep probability: pass "
+                          f"keep in (floor, 1], with floor={self.floor} below it (for example "
+                          "keep=1/3, floor=0.1)")
+            if self.rank_power is not None or self.adaptive_floor:
+                raise bad("assistant", "'proportional' sets each P_i itself: drop rank_power "
+                          "and adaptive_floor")
+        elif self.keep is not None:
+            raise bad("keep", "only the proportional Assistant reads it: pass "
+                      "assistant='proportional', or drop keep")
         if not (0.0 < self.label_ema <= 1.0):
             raise bad("label_ema", "must lie in (0, 1]")
         if self.feature_dim < 1:

@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
-from autoassist.config import ShrinkConfig
+from autoassist.config import FEATURELESS_ASSISTANTS, ShrinkConfig
 from autoassist.engine import state_check
 from autoassist.engine.distributed import rank_world
 from autoassist.errors import UsageError
@@ -409,7 +409,7 @@ class AutoAssistTrainer(Trainer):
         if self._aa_adapter is not None:  # a retried inner loop (auto_find_batch_size)
             self.close_autoassist()
         features = self._aa_features
-        if features is None and self.shrink_config.assistant != "memory":
+        if features is None and self.shrink_config.assistant not in FEATURELESS_ASSISTANTS:
             features = token_features(source.dataset, self.shrink_config.feature_dim)
         state, self._aa_state_to_load = self._aa_state_to_load, None
         steps, self._aa_resumed_steps = self._aa_resumed_steps, None

@@ -121,6 +121,73 @@ def rank_scores(scores: np.ndarray, power: float) -> np.ndarray:
     return out
 
 
+def proportional_scores(ratios: np.ndarray, keep: float, floor: float,
+                        sample: int = 1 << 16) -> np.ndarray:
+    """Scores ``p_i`` whose keep probabilities ``P_i = b + (1 - b) * p_i`` are proportional to
+    ``ratios_i``, at least the floor ``b``, at most 1, and ``keep`` on average.
+
+    ``P_i = clip(ratios_i / tau, b, 1)``: importance sampling by (for instance) each instance's
+    last loss over the mean loss, where the "above the mean" rule keeps all or ``b``. The
+    threshold ``tau`` is found by bisection on an evenly strided sample of at most ``sample``
+    ratios and applied to all, so ``mean(P)`` is ``keep`` to within about 1% at any size.
+
+    Args:
+        ratios: 1-D, each ``>= 0``; ``+inf`` or NaN: always kept (``P = 1``; an instance the
+            Assistant has not seen yet).
+        keep: the mean keep probability wanted, in ``[b, 1]``.
+        floor: ``b``, the least keep probability, in ``[0, keep]``.
+        sample: ratios used to find ``tau``.
+
+    Returns:
+        float32 scores in [0, 1]. When the always-kept instances alone exceed ``keep``, the
+        others are all at ``P = b``; when no ratio is above 0, ``P`` is uniform.
+
+    Raises:
+        ValueError: ``keep`` or ``floor`` out of range, or a negative ratio.
+    """
+    r = np.asarray(ratios, dtype=np.float64)
+    if r.ndim != 1:
+        raise ValueError(f"ratios must be a 1-D array, got shape {r.shape}")
+    if not (0.0 <= floor <= keep <= 1.0) or floor >= 1.0:
+        raise ValueError(f"keep={keep}, floor={floor}: need 0 <= floor <= keep <= 1, floor < 1")
+    if np.any(r < 0):
+        raise ValueError("ratios must be >= 0 (a loss over the mean loss, for instance)")
+    always = ~np.isfinite(r)
+    finite = r[~always]
+    P = np.ones(len(r), np.float64)
+    if len(finite) and keep < 1.0:
+        n = len(r)
+        budget = keep * n - always.sum()  # what the finite ratios may keep in all
+        step = max(1, len(finite) // sample)
+        probe = finite[::step]
+        scale = len(finite) / len(probe)
+
+        def kept(tau):  # expected keeps among the finite ratios
+            return np.clip(probe / tau, floor, 1.0).sum() * scale
+
+        positive = finite > 0
+        if budget <= floor * len(finite):  # the always-kept use it up: the rest at the floor
+            P[~always] = floor
+        elif budget >= positive.sum() + floor * (~positive).sum():
+            # every positive ratio kept (tau -> 0) is not enough: the zero ratios share the rest
+            rest = (budget - positive.sum()) / max(1, (~positive).sum())
+            P[~always] = np.where(positive, 1.0, min(max(rest, floor), 1.0))
+        else:  # kept(tau) falls from above the budget (tau -> 0) to floor * n (tau = top / b)
+            top = probe.max()
+            lo, hi = top * 1e-12, top / max(floor, 1e-12)
+            for _ in range(100):
+                mid = math.sqrt(lo * hi)
+                if kept(mid) > budget:
+                    lo = mid
+                else:
+                    hi = mid
+                if hi / lo < 1.0 + 1e-6:
+                    break
+            P[~always] = np.clip(finite / hi, floor, 1.0)
+    scores = (P - floor) / (1.0 - floor)
+    return np.clip(scores, 0.0, 1.0).astype(np.float32)
+
+
 def _mask_numpy(scores: np.ndarray, floor: float, seed: int, epoch: int) -> np.ndarray:
     k1, k2 = stream_keys(seed, epoch, STREAM_SELECT)
     bits = hash32_numpy(np.arange(len(scores), dtype=np.int64), k1, k2) >> np.uint32(8)

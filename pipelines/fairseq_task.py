@@ -41,7 +41,7 @@ from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 from omegaconf import II
 
-from autoassist.config import ASSISTANT_KINDS, ShrinkConfig
+from autoassist.config import ASSISTANT_KINDS, FEATURELESS_ASSISTANTS, ShrinkConfig
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,9 @@ class AutoAssistTranslationConfig(TranslationConfig):
     aa_floor: Optional[float] = field(default=None, metadata={  # noqa: UP045
         "help": "keep-probability floor b in P_i = b + (1 - b) p_i; 1 keeps everything"
                 + _or_file(_DEFAULTS.floor)})
+    aa_keep: Optional[float] = field(default=None, metadata={  # noqa: UP045
+        "help": "with --aa-assistant proportional: the mean keep probability of a shrinking "
+                "epoch (e.g. 0.33 with --aa-floor 0.1)"})
     aa_adaptive_floor: bool = field(default=False, metadata={
         "help": "floor = max(b, 1 - Assistant accuracy), the paper's translation rule "
                 "(not given: the --aa-config file's value, else off)"})
@@ -107,7 +110,7 @@ def _shrink_config(cfg: AutoAssistTranslationConfig) -> ShrinkConfig:
     """The run's ShrinkConfig: command-line flags over the --aa-config file over the defaults."""
     base = ShrinkConfig.coerce(cfg.aa_config or None)
     given = {  # None: the flag was not given
-        "floor": cfg.aa_floor, "warmup_epochs": cfg.aa_warmup_epochs,
+        "floor": cfg.aa_floor, "keep": cfg.aa_keep, "warmup_epochs": cfg.aa_warmup_epochs,
         "anneal_epochs": cfg.aa_anneal_epochs, "feature_dim": cfg.aa_feature_dim,
         "label_ema": cfg.aa_label_ema, "assistant_lr": cfg.aa_assistant_lr,
         "assistant": None if cfg.aa_assistant is None else str(cfg.aa_assistant),
@@ -176,8 +179,8 @@ class AutoAssistTranslationTask(TranslationTask):
         n = len(dataset)
         sources = [dataset.src[i] for i in range(n)]
         targets = None if dataset.tgt is None else [dataset.tgt[i] for i in range(n)]
-        features = None  # the memory Assistant reads none: skip the hashing pass
-        if self.shrink_config.assistant != "memory":
+        features = None  # the memory Assistants read none: skip the hashing pass
+        if self.shrink_config.assistant not in FEATURELESS_ASSISTANTS:
             features = sentence_pair_features(sources, targets,
                                               dim=self.shrink_config.feature_dim)
         self.engine = ShrinkEngine(n, self.shrink_config, features=features)

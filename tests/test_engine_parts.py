@@ -201,6 +201,47 @@ def test_a_config_in_any_accepted_form_resolves_the_same(tmp_path):
         assert loader.config == cfg.replace(floor=0.5)  # the wrapper resolves it the same way
 
 
+def test_proportional_assistant_keeps_by_the_last_loss_with_its_mean_keep():
+    """assistant="proportional": P_i = clip(last_i / tau, floor, 1) with mean(P) = keep, the
+    Boss's selection and mean(P)/P_i weights follow exactly that P; bad settings are refused."""
+    with pytest.raises(ValueError, match="keep"):
+        ShrinkConfig(assistant="proportional")  # keep is required
+    with pytest.raises(ValueError, match="keep"):
+        ShrinkConfig(assistant="proportional", keep=0.3)  # the default floor 0.5 is above it
+    with pytest.raises(ValueError, match="only the proportional"):
+        ShrinkConfig(keep=0.3, floor=0.1)
+    with pytest.raises(ValueError, match="rank_power"):
+        ShrinkConfig(assistant="proportional", keep=0.3, floor=0.1, rank_power=3)
+    data = TensorDataset(torch.arange(N))
+    loss = torch.linspace(0.01, 2.0, N)  # instance i's loss, the same every epoch
+    loader = autoassist.wrap(DataLoader(data, batch_size=100, shuffle=True),
+                             assistant="proportional", keep=1 / 3, floor=0.1, sync=True)
+    kept = []
+    with loader:
+        for epoch in range(4):
+            loader.set_epoch(epoch)
+            ids = []
+            for (idx,) in loader:
+                ids.append(idx)
+                loader.report(loss[idx])
+            kept.append(torch.cat(ids).numpy())
+        scores, _ = loader.engine.state.snapshot()
+        assert loader.engine.dim == 0  # it reads no features
+        weights = loader.engine.current.all_weights.copy()
+    P = 0.1 + 0.9 * scores.astype(np.float64)
+    assert abs(P.mean() - 1 / 3) < 0.01
+    inside = (P > 0.1001) & (P < 0.9999)  # uncapped: proportional to the last loss
+    assert inside.sum() > N // 4
+    ratio = P[inside] / loss.numpy()[inside]
+    assert ratio.max() / ratio.min() == pytest.approx(1.0, rel=2e-3)
+    np.testing.assert_allclose(weights, P.mean() / P, rtol=2e-3)
+    assert len(kept[0]) == N  # warm-up
+    hi, lo = np.arange(N) >= 3 * N // 4, np.arange(N) < N // 4
+    for ids in kept[2:]:
+        assert 0.2 < len(ids) / N < 0.47
+        assert np.isin(np.flatnonzero(hi), ids).mean() > 3 * np.isin(np.flatnonzero(lo), ids).mean()
+
+
 def test_memory_assistant_scores_exactly_the_last_loss_against_the_mean():
     """assistant="memory": p = 1[last loss > running mean], 1 for instances never reported;
     it needs the loss memory, and its (empty) state resumes."""

@@ -318,8 +318,10 @@ def test_a_tuned_config_file_round_trips_into_the_fairseq_options(data_bin, tmp_
                           feature_dir=str(tmp_path))
     default = ShrinkConfig()
     not_in_file = {"seed", "extra"}  # seed: fairseq's --seed; extra: never written
+    own_assistant = {"keep"}  # the proportional Assistant's alone: its own round trip below
     same = [f.name for f in dataclasses.fields(ShrinkConfig)
-            if f.name not in not_in_file and getattr(tuned, f.name) == getattr(default, f.name)]
+            if f.name not in not_in_file | own_assistant
+            and getattr(tuned, f.name) == getattr(default, f.name)]
     assert not same, f"give these settings non-default values so the test can see them: {same}"
     path = tuned.to_file(tmp_path / "tuned.toml")
     _, task = _in_process_task(data_bin, *PLUGIN, "--aa-config", str(path), "--max-epoch", "8")
@@ -331,5 +333,14 @@ def test_a_tuned_config_file_round_trips_into_the_fairseq_options(data_bin, tmp_
         assert got.seed == 1 and got.anneal_epochs == 2 and got.epochs == 8
         # the file's feature_dim sizes the Assistant's features: 16 buckets a side + 2 lengths
         assert task.engine.dim == 2 * 16 + 2
+    finally:
+        task.close()
+    proportional = ShrinkConfig(assistant="proportional", keep=0.4, floor=0.1)
+    path = proportional.to_file(tmp_path / "proportional.toml")
+    _, task = _in_process_task(data_bin, *PLUGIN, "--aa-config", str(path), "--max-epoch", "8")
+    try:
+        got = task.shrink_config
+        assert (got.assistant, got.keep, got.floor) == ("proportional", 0.4, 0.1)
+        assert task.engine.dim == 0  # it reads no features: no hashing pass
     finally:
         task.close()

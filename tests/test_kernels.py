@@ -281,3 +281,35 @@ def test_kernels_import_without_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "10"
+
+
+def test_proportional_scores_sample_by_ratio_within_the_keep_budget():
+    """P = b + (1 - b) p is proportional to the ratio between the floor and 1, keep on average;
+    unseen (inf/NaN) instances are always kept; no signal gives a uniform P."""
+    from autoassist.kernels import proportional_scores
+
+    r = np.random.default_rng(1).exponential(1.0, 200_000)  # larger than the tau sample
+    for keep, b in ((1 / 3, 0.1), (0.5, 0.1), (0.9, 0.5), (0.1, 0.1)):
+        P = b + (1 - b) * proportional_scores(r, keep, b).astype(np.float64)
+        assert abs(P.mean() - keep) < 0.01 * keep and P.min() >= b - 1e-6 and P.max() <= 1
+        inside = (P > b + 1e-4) & (P < 1 - 1e-4)
+        if inside.any():
+            q = P[inside] / r[inside]
+            assert q.max() / q.min() < 1 + 1e-4
+        assert np.all(np.diff(P[np.argsort(r, kind="stable")]) >= -1e-6)
+    unseen = r.copy()
+    unseen[:1000] = np.inf
+    unseen[1000:1010] = np.nan
+    P = 0.1 + 0.9 * proportional_scores(unseen, 1 / 3, 0.1)
+    assert np.all(P[:1010] == 1.0) and abs(P.mean() - 1 / 3) < 0.005
+    assert np.allclose(0.1 + 0.9 * proportional_scores(np.zeros(50), 0.4, 0.1), 0.4)
+    P = 0.1 + 0.9 * proportional_scores(np.r_[np.zeros(90), np.ones(10)], 0.5, 0.1)
+    assert np.allclose(P[90:], 1.0) and abs(P.mean() - 0.5) < 1e-6  # zeros share the rest
+    P = 0.1 + 0.9 * proportional_scores(np.r_[np.full(80, np.inf), np.ones(20)], 0.5, 0.1)
+    assert np.allclose(P[80:], 0.1)  # the unseen alone exceed the budget: the rest at b
+    assert np.all(proportional_scores(r, 1.0, 0.5) == 1.0)
+    for keep, b in ((0.2, 0.3), (1.2, 0.1), (0.5, 1.0)):
+        with pytest.raises(ValueError, match="keep"):
+            proportional_scores(r, keep, b)
+    with pytest.raises(ValueError, match=">= 0"):
+        proportional_scores(np.array([1.0, -1.0]), 0.5, 0.1)

@@ -222,14 +222,48 @@ class MemoryAssistant:
         _check_kind(state, self.kind)
 
 
+class ProportionalAssistant(MemoryAssistant):
+    """No learner: each instance is kept with probability proportional to its last reported
+    loss (over the running mean), at least the floor, at most 1, ``keep`` on average.
+
+    Where the memory Assistant keeps every above-mean instance and the floor of the rest, this
+    samples by loss (importance sampling, with the Boss's ``mean(P) / P_i`` weights): a rule
+    that, fed the Boss's current losses, reached uniform's accuracy with less compute than the
+    "above the mean" rule on KEEL magic (docs/results.md section 0). Its scores need the whole
+    data set at once (``tau`` is shared), so ``predict_proba`` gives the loss ratio and
+    ``calibrate`` turns all of them into scores; an instance not seen yet is always kept.
+    """
+
+    kind = "proportional"
+    unseen_score = np.inf
+
+    def __init__(self, dim: int, lr: float = 0.0, seed: int = 0, keep: float = 1 / 3,
+                 floor: float = 0.1):
+        super().__init__(dim, lr=lr, seed=seed)
+        if not (0.0 <= floor < keep <= 1.0):
+            raise ValueError(f"keep={keep}, floor={floor}: need 0 <= floor < keep <= 1")
+        self.keep, self.floor = float(keep), float(floor)
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        seen, relative = X[:, -2], X[:, -1]
+        return np.where(seen == 0, np.inf, np.exp(relative)).astype(np.float32)
+
+    def calibrate(self, ratios: np.ndarray) -> np.ndarray:
+        from autoassist.kernels import proportional_scores
+
+        return proportional_scores(ratios, self.keep, self.floor)
+
+
 MODELS = {cls.kind: cls for cls in (LogisticAssistant, SGDAssistant, MLPAssistant,
-                                    MemoryAssistant)}
+                                    MemoryAssistant, ProportionalAssistant)}
 
 
-def make_assistant_model(kind: str, dim: int, lr: float, seed: int):
+def make_assistant_model(kind: str, dim: int, lr: float, seed: int, **options):
+    """``options``: a kind's own settings (the proportional Assistant's ``keep`` and ``floor``,
+    ``AssistantSettings.model_options``)."""
     if kind not in MODELS:
         raise ValueError(f"unknown Assistant kind {kind!r}; choose one of {sorted(MODELS)}")
-    return MODELS[kind](dim, lr=lr, seed=seed)
+    return MODELS[kind](dim, lr=lr, seed=seed, **options)
 
 
 def _check_kind(state: dict, kind: str) -> None:

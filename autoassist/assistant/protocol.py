@@ -136,12 +136,20 @@ class AssistantSettings:
     threads: int = 1
     loss_history: bool = True
     idle_publish: bool = True  # publish fresh scores on its own when idle (not in sync mode)
+    keep: float = 1.0  # the proportional Assistant's mean keep probability ...
+    floor: float = 0.0  # ... and the Boss's floor, which its scores must respect
 
     @classmethod
     def from_config(cls, config) -> AssistantSettings:
         return cls(kind=config.assistant, lr=float(config.assistant_lr), seed=int(config.seed),
                    label_ema=float(config.label_ema), threads=int(config.assistant_threads),
-                   loss_history=bool(config.loss_history), idle_publish=not config.sync)
+                   loss_history=bool(config.loss_history), idle_publish=not config.sync,
+                   keep=1.0 if config.keep is None else float(config.keep),
+                   floor=float(config.floor))
+
+    def model_options(self) -> dict:
+        """The keyword arguments ``make_assistant_model`` passes to this kind's model."""
+        return {"keep": self.keep, "floor": self.floor} if self.kind == "proportional" else {}
 
 
 # -- shared memory -------------------------------------------------------------------------------

@@ -72,7 +72,7 @@ class _Worker:
         self.memory = LossMemory(n) if settings.loss_history else None
         dim = state.feature_dim + (LossMemory.dim if self.memory is not None else 0)
         self._new_model = lambda: make_assistant_model(settings.kind, dim, settings.lr,
-                                                       settings.seed)
+                                                       settings.seed, **settings.model_options())
         self.model = self._new_model()
         self.mean, self.accuracy = state.loss_mean, state.accuracy
         if model_state is not None:
@@ -94,13 +94,15 @@ class _Worker:
     def _score_all(self) -> np.ndarray:
         state = self.state
         n = state.num_instances
-        scores = np.ones(n, np.float32)  # never-seen instances stay "informative"
+        # never-seen instances stay "informative"
+        scores = np.full(n, getattr(self.model, "unseen_score", 1.0), np.float32)
         for start in range(0, n, _SCORE_CHUNK):
             stop = min(n, start + _SCORE_CHUNK)
             have = np.flatnonzero(state.have[start:stop]) + start
             if len(have):
                 scores[have] = self.model.predict_proba(self._inputs(have, self.mean))
-        return scores
+        calibrate = getattr(self.model, "calibrate", None)  # a rule over all scores at once
+        return scores if calibrate is None else calibrate(scores)
 
     def publish(self, epoch: int = -1) -> None:
         """Publish fresh scores, never non-finite ones: a learner whose output went bad is

@@ -19,7 +19,7 @@ import torch
 from autoassist.assistant import AssistantProcess, AssistantSettings, ScoreRequest, SharedState
 from autoassist.assistant.features import CallableFeatures, RandomProjectionFeatures
 from autoassist.assistant.loss_ring import default_slots
-from autoassist.config import ShrinkConfig
+from autoassist.config import FEATURELESS_ASSISTANTS, ShrinkConfig
 from autoassist.engine import distributed, state_check
 from autoassist.engine import plan as policy
 from autoassist.engine.device_losses import DeviceLossQueue
@@ -85,12 +85,13 @@ class ShrinkEngine:
                 raise ValueError(f"external_features={external_features}: a feature "
                                  "dimension must be >= 1")
             return None, None, int(external_features)
-        if config.assistant == "memory":
+        if config.assistant in FEATURELESS_ASSISTANTS:
             # it scores by the loss memory alone: computing, storing and sending input
             # features would be work (and at 10M instances gigabytes) that nothing reads
             if features is not None:
                 warnings.warn(
-                    "autoassist: assistant='memory' scores instances by their last loss alone, "
+                    f"autoassist: assistant={config.assistant!r} scores instances by their last "
+                    "loss alone, "
                     "so the features passed are not used; choose a learner "
                     "(assistant='logistic', 'sgd' or 'mlp') to learn from them",
                     UserWarning, stacklevel=4)
