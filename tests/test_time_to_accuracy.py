@@ -270,32 +270,12 @@ def test_oracle_bound_keeps_every_above_mean_loss_and_reweights_the_rest():
     assert np.array_equal(kept(1)[0], ids)  # seeded: the same epoch keeps the same set
 
 
-def test_proportional_keep_samples_by_loss_within_its_budget():
-    from autoassist.bench.time_to_accuracy import proportional_keep
-
-    rng = np.random.default_rng(0)
-    losses = rng.exponential(1.0, 5000)
-    for budget in (0.2, 1 / 3, 0.5, 0.9):
-        p = proportional_keep(losses, budget, min_keep=0.02)
-        assert p.dtype == np.float32 and abs(p.mean() - budget) < 1e-4
-        assert p.min() >= 0.02 - 1e-7 and p.max() <= 1.0
-        inside = (p > 0.0201) & (p < 0.9999)  # uncapped: proportional to the loss
-        ratio = p[inside] / losses[inside]
-        assert ratio.max() / ratio.min() == pytest.approx(1.0, rel=1e-4)
-        assert np.all(np.diff(p[np.argsort(losses)]) >= -1e-7)  # monotone in the loss
-    assert np.all(proportional_keep(losses, 1.0) == 1.0)
-    assert np.all(proportional_keep(np.zeros(10), 0.4) == np.float32(0.4))  # no signal: uniform
-    with pytest.raises(ValueError, match="budget"):
-        proportional_keep(losses, 0.01, min_keep=0.02)
-    with pytest.raises(ValueError, match="finite"):
-        proportional_keep(np.array([1.0, np.nan]), 0.5)
-
-
 def test_oracle_proportional_rule_keeps_high_losses_more_and_weights_by_inverse_p():
     import torch
 
     from autoassist.bench.datasets import TensorPairs
-    from autoassist.bench.time_to_accuracy import make_method, proportional_keep
+    from autoassist.bench.time_to_accuracy import make_method
+    from autoassist.kernels import proportional_scores
 
     n = 4000
     x = torch.linspace(-3, 3, n)[:, None]
@@ -312,7 +292,7 @@ def test_oracle_proportional_rule_keeps_high_losses_more_and_weights_by_inverse_
     assert len(set(ids.tolist())) == len(ids) and abs(len(ids) / n - 0.4) < 0.04
     low, high = np.arange(n) < n // 4, np.arange(n) >= 3 * n // 4
     assert np.isin(np.flatnonzero(high), ids).mean() > 3 * np.isin(np.flatnonzero(low), ids).mean()
-    p = proportional_keep(torch.nn.functional.softplus(x[:, 0]).numpy(), 0.4, min_keep=0.1)
+    p = 0.1 + 0.9 * proportional_scores(torch.nn.functional.softplus(x[:, 0]).numpy(), 0.4, 0.1)
     (bx, by), bids = batches[0]
     loss, _, _ = oracle.loss(model, ((bx, by), bids))
     expected = (torch.nn.functional.cross_entropy(model(bx), by, reduction="none")

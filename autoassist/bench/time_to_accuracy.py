@@ -267,47 +267,6 @@ class InfoBatchMethod(_Method):
         return {"kept_fraction": self.kept}
 
 
-def proportional_keep(losses: np.ndarray, budget: float, min_keep: float = 0.1) -> np.ndarray:
-    """Keep probabilities proportional to the loss, capped at 1, with mean ``budget``.
-
-    ``P_i = clip(loss_i / tau, min_keep, 1)``; ``tau`` is found by bisection (``mean(P)`` falls
-    as ``tau`` grows). Importance sampling by loss: with weights ``mean(P) / P_i`` each step's
-    expected gradient is uniform's, and high-loss instances are sampled more, not always.
-
-    Args:
-        losses: per-instance losses, finite and >= 0.
-        budget: the mean keep probability wanted, in [min_keep, 1].
-        min_keep: the least probability an instance gets, so every weight stays bounded.
-
-    Returns:
-        float32 probabilities, mean ``budget`` to within 1e-4 (exactly 1 where budget is 1).
-
-    Raises:
-        ValueError: on a budget outside [min_keep, 1], or on negative or non-finite losses.
-    """
-    losses = np.asarray(losses, dtype=np.float64)
-    if not 0.0 < min_keep <= budget <= 1.0:
-        raise ValueError(f"budget={budget}, min_keep={min_keep}: need 0 < min_keep <= budget <= 1")
-    if losses.size == 0 or not np.all(np.isfinite(losses)) or losses.min() < 0:
-        raise ValueError("losses must be a non-empty array of finite values >= 0")
-    if budget >= 1.0 or losses.max() == 0:
-        return np.full(losses.shape, budget if losses.max() == 0 else 1.0, np.float32)
-
-    def mean_keep(tau):
-        return np.clip(losses / tau, min_keep, 1.0).mean()
-
-    lo, hi = 1e-12, losses.max() / min_keep  # mean_keep(lo) = 1, mean_keep(hi) = min_keep
-    for _ in range(200):
-        mid = math.sqrt(lo * hi)
-        if mean_keep(mid) > budget:
-            lo = mid
-        else:
-            hi = mid
-        if hi / lo < 1 + 1e-9:
-            break
-    return np.clip(losses / hi, min_keep, 1.0).astype(np.float32)
-
-
 class OracleMethod(_Method):
     """The library's keep rule fed a perfect Assistant: an upper bound, not a method.
 
@@ -321,7 +280,8 @@ class OracleMethod(_Method):
 
     ``rule="proportional"`` swaps the keep rule for importance sampling on the same perfect
     scores: ``P_i = clip(loss_i / tau, min_keep, 1)`` with ``tau`` set so that ``mean(P)`` is
-    ``budget`` (``proportional_keep``), weights ``mean(P) / P_i`` as the library's. It asks
+    ``budget`` (the library's ``kernels.proportional_scores``, which
+    ``assistant="proportional"`` applies to stale losses), weights ``mean(P) / P_i``. It asks
     whether a rule other than "above the mean, else the floor" could save more on the same task.
     ``min_keep`` bounds the weights at ``budget / min_keep``: at 0.02 (weights up to 25) magic's
     MLP diverged at the one-cycle peak.
@@ -366,7 +326,7 @@ class OracleMethod(_Method):
 
     def epoch(self, epoch):
         from autoassist.engine.plan import plan_from_keep_scores
-        from autoassist.kernels import shuffle_kept
+        from autoassist.kernels import proportional_scores, shuffle_kept
 
         n = len(self.train)
         if epoch < self.config.warmup_epochs:
@@ -375,15 +335,10 @@ class OracleMethod(_Method):
             losses = self._current_losses()
             if self.rule == "mean":
                 p, floor = (losses > losses.mean()).astype(np.float32), self.config.floor
-            else:  # P itself as the score, floor 0: the plan keeps and weights by exactly P
-                # (a diverging Boss's NaN or infinite losses rank as its highest finite ones)
-                finite = np.isfinite(losses)
-                if finite.any():
-                    losses = np.where(finite, losses, losses[finite].max())
-                    p = proportional_keep(np.maximum(losses, 0.0), self.budget, self.min_keep)
-                else:
-                    p = np.ones(len(losses), np.float32)
-                floor = 0.0
+            else:  # P = b + (1 - b) p = clip(loss / tau, b, 1) at b = min_keep, mean budget
+                # (a diverging Boss's NaN or infinite losses are kept, P = 1)
+                p, floor = proportional_scores(np.maximum(losses, 0.0), self.budget,
+                                               self.min_keep), self.min_keep
             plan = plan_from_keep_scores(self.config, epoch, p, epoch, floor)
             kept, self._weights = np.flatnonzero(plan.mask), plan.all_weights
         self.kept.append(len(kept) / n)
