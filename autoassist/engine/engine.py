@@ -91,8 +91,7 @@ class ShrinkEngine:
             if features is not None:
                 warnings.warn(
                     f"autoassist: assistant={config.assistant!r} scores instances by their last "
-                    "loss alone, "
-                    "so the features passed are not used; choose a learner "
+                    "loss alone, so the features passed are not used; choose a learner "
                     "(assistant='logistic', 'sgd' or 'mlp') to learn from them",
                     UserWarning, stacklevel=4)
             return None, None, 0
