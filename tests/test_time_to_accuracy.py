@@ -306,6 +306,42 @@ def test_oracle_proportional_rule_keeps_high_losses_more_and_weights_by_inverse_
     assert sorted(ids.tolist()) == list(range(n)) and np.all(oracle._weights == 1.0)
 
 
+def test_oracle_stale_scores_follow_the_last_training_loss_not_the_current_model():
+    """The staleness control: the rule reads the losses ``loss`` recorded, never a fresh pass."""
+    import torch
+
+    from autoassist.bench.datasets import TensorPairs
+    from autoassist.bench.time_to_accuracy import make_method
+
+    n = 4000
+    x = torch.linspace(-3, 3, n)[:, None]
+    data = TensorPairs(x, torch.zeros(n, dtype=torch.long), ("a", "b"))
+    model = torch.nn.Linear(1, 2)
+    with torch.no_grad():  # while training: the loss of label 0 is log(1 + e^x), rising with x
+        model.weight.copy_(torch.tensor([[0.0], [1.0]]))
+        model.bias.zero_()
+    settings = {"rule": "proportional", "budget": 0.4, "scores": "stale"}
+    stale = make_method("oracle", data, 64, 5, 2, settings)
+    stale.bind(model)
+    for batch in stale.epoch(0):  # the warm-up epoch reports every loss
+        stale.loss(model, batch)
+    with torch.no_grad():  # now the current losses fall with x: a fresh pass would flip the rule
+        model.weight.mul_(-1.0)
+    ids = np.concatenate([b for (_x, _y), b in stale.epoch(1)])
+    low, high = np.arange(n) < n // 4, np.arange(n) >= 3 * n // 4
+    assert np.isin(np.flatnonzero(high), ids).mean() > 3 * np.isin(np.flatnonzero(low), ids).mean()
+    assert stale.scoring_forwards == 0 and abs(len(ids) / n - 0.4) < 0.04
+    fresh = make_method("oracle", data, 64, 5, 2, {**settings, "scores": "current"})
+    fresh.bind(model)
+    list(fresh.epoch(0))
+    ids = np.concatenate([b for (_x, _y), b in fresh.epoch(1)])
+    assert np.isin(np.flatnonzero(low), ids).mean() > 3 * np.isin(np.flatnonzero(high), ids).mean()
+    with pytest.raises(ValueError, match="scores"):
+        make_method("oracle", data, 64, 5, 2, {"scores": "old"})
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        make_method("oracle", data, 64, 5, 2, {"scores": "stale", "warmup_epochs": 0})
+
+
 # -- the harness end to end on a tiny real budget ------------------------------------------------
 @contextmanager
 def _watched_harness():

@@ -71,7 +71,8 @@ MULTIPLIERS = {"uniform": 1.0, "autoassist": 1.5, "autoassist_reweight_anneal": 
                # bounds: the keep rule fed a perfect Assistant (the Boss's current losses), at
                # the defaults' floor and at a low one; the defaults at that low floor
                "oracle": 1.5, "oracle_floor02": 2.0, "aa_floor02": 2.0,
-               "oracle_prop05": 2.0, "oracle_prop033": 3.0, "aa_prop05": 2.0, "aa_prop033": 3.0}
+               "oracle_prop05": 2.0, "oracle_prop033": 3.0, "oracle_prop033_stale": 3.0,
+               "aa_prop05": 2.0, "aa_prop033": 3.0}
 # frontier method -> (harness method, its autoassist settings): "autoassist" is exactly
 # ``autoassist.wrap(loader)`` with the library's defaults (only the seed is passed)
 # (a callable gets the run's epoch count: settings that depend on the budget)
@@ -104,6 +105,10 @@ VARIANTS: dict[str, tuple[str, Any]] = {
     # sampling), half and a third of the data per epoch
     "oracle_prop05": ("oracle", {"rule": "proportional", "budget": 0.5}),
     "oracle_prop033": ("oracle", {"rule": "proportional", "budget": 1 / 3}),
+    # the same rule on each instance's last training loss, in process and synchronously: the
+    # price of staleness alone, between the bound and the library's Assistant
+    "oracle_prop033_stale": ("oracle", {"rule": "proportional", "budget": 1 / 3,
+                                        "scores": "stale"}),
     # the same rule with the library's proportional Assistant (each instance's last reported
     # loss, as stale as the memory Assistant's)
     "aa_prop05": ("autoassist", {"assistant": "proportional", "keep": 0.5, "floor": 0.1}),

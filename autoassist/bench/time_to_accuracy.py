@@ -285,18 +285,32 @@ class OracleMethod(_Method):
     whether a rule other than "above the mean, else the floor" could save more on the same task.
     ``min_keep`` bounds the weights at ``budget / min_keep``: at 0.02 (weights up to 25) magic's
     MLP diverged at the one-cycle peak.
+
+    ``scores="stale"`` is the control between this bound and the real Assistant: the same rule
+    fed each instance's *last training loss* (recorded in ``loss``, train mode, as the Boss
+    reports it), synchronously and in this process. What it loses against ``"current"`` is the
+    price of staleness alone; what the library's Assistant loses beyond it is the machinery's.
     """
 
     RULES = ("mean", "proportional")
+    SCORES = ("current", "stale")
 
     def __init__(self, *args, floor: float = 0.5, warmup_epochs: int = 1, chunk: int = 4096,
-                 rule: str = "mean", budget: float = 0.5, min_keep: float = 0.1):
+                 rule: str = "mean", budget: float = 0.5, min_keep: float = 0.1,
+                 scores: str = "current"):
         super().__init__(*args)
         from autoassist.config import ShrinkConfig
 
         if rule not in self.RULES:
             raise ValueError(f"rule={rule!r}: choose one of {self.RULES}")
+        if scores not in self.SCORES:
+            raise ValueError(f"scores={scores!r}: choose one of {self.SCORES}")
+        if scores == "stale" and warmup_epochs < 1:
+            raise ValueError("scores='stale' reads losses from training: it needs "
+                             "warmup_epochs >= 1, so every instance has one")
         self.rule, self.budget, self.min_keep = rule, float(budget), float(min_keep)
+        self.scores = scores
+        self.last = np.full(len(self.train), np.inf)  # stale scores: unseen instances kept
         self.config = ShrinkConfig(floor=floor, warmup_epochs=warmup_epochs, seed=self.seed)
         self.chunk = chunk
         self.model = None
@@ -332,7 +346,7 @@ class OracleMethod(_Method):
         if epoch < self.config.warmup_epochs:
             kept, self._weights = np.arange(n), np.ones(n, np.float32)
         else:
-            losses = self._current_losses()
+            losses = self._current_losses() if self.scores == "current" else self.last.copy()
             if self.rule == "mean":
                 p, floor = (losses > losses.mean()).astype(np.float32), self.config.floor
             else:  # P = b + (1 - b) p = clip(loss / tau, b, 1) at b = min_keep, mean budget
@@ -349,6 +363,8 @@ class OracleMethod(_Method):
     def loss(self, model, batch):
         (x, y), ids = batch
         per_sample = F.cross_entropy(model(x), y, reduction="none")
+        if self.scores == "stale":
+            self.last[ids] = per_sample.detach().cpu().numpy()
         w = torch.from_numpy(self._weights[ids]).to(per_sample.device)
         return (per_sample * w).mean(), len(y), len(y)
 
