@@ -472,8 +472,12 @@ LOOPS = ("sgd", "adam")  # the two training loops users write most (see run_one)
 def run_one(task: Task, method: str, train, test, *, seed: int, lr: float, epochs: int,
             progress: bool = True, settings: dict[str, Any] | None = None,
             device: str | torch.device = "cpu", log=print,
-            matched_run: dict[str, Any] | None = None, loop: str = "sgd") -> dict[str, Any]:
+            matched_run: dict[str, Any] | None = None, loop: str = "sgd",
+            runner: Callable[..., _Method] | None = None) -> dict[str, Any]:
     """Train ``task.model()`` (initialised from ``seed``) with ``method``; return its record.
+
+    ``runner``: a method class outside ``make_method``'s (a probe), called with the train set,
+    batch size, seed, epochs and device; ``method`` then only names it.
 
     ``loop``: ``"sgd"`` is SGD with Nesterov momentum and a one-cycle schedule decayed for this
     run's own ``epochs`` (driven by progress, so shrunk epochs still decay fully); ``"adam"`` is
@@ -503,8 +507,11 @@ def run_one(task: Task, method: str, train, test, *, seed: int, lr: float, epoch
     fwd = bwd = 0
     clock = Stopwatch()
     clock.start()
-    runner = make_method(method, train, task.batch_size, seed, epochs, settings, device,
-                         matched_run)
+    if runner is None:
+        runner = make_method(method, train, task.batch_size, seed, epochs, settings, device,
+                             matched_run)
+    else:
+        runner = runner(train, task.batch_size, seed, epochs, device)
     runner.bind(model)
     setup_seconds = clock.pause()
 
