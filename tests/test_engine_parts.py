@@ -242,6 +242,25 @@ def test_proportional_assistant_keeps_by_the_last_loss_with_its_mean_keep():
         assert np.isin(np.flatnonzero(hi), ids).mean() > 3 * np.isin(np.flatnonzero(lo), ids).mean()
 
 
+def test_every_learner_honours_the_assistant_model_interface_and_a_gap_is_named():
+    """The Assistant process calls only AssistantModel's methods; a learner that forgets one
+    fails with its own name, and the defaults (unseen instances informative, scores as they
+    are) hold for every learner that does not override them."""
+    from autoassist.assistant.models import MODELS, AssistantModel
+
+    assert all(issubclass(cls, AssistantModel) for cls in MODELS.values())
+    scores = np.array([0.2, 0.9], np.float32)
+    for kind in ("logistic", "sgd", "memory"):
+        assert MODELS[kind].unseen_score == 1.0
+        assert MODELS[kind].calibrate(MODELS[kind](4), scores) is scores
+
+    class Forgetful(AssistantModel):
+        kind = "forgetful"
+
+    with pytest.raises(NotImplementedError, match="Forgetful must define predict_proba"):
+        Forgetful().predict_proba(np.zeros((1, 2), np.float32))
+
+
 def test_memory_assistant_scores_exactly_the_last_loss_against_the_mean():
     """assistant="memory": p = 1[last loss > running mean], 1 for instances never reported;
     it needs the loss memory, and its (empty) state resumes."""

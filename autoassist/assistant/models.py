@@ -19,7 +19,35 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * z))  # overflow-free logistic
 
 
-class LogisticAssistant:
+class AssistantModel:
+    """The interface every learner honours; the Assistant process calls nothing else.
+
+    A learner's scores are ``calibrate(predict_proba(rows))`` over the seen instances and
+    ``unseen_score`` for the others. Most learners predict scores directly (``calibrate`` is
+    the identity); a rule that needs all scores at once (the proportional Assistant's shared
+    ``tau``) predicts raw values and turns them into scores in ``calibrate``.
+    """
+
+    kind = ""
+    unseen_score: float = 1.0  # an instance never reported is informative
+
+    def partial_fit(self, X: np.ndarray, y: np.ndarray) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must define partial_fit(X, y)")
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        raise NotImplementedError(f"{type(self).__name__} must define predict_proba(X)")
+
+    def calibrate(self, scores: np.ndarray) -> np.ndarray:
+        return scores
+
+    def state_dict(self) -> dict:
+        raise NotImplementedError(f"{type(self).__name__} must define state_dict()")
+
+    def load_state_dict(self, state: dict) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must define load_state_dict(state)")
+
+
+class LogisticAssistant(AssistantModel):
     """Online logistic regression with AdaGrad steps (robust to the scale of the features)."""
 
     kind = "logistic"
@@ -68,7 +96,7 @@ class LogisticAssistant:
         self.w, self.b, self.g2 = w.copy(), b, g2.copy()
 
 
-class SGDAssistant:
+class SGDAssistant(AssistantModel):
     """scikit-learn's ``SGDClassifier(loss="log_loss")`` trained with ``partial_fit``."""
 
     kind = "sgd"
@@ -134,7 +162,7 @@ class SGDAssistant:
         self.model, self._fitted = m, True
 
 
-class MLPAssistant:
+class MLPAssistant(AssistantModel):
     """A tiny torch net (d -> hidden -> 1) trained online with Adam; torch loads only if chosen."""
 
     kind = "mlp"
@@ -191,7 +219,7 @@ def _as_tensors(torch, obj):
     return obj
 
 
-class MemoryAssistant:
+class MemoryAssistant(AssistantModel):
     """No learner: an instance is informative when its last reported loss was above the running
     mean (InfoBatch's rule), and an instance not reported yet always is.
 

@@ -95,14 +95,13 @@ class _Worker:
         state = self.state
         n = state.num_instances
         # never-seen instances stay "informative"
-        scores = np.full(n, getattr(self.model, "unseen_score", 1.0), np.float32)
+        scores = np.full(n, self.model.unseen_score, np.float32)
         for start in range(0, n, _SCORE_CHUNK):
             stop = min(n, start + _SCORE_CHUNK)
             have = np.flatnonzero(state.have[start:stop]) + start
             if len(have):
                 scores[have] = self.model.predict_proba(self._inputs(have, self.mean))
-        calibrate = getattr(self.model, "calibrate", None)  # a rule over all scores at once
-        return scores if calibrate is None else calibrate(scores)
+        return self.model.calibrate(scores)  # (a rule over all scores at once, or as they are)
 
     def publish(self, epoch: int = -1) -> None:
         """Publish fresh scores, never non-finite ones: a learner whose output went bad is

@@ -180,6 +180,7 @@ def check_assistant_state(state: Any, *, n: int, dim: int, config, path: str) ->
     and size here, so that the Assistant process never starts from a state it cannot load."""
     from autoassist.assistant.loss_memory import LossMemory
     from autoassist.assistant.models import make_assistant_model
+    from autoassist.assistant.protocol import AssistantSettings
     from autoassist.engine.safe_state import as_numpy
 
     model = as_dict(get(state, "model", path), f"{path}['model']")
@@ -203,8 +204,9 @@ def check_assistant_state(state: Any, *, n: int, dim: int, config, path: str) ->
               (n,), 0, 1)
     width = dim + (LossMemory.dim if config.loss_history else 0)
     try:  # as the Assistant process will get it: NumPy on the CPU
-        make_assistant_model(kind, width, config.assistant_lr, config.seed).load_state_dict(
-            as_numpy(model))
+        options = AssistantSettings.from_config(config).model_options()  # the process's own
+        make_assistant_model(kind, width, config.assistant_lr, config.seed,
+                             **options).load_state_dict(as_numpy(model))
     except Exception as exc:  # noqa: BLE001 - any failure here would kill the Assistant
         raise bad(f"{path}['model']", f"does not load into this loader's {kind!r} Assistant "
                   f"of {width} inputs ({type(exc).__name__}: {exc})",
