@@ -72,7 +72,7 @@ MULTIPLIERS = {"uniform": 1.0, "autoassist": 1.5, "autoassist_reweight_anneal": 
                # the defaults' floor and at a low one; the defaults at that low floor
                "oracle": 1.5, "oracle_floor02": 2.0, "aa_floor02": 2.0,
                "oracle_prop05": 2.0, "oracle_prop033": 3.0, "oracle_prop033_stale": 3.0,
-               "aa_prop05": 2.0, "aa_prop033": 3.0}
+               "aa_prop05": 2.0, "aa_prop033": 3.0, "aa_prop033_sync": 3.0}
 # frontier method -> (harness method, its autoassist settings): "autoassist" is exactly
 # ``autoassist.wrap(loader)`` with the library's defaults (only the seed is passed)
 # (a callable gets the run's epoch count: settings that depend on the budget)
@@ -113,6 +113,10 @@ VARIANTS: dict[str, tuple[str, Any]] = {
     # loss, as stale as the memory Assistant's)
     "aa_prop05": ("autoassist", {"assistant": "proportional", "keep": 0.5, "floor": 0.1}),
     "aa_prop033": ("autoassist", {"assistant": "proportional", "keep": 1 / 3, "floor": 0.1}),
+    # the same with the Boss waiting for each epoch's scores (sync): what the asynchrony costs,
+    # against the in-process stale control above
+    "aa_prop033_sync": ("autoassist", {"assistant": "proportional", "keep": 1 / 3,
+                                       "floor": 0.1, "sync": True}),
 }
 METHODS = ("uniform", "autoassist", "published", "infobatch", "selective_backprop",
            "random_subset")
