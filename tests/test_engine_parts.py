@@ -261,6 +261,26 @@ def test_every_learner_honours_the_assistant_model_interface_and_a_gap_is_named(
         Forgetful().predict_proba(np.zeros((1, 2), np.float32))
 
 
+def test_proportional_assistant_turns_remembered_losses_into_the_kernels_probabilities():
+    """What the Assistant process computes from its loss memory (``predict_proba`` on the
+    memory's columns, then ``calibrate``) is the keep rule the bound applies to the same
+    losses: the pipeline adds nothing of its own, down to float32 rounding."""
+    from autoassist.assistant.loss_memory import LossMemory
+    from autoassist.assistant.models import ProportionalAssistant
+    from autoassist.kernels import proportional_scores
+
+    rng = np.random.default_rng(0)
+    losses = rng.lognormal(-2.5, 2.0, 5000).astype(np.float32)  # many near zero, a long tail
+    memory = LossMemory(len(losses))
+    memory.update(np.arange(len(losses)), losses)
+    rows = memory.features(np.arange(len(losses)), float(losses.mean()))
+    model = ProportionalAssistant(2, keep=1 / 3, floor=0.1)
+    ours = model.calibrate(model.predict_proba(rows))
+    bound = proportional_scores(losses.astype(np.float64), 1 / 3, 0.1)
+    np.testing.assert_allclose(ours, bound, atol=1e-6)
+    assert abs((0.1 + 0.9 * ours).mean() - 1 / 3) < 1e-4
+
+
 def test_memory_assistant_scores_exactly_the_last_loss_against_the_mean():
     """assistant="memory": p = 1[last loss > running mean], 1 for instances never reported;
     it needs the loss memory, and its (empty) state resumes."""
