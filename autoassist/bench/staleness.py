@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from autoassist.bench.time_to_accuracy import OracleMethod
+from autoassist.kernels import keep_probabilities as scores_to_probabilities
 from autoassist.kernels import proportional_scores
 
 AGE_BONUSES = (0.1, 0.3, 1.0)
@@ -32,10 +33,10 @@ MAX_AGE = 10  # ages >= this share one group in the fitted shrink
 
 
 def keep_probabilities(scores: np.ndarray, keep: float, floor: float) -> np.ndarray:
-    """``P_i`` of the proportional rule (``kernels.proportional_scores`` gives ``p`` in
-    ``P = floor + (1 - floor) p``)."""
-    p = proportional_scores(np.maximum(scores, 0.0), keep, floor).astype(np.float64)
-    return floor + (1.0 - floor) * p
+    """``P_i`` of the proportional rule: ``kernels.proportional_scores`` gives ``p``, the
+    library's ``kernels.keep_probabilities`` turns it into ``P = floor + (1 - floor) p``."""
+    p = proportional_scores(np.maximum(scores, 0.0), keep, floor)
+    return scores_to_probabilities(p, floor).astype(np.float64)
 
 
 def sampling_variance(losses: np.ndarray, keep_p: np.ndarray) -> float:
@@ -74,7 +75,7 @@ def candidate_scores(current: np.ndarray, stale: np.ndarray, age: np.ndarray,
     group = np.minimum(age, MAX_AGE)
     for g, (a, b) in fits.items():
         shrunk[group == g] = a + b * log_stale[group == g]
-    out["shrunk_by_age"] = np.where(np.isfinite(stale), np.exp(shrunk), stale)
+    out["shrunk_by_age"] = np.exp(shrunk)  # (an unseen instance's inf stays inf)
     out["fresh_if_seen_last_epoch"] = np.where(age == 1, current, stale)
     out["fresh_if_older"] = np.where(age > 1, current, stale)
     return out
