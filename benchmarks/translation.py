@@ -1,7 +1,8 @@
 """Time to uniform's best BLEU when uniform trains to a plateau: stock fairseq vs the plugin.
 
     python -m benchmarks.translation [--quick] [--pairs de-en,es-en] [--seeds 2]
-        [--max-epochs E] [--patience 5] [--min-gain 0.2] [--bleu-every 1] [--threads 1]
+        [--methods uniform,autoassist,random] [--max-epochs E] [--patience 5]
+        [--min-gain 0.2] [--bleu-every 1] [--threads 1]
 
 The regime fairseq users train in: Adam, inverse-sqrt with warm-up, label smoothing 0.1,
 dropout, stock ``--eval-bleu`` validation (greedy) every ``--bleu-every`` epochs, and training
@@ -9,22 +10,28 @@ until validation BLEU has plateaued (less than ``--min-gain`` BLEU gained over t
 ``--patience`` epochs) or ``--max-epochs``. Both methods train the same transformer with stock
 ``fairseq-train`` on the same bible.db corpus (split by book), seed and threads; uniform uses
 ``--task translation``, autoassist adds ``--user-dir`` and the plugin's task and criterion with
-the library's default settings, under the same stopping rule.
+the library's default settings, under the same stopping rule, except that a plateau stops
+it only after uniform's seconds to its best (it is given at least uniform's time). The control
+``random`` trains each epoch on a uniformly random subset of the size autoassist kept in that
+epoch (``autoassist.bench.fairseq_random_subset``): what autoassist gains or loses against it
+comes from which pairs it keeps, not how many.
 
 Training seconds come from this harness's clock in the fairseq process
 (``autoassist.bench.fairseq_runs``): wall time from the built model on, less validation
 (generation included) and checkpoint writes, for both methods alike; fairseq's ``train_wall``
-is stored beside it. **saving** = 1 - (autoassist's seconds to first reach uniform's best valid
+is stored beside it. **saving** = 1 - (a method's seconds to first reach uniform's best valid
 BLEU) / (uniform's seconds to its best), per (pair, seed); "not reached" is None. Test BLEU
-(beam 4, unseen books) of uniform's best checkpoint and of autoassist's checkpoint at that
-moment.
+(beam 4, unseen books) of uniform's best checkpoint and of the method's checkpoint at that
+moment. **BLEU at uniform's time**: the method's best valid BLEU within uniform's seconds to
+its best, minus uniform's best (the gain at equal time; negative: behind).
 
 Every finished (pair, method, seed) run is stored in ``benchmarks/results/translation_runs/``
 with a fingerprint of the code that trained it (``autoassist.bench.frontier.RunStore``):
 rerunning the same command skips them, so a long measurement spans sessions. Writes
 ``benchmarks/results/translation_converged[_quick].{json,md,png}``; the last stdout line is
 JSON: ``saving``, ``bleu_uniform``, ``bleu_autoassist`` (best valid), ``test_bleu_uniform``,
-``test_bleu_autoassist_at_target``, ``reached``.
+``test_bleu_autoassist_at_target``, ``reached`` (autoassist's), and ``saving_random``,
+``gain_equal_time``, ``gain_equal_time_random``.
 """
 
 from __future__ import annotations
@@ -48,11 +55,12 @@ from autoassist.bench.training import time_to_target
 from autoassist.plotting import subplots
 from benchmarks._common import RESULTS, git_commit, machine_info, repo_path, thread_info
 
-METHODS = ("uniform", "autoassist")
+METHODS = ("uniform", "autoassist", "random")  # in run order: each needs the ones before
 PAIRS = ("de-en", "es-en")
 RUNS_DIR = RESULTS / "translation_runs"
 # the harness files whose code decides a run's outcome (the analysis below does not)
-TRANSLATION_CODE = ("bench/fairseq_runs.py", "bench/translation_corpus.py")
+TRANSLATION_CODE = ("bench/fairseq_runs.py", "bench/translation_corpus.py",
+                    "bench/fairseq_random_subset.py")
 
 
 @dataclass(frozen=True)
@@ -95,19 +103,57 @@ def model_args(setup: Setup) -> list[str]:
     return [*args[:-2], "--dropout", str(setup.dropout)]  # model_args ends with its dropout
 
 
-def method_args(method: str) -> list[str]:
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run takes from the runs before it (uniform's, then autoassist's).
+
+    Attributes:
+        target: uniform's best valid BLEU (None for uniform itself).
+        min_seconds: uniform's seconds to that best: no plateau stops the run sooner.
+        kept_fractions: the control's fraction of the pairs per epoch, up to ``max_epochs``.
+    """
+
+    target: float | None = None
+    min_seconds: float | None = None
+    kept_fractions: tuple[float, ...] | None = None
+
+
+def method_args(method: str, plan: RunPlan = RunPlan()) -> list[str]:
     if method == "uniform":
         return list(fr.UNIFORM)
     if method == "autoassist":  # the library's defaults: no --aa-* flag
         from autoassist.cli import fairseq_user_dir
 
         return [*fr.PLUGIN, "--user-dir", fairseq_user_dir()]
+    if method == "random":
+        from autoassist.bench.fairseq_random_subset import LAB_USER_DIR
+
+        if not plan.kept_fractions:
+            raise ValueError("the random control needs autoassist's kept fractions")
+        return ["--task", "random_subset_translation", "--user-dir", LAB_USER_DIR,
+                "--kept-fractions", ",".join(f"{f:.4f}" for f in plan.kept_fractions),
+                "--criterion", "label_smoothed_cross_entropy"]
     raise ValueError(f"unknown method {method!r}: use one of {METHODS}")
 
 
-def run_key(pair: str, method: str, seed: int, setup: Setup, target: float | None) -> str:
+def kept_fractions(record: dict, epochs: int) -> tuple[float, ...]:
+    """Autoassist's fraction kept per epoch, continued to ``epochs`` with the mean of its
+    shrinking epochs (those that kept less than all)."""
+    kept = [k / 100 for k in record["kept_percent"]]
+    shrunk = [k for k in kept if k < 1.0] or [1.0]
+    tail = round(statistics.fmean(shrunk), 4)
+    return tuple(kept[:epochs] + [tail] * max(0, epochs - len(kept)))
+
+
+def run_key(pair: str, method: str, seed: int, setup: Setup, plan: RunPlan = RunPlan()) -> str:
     key = f"{pair}-{method}-s{seed}-{setup.key()}"
-    return key if target is None else f"{key}-t{target:.2f}"
+    if plan.target is not None:
+        key += f"-t{plan.target:.2f}"
+    if plan.min_seconds is not None:
+        key += f"-m{plan.min_seconds:.0f}"
+    if plan.kept_fractions is not None:
+        key += "-k" + hashlib.sha256(repr(plan.kept_fractions).encode()).hexdigest()[:6]
+    return key
 
 
 # ------------------------------------------------------------------------------------------------
@@ -128,19 +174,21 @@ def prepare(pair: str, setup: Setup, work: Path) -> tuple[Path, dict]:
     return data_bin, json.loads((corpus / "corpus.json").read_text())
 
 
-def fairseq_run(pair: str, method: str, seed: int, setup: Setup, target: float | None,
+def fairseq_run(pair: str, method: str, seed: int, setup: Setup, plan: RunPlan,
                 data_bin: Path, work: Path) -> dict[str, Any]:
     """Train one (pair, method, seed) to the plateau or the cap; score its checkpoints."""
+    target = plan.target
     save = work / pair / f"{method}-s{seed}-{setup.key()}"  # quick and full never share one
     for old in save.glob("checkpoint*.pt"):
         old.unlink()
     out = fr.train(data_bin, save,
-                   [*method_args(method), *model_args(setup),
+                   [*method_args(method, plan), *model_args(setup),
                     *fr.train_args(setup.max_epochs, lr=setup.lr, max_tokens=setup.max_tokens,
                                    seed=seed, warmup=setup.warmup,
                                    bleu_every=setup.bleu_every)],
                    threads=setup.threads, patience=setup.patience, min_gain=setup.min_gain,
-                   target=target, echo=lambda line: tqdm.write(f"  {line[-150:]}"))
+                   target=target, min_seconds=plan.min_seconds,
+                   echo=lambda line: tqdm.write(f"  {line[-150:]}"))
 
     def test_bleu(name: str) -> float | None:
         path = save / name
@@ -151,10 +199,16 @@ def fairseq_run(pair: str, method: str, seed: int, setup: Setup, target: float |
 
     kept = [float(line.split(" kept ")[1].split("%")[0]) for line in out["log"].splitlines()
             if "autoassist: epoch" in line and " kept " in line]
+    if method == "random":  # "random subset: epoch E trains on K of N pairs"
+        counts = [line.split(" trains on ")[1].split(" pairs")[0].split(" of ")
+                  for line in out["log"].splitlines() if "random subset: epoch" in line]
+        kept = [100 * int(k.replace(",", "")) / int(n.replace(",", "")) for k, n in counts]
+        kept = kept[:len(out["epochs"])]  # the batches of an epoch that never ran are built
     bleu_epochs = sorted(out["bleu"])
     seconds = dict(zip(out["epochs"], out["epoch_seconds"], strict=True))
     return {
         "pair": pair, "method": method, "seed": seed, "target": target,
+        "min_seconds": plan.min_seconds, "kept_fractions": plan.kept_fractions,
         "epochs": out["epochs"], "epoch_seconds": out["epoch_seconds"],
         "train_wall": out["train_wall"], "stopped": out["stopped"],
         "bleu_epochs": bleu_epochs, "bleu_seconds": [seconds[e] for e in bleu_epochs],
@@ -173,29 +227,34 @@ def best(record: dict) -> tuple[float, float, int]:
     return bleus[i], record["bleu_seconds"][i], record["bleu_epochs"][i]
 
 
-RunFn = Callable[[str, str, int, Setup, "float | None"], dict]
+RunFn = Callable[[str, str, int, Setup, RunPlan], dict]
 
 
-def measure(pairs: list[str], seeds: int, setup: Setup, store: RunStore,
-            run: RunFn) -> list[dict]:
-    """Every (pair, seed): uniform, then autoassist against uniform's best valid BLEU; stored
-    runs are reused, each new one stored as soon as it finishes."""
+def measure(pairs: list[str], seeds: int, setup: Setup, store: RunStore, run: RunFn,
+            methods: tuple[str, ...] = METHODS) -> list[dict]:
+    """Every (pair, seed): uniform; then autoassist against uniform's best valid BLEU, given at
+    least uniform's seconds to it; then the random control at autoassist's kept fractions.
+    Stored runs are reused, each new one stored as soon as it finishes."""
     runs = []
     for pair in pairs:
         for seed in range(1, seeds + 1):
-            target = None
-            for method in METHODS:
-                key = run_key(pair, method, seed, setup, target)
+            plan = RunPlan()
+            for method in methods:
+                if method == "random":
+                    plan = replace(plan, kept_fractions=kept_fractions(runs[-1],
+                                                                       setup.max_epochs))
+                key = run_key(pair, method, seed, setup, plan)
                 record = store.get(key, method)
                 if record is None:
                     tqdm.write(f"{pair} {method} seed {seed}: training (key {key})")
-                    record = run(pair, method, seed, setup, target)
+                    record = run(pair, method, seed, setup, plan)
                     store.put(key, method, record)
                 else:
                     tqdm.write(f"{pair} {method} seed {seed}: stored ({key}.json), skipped")
                 runs.append(record)
                 if method == "uniform":
-                    target = best(record)[0]
+                    target, seconds, _ = best(record)
+                    plan = RunPlan(target=target, min_seconds=seconds)
     return runs
 
 
@@ -207,75 +266,102 @@ def _mean(values) -> float | None:
     return statistics.fmean(values) if values else None
 
 
+def bleu_within(record: dict, seconds: float) -> float | None:
+    """The run's best valid BLEU among validations at most ``seconds`` into training."""
+    within = [b for b, t in zip(record["valid_bleu"], record["bleu_seconds"], strict=True)
+              if t <= seconds]
+    return max(within) if within else None
+
+
+def compare(uniform: dict, other: dict) -> dict[str, Any]:
+    """One (pair, seed, method) against uniform's run of that pair and seed."""
+    target, t_u, _ = best(uniform)
+    t_m = time_to_target(other["bleu_seconds"], other["valid_bleu"], target)
+    at_time = bleu_within(other, t_u)
+    return {
+        "pair": uniform["pair"], "seed": uniform["seed"], "method": other["method"],
+        "target_bleu": target, "seconds_uniform": t_u, "seconds_method": t_m,
+        "reached": t_m is not None, "saving": saving_of(t_m, t_u),
+        "bleu_method": best(other)[0],
+        "gain_equal_time": None if at_time is None else at_time - target,
+        "test_bleu_uniform": uniform["test_bleu_best"],
+        "test_bleu_at_target": other["test_bleu_at_target"] if t_m is not None else None,
+        "test_bleu_method_best": other["test_bleu_best"],
+        "stopped_uniform": uniform["stopped"], "stopped_method": other["stopped"],
+    }
+
+
+def summarise(rows: list[dict]) -> dict[str, Any]:
+    """Means over rows; ``saving`` is None unless every row reached the target (a mean over
+    the seeds that did would flatter the method)."""
+    reached = sum(r["reached"] for r in rows)
+    return {
+        "saving": _mean(r["saving"] for r in rows) if rows and reached == len(rows) else None,
+        "savings": [r["saving"] for r in rows], "reached": reached, "seeds": len(rows),
+        "bleu_uniform": _mean(r["target_bleu"] for r in rows),
+        "bleu_method": _mean(r["bleu_method"] for r in rows),
+        "gain_equal_time": _mean(r["gain_equal_time"] for r in rows),
+        "test_bleu_uniform": _mean(r["test_bleu_uniform"] for r in rows),
+        "test_bleu_at_target": _mean(r["test_bleu_at_target"] for r in rows),
+        "seconds_uniform": _mean(r["seconds_uniform"] for r in rows),
+        "seconds_method": _mean(r["seconds_method"] for r in rows),
+    }
+
+
 def analyse(runs: list[dict]) -> dict[str, Any]:
-    """Per (pair, seed): uniform's best valid BLEU (the target) and its seconds to it,
-    autoassist's seconds to first reach it, the saving (None: not reached), the test BLEUs.
-    Per pair and over everything: means; ``saving`` is None unless every seed reached the
-    target (a mean over the seeds that did would flatter the method)."""
+    """Per (pair, seed, method): uniform's best valid BLEU (the target) and its seconds to it,
+    the method's seconds to first reach it, the saving (None: not reached), its BLEU at
+    uniform's time, the test BLEUs. Per method, per pair and over everything: ``summarise``.
+    The top-level keys are autoassist's (``bleu_autoassist``, ``test_bleu_autoassist_at_target``,
+    ``seconds_autoassist`` name its ``bleu_method``...), the other methods' under ``methods``."""
     by = {(r["pair"], r["seed"], r["method"]): r for r in runs}
-    seeds = []
-    for (pair, seed, method), u in sorted(by.items()):
-        if method != "uniform" or (pair, seed, "autoassist") not in by:
-            continue
-        a = by[(pair, seed, "autoassist")]
-        target, t_u, _ = best(u)
-        t_a = time_to_target(a["bleu_seconds"], a["valid_bleu"], target)
-        seeds.append({
-            "pair": pair, "seed": seed, "target_bleu": target, "seconds_uniform": t_u,
-            "seconds_autoassist": t_a, "reached": t_a is not None,
-            "saving": saving_of(t_a, t_u),
-            "bleu_autoassist": best(a)[0],
-            "test_bleu_uniform": u["test_bleu_best"],
-            "test_bleu_autoassist_at_target": a["test_bleu_at_target"] if t_a is not None
-            else None,
-            "test_bleu_autoassist_best": a["test_bleu_best"],
-            "stopped_uniform": u["stopped"], "stopped_autoassist": a["stopped"],
-        })
-
-    def summary(rows: list[dict]) -> dict[str, Any]:
-        reached = sum(r["reached"] for r in rows)
-        return {
-            "saving": _mean(r["saving"] for r in rows) if rows and reached == len(rows)
-            else None,
-            "savings": [r["saving"] for r in rows], "reached": reached, "seeds": len(rows),
-            "bleu_uniform": _mean(r["target_bleu"] for r in rows),
-            "bleu_autoassist": _mean(r["bleu_autoassist"] for r in rows),
-            "test_bleu_uniform": _mean(r["test_bleu_uniform"] for r in rows),
-            "test_bleu_autoassist_at_target": _mean(r["test_bleu_autoassist_at_target"]
-                                                    for r in rows),
-            "seconds_uniform": _mean(r["seconds_uniform"] for r in rows),
-            "seconds_autoassist": _mean(r["seconds_autoassist"] for r in rows),
-        }
-
-    pairs = sorted({r["pair"] for r in seeds})
-    return {**summary(seeds), "per_seed": seeds,
-            "pairs": {p: summary([r for r in seeds if r["pair"] == p]) for p in pairs}}
+    rows = [compare(u, by[(pair, seed, method)])
+            for (pair, seed, m), u in sorted(by.items()) if m == "uniform"
+            for method in METHODS[1:] if (pair, seed, method) in by]
+    methods = {}
+    for method in METHODS[1:]:
+        mine = [r for r in rows if r["method"] == method]
+        if mine:
+            pairs = sorted({r["pair"] for r in mine})
+            methods[method] = {**summarise(mine), "pairs": {
+                p: summarise([r for r in mine if r["pair"] == p]) for p in pairs}}
+    ours = methods.get("autoassist", summarise([]))
+    return {**{k: v for k, v in ours.items() if not k.endswith("_method")},
+            "bleu_autoassist": ours["bleu_method"],
+            "test_bleu_autoassist_at_target": ours["test_bleu_at_target"],
+            "seconds_autoassist": ours["seconds_method"],
+            "saving_random": methods.get("random", {}).get("saving"),
+            "gain_equal_time_random": methods.get("random", {}).get("gain_equal_time"),
+            "per_seed": rows, "methods": methods}
 
 
+COLOURS = {"uniform": "black", "autoassist": "tab:red", "random": "tab:blue"}
 HEADLINE = ("saving", "bleu_uniform", "bleu_autoassist", "test_bleu_uniform",
             "test_bleu_autoassist_at_target", "reached", "seeds", "seconds_uniform",
-            "seconds_autoassist")
+            "seconds_autoassist", "gain_equal_time", "saving_random", "gain_equal_time_random")
 
 
-def _num(value, spec: str = ".2f") -> str:
-    return "not reached" if value is None else format(value, spec)
+def _num(value, spec: str = ".2f", none: str = "not reached") -> str:
+    return none if value is None else format(value, spec)
 
 
 def markdown(runs: list[dict], analysis: dict, command: str) -> str:
     lines = [f"`{command}`", "",
-             "| pair | seed | uniform best valid BLEU (epoch, s) | autoassist best valid BLEU "
-             "| autoassist s to uniform's best | saving | test BLEU uniform (best ckpt) "
-             "| test BLEU autoassist (at target) | stopped (uniform / autoassist) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| pair | seed | method | uniform best valid BLEU (epoch, s) | method's best valid "
+             "BLEU | its BLEU at uniform's s, minus uniform's best | its s to uniform's best "
+             "| saving | test BLEU uniform (best ckpt) | test BLEU method (at target) "
+             "| stopped (uniform / method) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     by = {(r["pair"], r["seed"], r["method"]): r for r in runs}
     for s in analysis["per_seed"]:
         u = by[(s["pair"], s["seed"], "uniform")]
         lines.append(
-            f"| {s['pair']} | {s['seed']} | {s['target_bleu']:.2f} ({best(u)[2]}, "
-            f"{s['seconds_uniform']:.0f}) | {s['bleu_autoassist']:.2f} "
-            f"| {_num(s['seconds_autoassist'], '.0f')} | {_num(s['saving'], '.0%')} "
-            f"| {_num(s['test_bleu_uniform'])} | {_num(s['test_bleu_autoassist_at_target'])} "
-            f"| {s['stopped_uniform']} / {s['stopped_autoassist']} |")
+            f"| {s['pair']} | {s['seed']} | {s['method']} | {s['target_bleu']:.2f} "
+            f"({best(u)[2]}, {s['seconds_uniform']:.0f}) | {s['bleu_method']:.2f} "
+            f"| {_num(s['gain_equal_time'], '+.2f', 'n/a')} "
+            f"| {_num(s['seconds_method'], '.0f')} | {_num(s['saving'], '.0%')} "
+            f"| {_num(s['test_bleu_uniform'])} | {_num(s['test_bleu_at_target'])} "
+            f"| {s['stopped_uniform']} / {s['stopped_method']} |")
     lines += ["", "Valid BLEU at training seconds, and kept % per epoch:", ""]
     for r in runs:
         curve = " ".join(f"{b:.1f}@{t:.0f}" for b, t in zip(r["valid_bleu"], r["bleu_seconds"],
@@ -294,7 +380,7 @@ def plot(runs: list[dict], analysis: dict, path: Path) -> Path | None:
     for ax, pair in zip(axes[0], pairs, strict=True):
         for r in (r for r in runs if r["pair"] == pair):
             ax.plot(r["bleu_seconds"], r["valid_bleu"], marker="o", ms=3,
-                    color="black" if r["method"] == "uniform" else "tab:red",
+                    color=COLOURS.get(r["method"], "tab:grey"),
                     ls=("-", "--", ":", "-.")[(r["seed"] - 1) % 4],
                     label=f"{r['method']} (seed {r['seed']})")
         for s in (s for s in analysis["per_seed"] if s["pair"] == pair):
@@ -320,6 +406,10 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--pairs", default=None,
                    help=f"comma-separated, from {PAIRS} (default both; quick de-en)")
     p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--methods", default=None,
+                   help="uniform,autoassist,random (the default; random is the control at "
+                        "autoassist's kept fractions) or a shorter prefix of it (quick: "
+                        "uniform,autoassist)")
     p.add_argument("--train-pairs", type=int, default=None, help="training verses")
     p.add_argument("--max-epochs", type=int, default=None, help="the epoch cap")
     p.add_argument("--patience", type=int, default=None,
@@ -341,6 +431,12 @@ def parse_args(argv) -> argparse.Namespace:
         p.error(f"--pairs {','.join(unknown)}: use pairs from {','.join(PAIRS)}")
     if args.seeds < 1:
         p.error(f"--seeds {args.seeds}: give 1 or more")
+    methods = tuple((args.methods or ("uniform,autoassist" if args.quick
+                                      else ",".join(METHODS))).split(","))
+    if methods != METHODS[:len(methods)] or len(methods) < 2:
+        p.error(f"--methods {','.join(methods)}: give {','.join(METHODS[:2])} or "
+                f"{','.join(METHODS)} (each method needs the runs of those before it)")
+    args.methods = methods
     args.pairs = pairs
     return args
 
@@ -373,10 +469,10 @@ def main(argv=None, *, run: RunFn | None = None, store: RunStore | None = None,
         return corpora[pair]
 
     if run is None:
-        def run(pair, method, seed, setup_, target):
-            return fairseq_run(pair, method, seed, setup_, target, corpus(pair)[0], work)
+        def run(pair, method, seed, setup_, plan):
+            return fairseq_run(pair, method, seed, setup_, plan, corpus(pair)[0], work)
 
-    runs = measure(args.pairs, args.seeds, setup, store, run)
+    runs = measure(args.pairs, args.seeds, setup, store, run, args.methods)
     analysis = analyse(runs)
     name = args.name or ("translation_converged_quick" if args.quick
                          else "translation_converged")
@@ -388,6 +484,7 @@ def main(argv=None, *, run: RunFn | None = None, store: RunStore | None = None,
         "benchmark": name, "command": command, "commit": commit, "machine": machine_info(),
         "threads": {**thread_info(), "fairseq_threads": setup.threads},
         "setup": asdict(setup), "pairs": args.pairs, "seeds": args.seeds,
+        "methods": list(args.methods),
         "corpora": {p: c[1] for p, c in corpora.items()},
         "autoassist": {"flags": "--user-dir \"$(autoassist fairseq-user-dir)\" (no --aa-* flag)",
                        "settings": asdict(ShrinkConfig())},

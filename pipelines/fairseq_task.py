@@ -240,16 +240,12 @@ class AutoAssistTranslationTask(TranslationTask):
         from autoassist.kernels import batch_by_size
 
         b = self._batching
-        with data_utils.numpy_seed(b["seed"] + epoch):
-            indices = dataset.ordered_indices()
-        if b["max_positions"] is not None:
-            indices = self.filter_indices_by_size(indices, dataset, b["max_positions"],
-                                                  b["ignore_invalid_inputs"])
+        indices = stock_order(self, dataset, epoch, b)
         plan = self.engine.plan(epoch - 1)
         if plan.mask is not None:
             indices = indices[plan.mask[indices]]
         if self._sizes is None:
-            self._sizes = _num_tokens(dataset)
+            self._sizes = num_tokens(dataset)
         batches = batch_by_size(indices, self._sizes, max_tokens=b["max_tokens"],
                                 max_sentences=b["max_sentences"], multiple=b["multiple"])
         # logged when the epoch begins (begin_epoch): fairseq builds the next epoch's batches
@@ -347,7 +343,19 @@ class AutoAssistTranslationTask(TranslationTask):
             self.engine = None
 
 
-def _num_tokens(dataset) -> np.ndarray:
+def stock_order(task, dataset, epoch: int, batching: dict[str, Any]) -> np.ndarray:
+    """The instances of ``epoch`` (1-based) in stock ``translation``'s order, size-filtered as
+    it filters them: what a shrinking epoch selects from. ``batching`` holds
+    ``get_batch_iterator``'s ``seed``, ``max_positions`` and ``ignore_invalid_inputs``."""
+    with data_utils.numpy_seed(batching["seed"] + epoch):
+        indices = dataset.ordered_indices()
+    if batching["max_positions"] is not None:
+        indices = task.filter_indices_by_size(indices, dataset, batching["max_positions"],
+                                              batching["ignore_invalid_inputs"])
+    return indices
+
+
+def num_tokens(dataset) -> np.ndarray:
     every = np.arange(len(dataset), dtype=np.int64)
     try:
         return np.asarray(dataset.num_tokens_vec(every), dtype=np.int64)

@@ -168,6 +168,41 @@ def test_batches_equal_stock_translation_when_everything_is_kept(data_bin):
         task.close()
 
 
+def test_random_subset_control_keeps_the_given_fraction_at_random(data_bin):
+    """The translation benchmark's control: each epoch a uniformly random subset of the given
+    size, in stock order, batched as the plugin batches what it keeps."""
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from fairseq.tasks.translation import TranslationTask
+
+    from autoassist.bench.fairseq_random_subset import LAB_USER_DIR
+
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(parser, [
+        str(data_bin), "--user-dir", LAB_USER_DIR, "--task", "random_subset_translation",
+        "--kept-fractions", "1,0.5,0.5", "--criterion", "label_smoothed_cross_entropy",
+        *TINY, *TRAIN])
+    task = tasks.setup_task(convert_namespace_to_omegaconf(args).task)
+    task.load_dataset("train")
+    stock = TranslationTask(task.cfg, task.src_dict, task.tgt_dict)
+    stock.datasets["train"] = task.dataset("train")
+    kw = dict(max_tokens=300, max_positions=(1024, 1024), seed=3, disable_iterator_cache=True)
+
+    def epoch(task_, e):
+        return [b.tolist() for b in task_.get_batch_iterator(task_.dataset("train"), epoch=e,
+                                                             **kw).frozen_batches]
+
+    n = len(task.dataset("train"))
+    assert epoch(task, 1) == [[int(i) for i in b] for b in epoch(stock, 1)]  # fraction 1
+    second, third = epoch(task, 2), epoch(task, 3)
+    kept2, kept3 = sorted(i for b in second for i in b), sorted(i for b in third for i in b)
+    assert len(kept2) == len(set(kept2)) == round(0.5 * n) == len(kept3)
+    assert kept2 != kept3  # a fresh draw each epoch
+    assert epoch(task, 2) == second  # and the same draw again for the same (seed, epoch)
+    with pytest.raises(ValueError, match="one fraction per epoch"):
+        epoch(task, 4)
+
+
 # -- real fairseq-train runs -----------------------------------------------------------------------
 @pytest.mark.slow
 def test_fairseq_train_shrinks_and_resumes_mid_epoch_bit_identically(data_bin, tmp_path):

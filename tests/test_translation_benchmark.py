@@ -64,10 +64,13 @@ def test_saving_is_read_at_uniforms_best_and_not_reached_is_none():
     a = tr.analyse(runs)
     s1, s2 = a["per_seed"]
     assert s1["target_bleu"] == 18.0 and s1["seconds_uniform"] == 30
-    assert s1["seconds_autoassist"] == 24 and s1["saving"] == pytest.approx(1 - 24 / 30)
-    assert s1["test_bleu_autoassist_at_target"] == 15.8
+    assert s1["seconds_method"] == 24 and s1["saving"] == pytest.approx(1 - 24 / 30)
+    assert s1["test_bleu_at_target"] == 15.8
+    # at uniform's 30 s autoassist had reached 18.4: +0.4 at equal time
+    assert s1["gain_equal_time"] == pytest.approx(0.4)
     assert s2["reached"] is False and s2["saving"] is None
-    assert s2["seconds_autoassist"] is None and s2["test_bleu_autoassist_at_target"] is None
+    assert s2["seconds_method"] is None and s2["test_bleu_at_target"] is None
+    assert s2["gain_equal_time"] == pytest.approx(17.9 - 18.5)  # its best by 20 s
     # one seed missed: the overall saving is not a number, the count says why
     assert a["saving"] is None and a["reached"] == 1 and a["seeds"] == 2
     assert a["savings"] == [pytest.approx(0.2), None]
@@ -85,33 +88,75 @@ def test_saving_is_read_at_uniforms_best_and_not_reached_is_none():
 def test_a_second_invocation_skips_stored_runs(tmp_path):
     calls = []
 
-    def fake(pair, method, seed, setup, target):
-        calls.append((pair, method, seed, target))
-        bleus = [5.0, 8.0, 9.0] if method == "uniform" else [6.0, 9.0, 9.1]
-        return _run(pair, method, seed, bleus, [10, 20, 30] if method == "uniform"
-                    else [8, 16, 24], target=target, at_target=7.0)
+    def fake(pair, method, seed, setup, plan):
+        calls.append((pair, method, seed, plan))
+        bleus = {"uniform": [5.0, 8.0, 9.0], "autoassist": [6.0, 9.0, 9.1],
+                 "random": [5.0, 7.0, 8.5]}[method]
+        record = _run(pair, method, seed, bleus, [10, 20, 30] if method == "uniform"
+                      else [8, 16, 24], target=plan.target, at_target=7.0)
+        if method == "autoassist":
+            record["kept_percent"] = [100.0, 60.0, 70.0]
+        return record
 
     store = RunStore(tmp_path / "runs", {"product": "p", "training": "t"},
                      product_free=("uniform",))
-    argv = ["--quick", "--seeds", "2", "--name", "t"]
+    argv = ["--quick", "--seeds", "2", "--name", "t", "--methods", "uniform,autoassist,random"]
     first = tr.main(argv, run=fake, store=store, results=tmp_path)
-    # uniform first, then autoassist against uniform's best (9.0), per seed
-    assert calls == [("de-en", "uniform", 1, None), ("de-en", "autoassist", 1, 9.0),
-                     ("de-en", "uniform", 2, None), ("de-en", "autoassist", 2, 9.0)]
-    assert first["analysis"]["saving"] == pytest.approx(1 - 16 / 30)
-    assert len(list((tmp_path / "runs").glob("*.json"))) == 4
+    # uniform first; then autoassist against uniform's best (9.0), not stopped before uniform's
+    # 30 s to it; then the control at autoassist's kept fractions, continued to the 10-epoch
+    # cap with the mean of its shrinking epochs
+    plan = tr.RunPlan(target=9.0, min_seconds=30)
+    control = tr.RunPlan(target=9.0, min_seconds=30,
+                         kept_fractions=(1.0, 0.6, 0.7) + (0.65,) * 7)
+    assert calls == [("de-en", "uniform", 1, tr.RunPlan()), ("de-en", "autoassist", 1, plan),
+                     ("de-en", "random", 1, control),
+                     ("de-en", "uniform", 2, tr.RunPlan()), ("de-en", "autoassist", 2, plan),
+                     ("de-en", "random", 2, control)]
+    a = first["analysis"]
+    assert a["saving"] == pytest.approx(1 - 16 / 30)
+    assert a["saving_random"] is None and a["methods"]["random"]["reached"] == 0
+    assert a["gain_equal_time_random"] == pytest.approx(8.5 - 9.0)
+    assert len(list((tmp_path / "runs").glob("*.json"))) == 6
     calls.clear()
     second = tr.main(argv, run=fake, store=store, results=tmp_path)
     assert calls == [] and second["analysis"] == first["analysis"]
-    # other code for the plugin: autoassist's runs are stale, uniform's are not
+    # other code for the plugin: autoassist's and the control's runs are stale, uniform's not
     changed = RunStore(tmp_path / "runs", {"product": "p2", "training": "t"},
                        product_free=("uniform",))
     tr.main(argv, run=fake, store=changed, results=tmp_path)
-    assert [c[1] for c in calls] == ["autoassist", "autoassist"]
+    assert [c[1] for c in calls] == ["autoassist", "random", "autoassist", "random"]
     assert (tmp_path / "t.json").is_file() and (tmp_path / "t.md").is_file()
+    assert "| de-en | 1 | random |" in (tmp_path / "t.md").read_text()
+
+
+def test_methods_must_be_run_in_order(capsys):
+    with pytest.raises(SystemExit):
+        tr.parse_args(["--methods", "uniform,random"])
+    assert "each method needs the runs of those before it" in capsys.readouterr().err
+    assert tr.parse_args([]).methods == tr.METHODS
+    assert tr.parse_args(["--quick"]).methods == ("uniform", "autoassist")
 
 
 def test_bad_pairs_are_refused_with_the_choices(capsys):
     with pytest.raises(SystemExit):
         tr.parse_args(["--pairs", "de-fr"])
     assert "use pairs from de-en,es-en" in capsys.readouterr().err
+
+
+def test_a_plateau_stops_a_run_only_after_min_seconds(tmp_path):
+    import time
+
+    from autoassist.bench.fairseq_runs import _Clock
+
+    def clock(min_seconds):
+        c = _Clock({"clock": str(tmp_path / "clock.json"), "patience": 2, "min_gain": 0.2,
+                    "min_seconds": min_seconds})
+        c.start = time.perf_counter() - 100.0  # 100 s of training so far
+        c.bleu = {1: 5.0, 2: 5.1, 3: 5.1}  # plateaued: +0.1 over the last 2 epochs
+        return c
+
+    free = clock(None)
+    assert free.should_stop(None, 5.1) and free.stopped == "plateau"
+    assert clock(10.0).should_stop(None, 5.1)  # past its minimum
+    early = clock(1000.0)  # uniform took 1000 s to its best: go on
+    assert not early.should_stop(None, 5.1) and early.stopped == "max_epoch"

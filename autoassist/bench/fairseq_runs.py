@@ -12,7 +12,9 @@ seconds and counts validation in it):
   bookkeeping, which fairseq calls from inside validation (``begin_valid_epoch``), is counted.
 - with ``--eval-bleu`` (``train_args(bleu_every=k)``) each validated epoch's BLEU is recorded,
   and the run can stop when that BLEU has **plateaued** (``plateaued``) instead of fairseq's
-  ``--patience``; given a ``target`` BLEU, the checkpoint of the first epoch that reaches it is
+  ``--patience``, but not before ``min_seconds`` of training (a method compared with another
+  is given at least the other's time to its best before a plateau may stop it); given a
+  ``target`` BLEU, the checkpoint of the first epoch that reaches it is
   kept as ``checkpoint_target.pt`` (its test BLEU is what a user stopping there gets).
 """
 
@@ -97,11 +99,12 @@ def fairseq_env(threads: int) -> dict[str, str]:
 
 def train(data_bin, save_dir, args: list[str], *, threads: int = 2, echo=None,
           patience: int | None = None, min_gain: float = 0.2,
-          target: float | None = None) -> dict:
+          target: float | None = None, min_seconds: float | None = None) -> dict:
     """Run ``fairseq-train data_bin args`` with the training clock; return its measurements.
 
     ``echo(line)`` receives fairseq's epoch-summary, validation and autoassist lines as they
-    come (progress). ``patience``: stop once ``plateaued`` (needs ``--eval-bleu``); ``target``:
+    come (progress). ``patience``: stop once ``plateaued`` (needs ``--eval-bleu``), and not before
+    ``min_seconds`` of training; ``target``:
     keep the first checkpoint whose valid BLEU reaches it as ``checkpoint_target.pt``.
     Returns ``{"epoch_seconds": [...], "epochs": [...], "bleu": {epoch: BLEU}, "stopped": str,
     "train_wall": [...], "log": str}``: training seconds at each epoch's end, the validated
@@ -115,7 +118,8 @@ def train(data_bin, save_dir, args: list[str], *, threads: int = 2, echo=None,
     (save_dir / "checkpoint_target.pt").unlink(missing_ok=True)
     control = save_dir / "clock_control.json"
     control.write_text(json.dumps({"clock": str(clock), "patience": patience,
-                                   "min_gain": min_gain, "target": target}))
+                                   "min_gain": min_gain, "target": target,
+                                   "min_seconds": min_seconds}))
     cmd = [sys.executable, "-m", "autoassist.bench.fairseq_runs", str(control), str(data_bin),
            "--save-dir", str(save_dir), *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -184,6 +188,7 @@ class _Clock(logging.Handler):
         self.path = Path(control["clock"])
         self.patience, self.min_gain = control.get("patience"), control.get("min_gain", 0.2)
         self.target = control.get("target")
+        self.min_seconds = control.get("min_seconds")
         self.start: float | None = None
         self.excluded = 0.0  # validation and checkpoint seconds so far
         self.seconds: list[float] = []
@@ -211,8 +216,11 @@ class _Clock(logging.Handler):
             self.write()
 
     def should_stop(self, cfg, valid_metric) -> bool:
-        """Replaces fairseq's ``should_stop_early``: the plateau rule on valid BLEU."""
+        """Replaces fairseq's ``should_stop_early``: the plateau rule on valid BLEU, once
+        ``min_seconds`` of training have passed."""
         if valid_metric is None or self.patience is None:
+            return False
+        if self.min_seconds is not None and self.now() < self.min_seconds:
             return False
         epochs = sorted(self.bleu)
         if plateaued(epochs, [self.bleu[e] for e in epochs], self.patience, self.min_gain):
