@@ -56,6 +56,12 @@ from autoassist.plotting import subplots
 from benchmarks._common import RESULTS, git_commit, machine_info, repo_path, thread_info
 
 METHODS = ("uniform", "autoassist", "random")  # in run order: each needs the ones before
+# the plugin with other settings (its flags), run after autoassist: what a change would do
+VARIANTS = {
+    "aa_no_reweight": ("--aa-no-reweight",),
+    "aa_floor07": ("--aa-floor", "0.7"),
+    "aa_adaptive_floor": ("--aa-adaptive-floor",),
+}
 PAIRS = ("de-en", "es-en")
 RUNS_DIR = RESULTS / "translation_runs"
 # the harness files whose code decides a run's outcome (the analysis below does not)
@@ -121,10 +127,10 @@ class RunPlan:
 def method_args(method: str, plan: RunPlan = RunPlan()) -> list[str]:
     if method == "uniform":
         return list(fr.UNIFORM)
-    if method == "autoassist":  # the library's defaults: no --aa-* flag
+    if method == "autoassist" or method in VARIANTS:  # the defaults: no --aa-* flag
         from autoassist.cli import fairseq_user_dir
 
-        return [*fr.PLUGIN, "--user-dir", fairseq_user_dir()]
+        return [*fr.PLUGIN, "--user-dir", fairseq_user_dir(), *VARIANTS.get(method, ())]
     if method == "random":
         from autoassist.bench.fairseq_random_subset import LAB_USER_DIR
 
@@ -133,7 +139,7 @@ def method_args(method: str, plan: RunPlan = RunPlan()) -> list[str]:
         return ["--task", "random_subset_translation", "--user-dir", LAB_USER_DIR,
                 "--kept-fractions", ",".join(f"{f:.4f}" for f in plan.kept_fractions),
                 "--criterion", "label_smoothed_cross_entropy"]
-    raise ValueError(f"unknown method {method!r}: use one of {METHODS}")
+    raise ValueError(f"unknown method {method!r}: use one of {METHODS + tuple(VARIANTS)}")
 
 
 def kept_fractions(record: dict, epochs: int) -> tuple[float, ...]:
@@ -232,16 +238,18 @@ RunFn = Callable[[str, str, int, Setup, RunPlan], dict]
 
 def measure(pairs: list[str], seeds: int, setup: Setup, store: RunStore, run: RunFn,
             methods: tuple[str, ...] = METHODS) -> list[dict]:
-    """Every (pair, seed): uniform; then autoassist against uniform's best valid BLEU, given at
-    least uniform's seconds to it; then the random control at autoassist's kept fractions.
-    Stored runs are reused, each new one stored as soon as it finishes."""
+    """Every (pair, seed): uniform; then autoassist (and the ``VARIANTS`` asked for) against
+    uniform's best valid BLEU, given at least uniform's seconds to it; the random control at
+    autoassist's kept fractions. Stored runs are reused, each new one stored as soon as it
+    finishes."""
     runs = []
     for pair in pairs:
         for seed in range(1, seeds + 1):
-            plan = RunPlan()
+            after_uniform, done = RunPlan(), {}
             for method in methods:
+                plan = RunPlan() if method == "uniform" else after_uniform
                 if method == "random":
-                    plan = replace(plan, kept_fractions=kept_fractions(runs[-1],
+                    plan = replace(plan, kept_fractions=kept_fractions(done["autoassist"],
                                                                        setup.max_epochs))
                 key = run_key(pair, method, seed, setup, plan)
                 record = store.get(key, method)
@@ -252,9 +260,10 @@ def measure(pairs: list[str], seeds: int, setup: Setup, store: RunStore, run: Ru
                 else:
                     tqdm.write(f"{pair} {method} seed {seed}: stored ({key}.json), skipped")
                 runs.append(record)
+                done[method] = record
                 if method == "uniform":
                     target, seconds, _ = best(record)
-                    plan = RunPlan(target=target, min_seconds=seconds)
+                    after_uniform = RunPlan(target=target, min_seconds=seconds)
     return runs
 
 
@@ -317,9 +326,9 @@ def analyse(runs: list[dict]) -> dict[str, Any]:
     by = {(r["pair"], r["seed"], r["method"]): r for r in runs}
     rows = [compare(u, by[(pair, seed, method)])
             for (pair, seed, m), u in sorted(by.items()) if m == "uniform"
-            for method in METHODS[1:] if (pair, seed, method) in by]
+            for method in (*METHODS[1:], *VARIANTS) if (pair, seed, method) in by]
     methods = {}
-    for method in METHODS[1:]:
+    for method in (*METHODS[1:], *VARIANTS):
         mine = [r for r in rows if r["method"] == method]
         if mine:
             pairs = sorted({r["pair"] for r in mine})
@@ -407,9 +416,9 @@ def parse_args(argv) -> argparse.Namespace:
                    help=f"comma-separated, from {PAIRS} (default both; quick de-en)")
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--methods", default=None,
-                   help="uniform,autoassist,random (the default; random is the control at "
-                        "autoassist's kept fractions) or a shorter prefix of it (quick: "
-                        "uniform,autoassist)")
+                   help="uniform,autoassist first, then any of random (the control at "
+                        f"autoassist's kept fractions) and {','.join(VARIANTS)} (default "
+                        "uniform,autoassist,random; quick: uniform,autoassist)")
     p.add_argument("--train-pairs", type=int, default=None, help="training verses")
     p.add_argument("--max-epochs", type=int, default=None, help="the epoch cap")
     p.add_argument("--patience", type=int, default=None,
@@ -433,9 +442,13 @@ def parse_args(argv) -> argparse.Namespace:
         p.error(f"--seeds {args.seeds}: give 1 or more")
     methods = tuple((args.methods or ("uniform,autoassist" if args.quick
                                       else ",".join(METHODS))).split(","))
-    if methods != METHODS[:len(methods)] or len(methods) < 2:
-        p.error(f"--methods {','.join(methods)}: give {','.join(METHODS[:2])} or "
-                f"{','.join(METHODS)} (each method needs the runs of those before it)")
+    unknown = [m for m in methods if m not in METHODS and m not in VARIANTS]
+    if unknown:
+        p.error(f"--methods {','.join(unknown)}: use {','.join(METHODS)} and any of "
+                f"{','.join(VARIANTS)}")
+    if methods[:2] != METHODS[:2] or len(set(methods)) != len(methods):
+        p.error(f"--methods {','.join(methods)}: start with {','.join(METHODS[:2])}, each "
+                "method once (every other method needs their runs)")
     args.methods = methods
     args.pairs = pairs
     return args

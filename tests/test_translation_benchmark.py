@@ -129,12 +129,35 @@ def test_a_second_invocation_skips_stored_runs(tmp_path):
     assert "| de-en | 1 | random |" in (tmp_path / "t.md").read_text()
 
 
+def test_a_variant_runs_against_uniform_and_the_control_follows_autoassist(tmp_path):
+    plans = {}
+
+    def fake(pair, method, seed, setup, plan):
+        plans[method] = plan
+        record = _run(pair, method, seed, [5.0, 8.0, 9.0], [10, 20, 30], target=plan.target)
+        record["kept_percent"] = {"autoassist": [100.0, 50.0], "aa_floor07": [100.0, 80.0]}.get(
+            method, [100.0] * 3)
+        return record
+
+    store = RunStore(tmp_path, {"product": "p", "training": "t"}, product_free=("uniform",))
+    runs = tr.measure(["de-en"], 1, tr.QUICK, store, fake,
+                      ("uniform", "autoassist", "aa_floor07", "random"))
+    assert [r["method"] for r in runs] == ["uniform", "autoassist", "aa_floor07", "random"]
+    assert plans["aa_floor07"] == tr.RunPlan(target=9.0, min_seconds=30)
+    assert plans["random"].kept_fractions[:3] == (1.0, 0.5, 0.5)  # autoassist's, not the variant's
+    assert set(tr.analyse(runs)["methods"]) == {"autoassist", "aa_floor07", "random"}
+
+
 def test_methods_must_be_run_in_order(capsys):
     with pytest.raises(SystemExit):
         tr.parse_args(["--methods", "uniform,random"])
-    assert "each method needs the runs of those before it" in capsys.readouterr().err
+    assert "start with uniform,autoassist" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        tr.parse_args(["--methods", "uniform,autoassist,fast"])
+    assert "--methods fast: use uniform,autoassist,random and any of" in capsys.readouterr().err
     assert tr.parse_args([]).methods == tr.METHODS
     assert tr.parse_args(["--quick"]).methods == ("uniform", "autoassist")
+    assert tr.method_args("aa_no_reweight")[-1] == "--aa-no-reweight"
 
 
 def test_bad_pairs_are_refused_with_the_choices(capsys):
