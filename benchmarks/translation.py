@@ -23,7 +23,9 @@ is stored beside it. **saving** = 1 - (a method's seconds to first reach uniform
 BLEU) / (uniform's seconds to its best), per (pair, seed); "not reached" is None. Test BLEU
 (beam 4, unseen books) of uniform's best checkpoint and of the method's checkpoint at that
 moment. **BLEU at uniform's time**: the method's best valid BLEU within uniform's seconds to
-its best, minus uniform's best (the gain at equal time; negative: behind).
+its best, minus uniform's best (the gain at equal time; negative: behind); **mean gap**: the
+method's valid BLEU minus uniform's at equal seconds, averaged from uniform's first validation to
+its best (the whole curve, less noisy than one point).
 
 Every finished (pair, method, seed) run is stored in ``benchmarks/results/translation_runs/``
 with a fingerprint of the code that trained it (``autoassist.bench.frontier.RunStore``):
@@ -46,6 +48,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from autoassist.bench import fairseq_runs as fr
@@ -282,6 +285,16 @@ def bleu_within(record: dict, seconds: float) -> float | None:
     return max(within) if within else None
 
 
+def mean_gap(uniform: dict, other: dict, points: int = 50) -> float:
+    """The method's valid BLEU minus uniform's at equal training seconds, averaged over an even
+    grid from uniform's first validation to its best (each curve linearly interpolated between
+    validations): the whole curve's gain at equal time, less noisy than any single point."""
+    _, t_u, _ = best(uniform)
+    grid = np.linspace(uniform["bleu_seconds"][0], t_u, points)
+    return float(np.mean(np.interp(grid, other["bleu_seconds"], other["valid_bleu"])
+                         - np.interp(grid, uniform["bleu_seconds"], uniform["valid_bleu"])))
+
+
 def compare(uniform: dict, other: dict) -> dict[str, Any]:
     """One (pair, seed, method) against uniform's run of that pair and seed."""
     target, t_u, _ = best(uniform)
@@ -293,6 +306,7 @@ def compare(uniform: dict, other: dict) -> dict[str, Any]:
         "reached": t_m is not None, "saving": saving_of(t_m, t_u),
         "bleu_method": best(other)[0],
         "gain_equal_time": None if at_time is None else at_time - target,
+        "mean_gap": mean_gap(uniform, other),
         "test_bleu_uniform": uniform["test_bleu_best"],
         "test_bleu_at_target": other["test_bleu_at_target"] if t_m is not None else None,
         "test_bleu_method_best": other["test_bleu_best"],
@@ -310,6 +324,7 @@ def summarise(rows: list[dict]) -> dict[str, Any]:
         "bleu_uniform": _mean(r["target_bleu"] for r in rows),
         "bleu_method": _mean(r["bleu_method"] for r in rows),
         "gain_equal_time": _mean(r["gain_equal_time"] for r in rows),
+        "mean_gap": _mean(r["mean_gap"] for r in rows),
         "test_bleu_uniform": _mean(r["test_bleu_uniform"] for r in rows),
         "test_bleu_at_target": _mean(r["test_bleu_at_target"] for r in rows),
         "seconds_uniform": _mean(r["seconds_uniform"] for r in rows),
@@ -341,13 +356,15 @@ def analyse(runs: list[dict]) -> dict[str, Any]:
             "seconds_autoassist": ours["seconds_method"],
             "saving_random": methods.get("random", {}).get("saving"),
             "gain_equal_time_random": methods.get("random", {}).get("gain_equal_time"),
+            "mean_gap_random": methods.get("random", {}).get("mean_gap"),
             "per_seed": rows, "methods": methods}
 
 
 COLOURS = {"uniform": "black", "autoassist": "tab:red", "random": "tab:blue"}
 HEADLINE = ("saving", "bleu_uniform", "bleu_autoassist", "test_bleu_uniform",
             "test_bleu_autoassist_at_target", "reached", "seeds", "seconds_uniform",
-            "seconds_autoassist", "gain_equal_time", "saving_random", "gain_equal_time_random")
+            "seconds_autoassist", "gain_equal_time", "mean_gap", "saving_random",
+            "gain_equal_time_random", "mean_gap_random")
 
 
 def _num(value, spec: str = ".2f", none: str = "not reached") -> str:
@@ -357,17 +374,18 @@ def _num(value, spec: str = ".2f", none: str = "not reached") -> str:
 def markdown(runs: list[dict], analysis: dict, command: str) -> str:
     lines = [f"`{command}`", "",
              "| pair | seed | method | uniform best valid BLEU (epoch, s) | method's best valid "
-             "BLEU | its BLEU at uniform's s, minus uniform's best | its s to uniform's best "
+             "BLEU | its BLEU at uniform's s, minus uniform's best | mean gap to uniform at "
+             "equal s, up to uniform's best | its s to uniform's best "
              "| saving | test BLEU uniform (best ckpt) | test BLEU method (at target) "
              "| stopped (uniform / method) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     by = {(r["pair"], r["seed"], r["method"]): r for r in runs}
     for s in analysis["per_seed"]:
         u = by[(s["pair"], s["seed"], "uniform")]
         lines.append(
             f"| {s['pair']} | {s['seed']} | {s['method']} | {s['target_bleu']:.2f} "
             f"({best(u)[2]}, {s['seconds_uniform']:.0f}) | {s['bleu_method']:.2f} "
-            f"| {_num(s['gain_equal_time'], '+.2f', 'n/a')} "
+            f"| {_num(s['gain_equal_time'], '+.2f', 'n/a')} | {s['mean_gap']:+.2f} "
             f"| {_num(s['seconds_method'], '.0f')} | {_num(s['saving'], '.0%')} "
             f"| {_num(s['test_bleu_uniform'])} | {_num(s['test_bleu_at_target'])} "
             f"| {s['stopped_uniform']} / {s['stopped_method']} |")

@@ -85,6 +85,17 @@ def test_saving_is_read_at_uniforms_best_and_not_reached_is_none():
     assert "not reached" in text
 
 
+def test_mean_gap_averages_the_curves_difference_up_to_uniforms_best():
+    uniform = _run("de-en", "uniform", 1, [10.0, 14.0, 18.0, 17.0], [10, 20, 30, 40])
+    # one BLEU above uniform all along (validated at other seconds): +1 over 10..30 s
+    ahead = _run("de-en", "autoassist", 1, [11.0, 13.0, 17.0, 19.0], [10, 15, 25, 30])
+    assert tr.mean_gap(uniform, ahead) == pytest.approx(1.0)
+    # level until 20 s, then 2 behind at 30 s: a gap growing linearly from 0 to -2 over the
+    # second half of the grid, -0.5 on average
+    behind = _run("de-en", "autoassist", 1, [10.0, 14.0, 16.0], [10, 20, 30])
+    assert tr.mean_gap(uniform, behind) == pytest.approx(-0.5, abs=0.03)
+
+
 def test_a_second_invocation_skips_stored_runs(tmp_path):
     calls = []
 
