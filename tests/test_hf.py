@@ -146,6 +146,12 @@ def test_shrunk_epochs_train_exactly_the_kept_instances(data, tmp_path):
     assert out.global_step == sum(len(e) for e in trainer.epochs) < 4 * (N // 8)
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
     assert len(trainer.telemetry) == 4 and trainer.shrinking_loader is None  # closed
+    # the end-of-training rates count what was trained, not 4 full epochs
+    trained = sum(len(np.concatenate(ids)) for ids in trainer.epochs)
+    runtime = out.metrics["train_runtime"]
+    assert out.metrics["train_samples_per_second"] * runtime == pytest.approx(trained, rel=2e-2)
+    assert out.metrics["train_steps_per_second"] * runtime == pytest.approx(out.global_step,
+                                                                            rel=2e-2)
 
 
 def _weights(model):
