@@ -326,11 +326,10 @@ class AutoAssistTrainer(Trainer):
             self.close_autoassist()
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
-        """The Trainer's ``log`` (its documented override point). Its end-of-training speed
-        metrics count full epochs; here ``train_samples_per_second`` counts the instances the
-        shrunk epochs trained, and ``train_steps_per_second`` (and the token estimate) the
-        optimizer steps taken, over the same runtime."""
-        count_trained(logs, self.telemetry, self.state.global_step, self.state.max_steps)
+        """The Trainer's ``log`` (its documented override point). Its end-of-training
+        ``train_samples_per_second`` (and token estimate) count full epochs; here, the
+        instances the shrunk epochs trained, over the same runtime (``count_trained``)."""
+        count_trained(logs, self.telemetry)
         super().log(logs, *args, **kwargs)
 
     def close_autoassist(self) -> None:
@@ -674,28 +673,23 @@ class AutoAssistTrainer(Trainer):
         self.lr_scheduler.load_state_dict(torch.load(scheduler, weights_only=True))
 
 
-def count_trained(logs: dict[str, float], telemetry: list[dict[str, Any]], global_step: int,
-                  max_steps: int) -> None:
+def count_trained(logs: dict[str, float], telemetry: list[dict[str, Any]]) -> None:
     """Rescale the Trainer's end-of-training rates in ``logs`` (in place) from full epochs to
-    what the shrunk epochs trained.
+    the instances the shrunk epochs trained.
 
     The Trainer computes ``train_samples_per_second`` from ``num_examples x num_train_epochs``
-    and ``train_steps_per_second`` (and its ``train_tokens_per_second`` estimate) from
-    ``max_steps``, which count full epochs. The samples rate is scaled by the kept fraction of
-    the epochs in ``telemetry``, the step and token rates by ``global_step / max_steps``. Logs
-    without ``train_runtime`` (those during training) are left alone.
+    and its ``train_tokens_per_second`` estimate from full epochs' tokens; both are scaled by
+    the kept fraction of the epochs in ``telemetry``. ``train_steps_per_second`` needs nothing:
+    the Trainer's ``max_steps`` is the shrunk run's (``_epoch_planned``). Logs without
+    ``train_runtime`` (those during training) are left alone.
     """
-    runtime = logs.get("train_runtime")
-    if not runtime or not telemetry:
-        return
     full = sum(record["num_instances"] for record in telemetry)
+    if not logs.get("train_runtime") or not full:
+        return
     kept = sum(record["kept"] for record in telemetry)
-    if "train_samples_per_second" in logs and full:
-        logs["train_samples_per_second"] = round(logs["train_samples_per_second"] * kept / full, 3)
-    if max_steps > 0:
-        for key in ("train_steps_per_second", "train_tokens_per_second"):
-            if key in logs:
-                logs[key] = round(logs[key] * global_step / max_steps, 3)
+    for key in ("train_samples_per_second", "train_tokens_per_second"):
+        if key in logs:
+            logs[key] = round(logs[key] * kept / full, 3)
 
 
 def _read_state(path: str, what: str) -> dict[str, Any]:

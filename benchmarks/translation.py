@@ -146,12 +146,13 @@ def method_args(method: str, plan: RunPlan = RunPlan()) -> list[str]:
 
 
 def kept_fractions(record: dict, epochs: int) -> tuple[float, ...]:
-    """Autoassist's fraction kept per epoch, continued to ``epochs`` with the mean of its
-    shrinking epochs (those that kept less than all)."""
+    """Autoassist's fraction kept per epoch, continued with the mean of its shrinking epochs
+    (those that kept less than all) to ``epochs + 1``: fairseq builds the batches of the epoch
+    after its last before it stops (that one never runs)."""
     kept = [k / 100 for k in record["kept_percent"]]
     shrunk = [k for k in kept if k < 1.0] or [1.0]
     tail = round(statistics.fmean(shrunk), 4)
-    return tuple(kept[:epochs] + [tail] * max(0, epochs - len(kept)))
+    return tuple(kept[:epochs + 1] + [tail] * max(0, epochs + 1 - len(kept)))
 
 
 def run_key(pair: str, method: str, seed: int, setup: Setup, plan: RunPlan = RunPlan()) -> str:
@@ -160,8 +161,9 @@ def run_key(pair: str, method: str, seed: int, setup: Setup, plan: RunPlan = Run
         key += f"-t{plan.target:.2f}"
     if plan.min_seconds is not None:
         key += f"-m{plan.min_seconds:.0f}"
-    if plan.kept_fractions is not None:
-        key += "-k" + hashlib.sha256(repr(plan.kept_fractions).encode()).hexdigest()[:6]
+    if plan.kept_fractions is not None:  # of the epochs that can run (not the built successor)
+        ran = plan.kept_fractions[:setup.max_epochs]
+        key += "-k" + hashlib.sha256(repr(ran).encode()).hexdigest()[:6]
     return key
 
 
@@ -290,7 +292,8 @@ def mean_gap(uniform: dict, other: dict, points: int = 50) -> float:
     grid from uniform's first validation to its best (each curve linearly interpolated between
     validations): the whole curve's gain at equal time, less noisy than any single point."""
     _, t_u, _ = best(uniform)
-    grid = np.linspace(uniform["bleu_seconds"][0], t_u, points)
+    # from the later first validation: before its first, a curve is not known
+    grid = np.linspace(max(uniform["bleu_seconds"][0], other["bleu_seconds"][0]), t_u, points)
     return float(np.mean(np.interp(grid, other["bleu_seconds"], other["valid_bleu"])
                          - np.interp(grid, uniform["bleu_seconds"], uniform["valid_bleu"])))
 

@@ -176,6 +176,7 @@ def test_random_subset_control_keeps_the_given_fraction_at_random(data_bin):
     from fairseq.tasks.translation import TranslationTask
 
     from autoassist.bench.fairseq_random_subset import LAB_USER_DIR
+    from autoassist.pipelines.fairseq_task import stock_order
 
     parser = options.get_training_parser()
     args = options.parse_args_and_arch(parser, [
@@ -198,6 +199,9 @@ def test_random_subset_control_keeps_the_given_fraction_at_random(data_bin):
     kept2, kept3 = sorted(i for b in second for i in b), sorted(i for b in third for i in b)
     assert len(kept2) == len(set(kept2)) == round(0.5 * n) == len(kept3)
     assert kept2 != kept3  # a fresh draw each epoch
+    # in stock order, batched consecutively as the plugin batches what it keeps
+    order = stock_order(task, task.dataset("train"), 2, task._batching)
+    assert [i for b in second for i in b] == [int(i) for i in order if i in set(kept2)]
     assert epoch(task, 2) == second  # and the same draw again for the same (seed, epoch)
     with pytest.raises(ValueError, match="one fraction per epoch"):
         epoch(task, 4)

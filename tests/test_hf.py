@@ -154,6 +154,20 @@ def test_shrunk_epochs_train_exactly_the_kept_instances(data, tmp_path):
                                                                             rel=2e-2)
 
 
+def test_end_of_training_rates_are_scaled_to_the_kept_fraction():
+    from autoassist.hf import count_trained
+
+    telemetry = [{"num_instances": 100, "kept": 100}, {"num_instances": 100, "kept": 50}]
+    logs = {"train_runtime": 2.0, "train_samples_per_second": 100.0,
+            "train_tokens_per_second": 1000.0, "train_steps_per_second": 5.0}
+    count_trained(logs, telemetry)
+    assert logs == {"train_runtime": 2.0, "train_samples_per_second": 75.0,
+                    "train_tokens_per_second": 750.0, "train_steps_per_second": 5.0}
+    during = {"loss": 1.0, "train_tokens_per_second": 10.0}  # a log during training
+    count_trained(during, telemetry)
+    assert during == {"loss": 1.0, "train_tokens_per_second": 10.0}
+
+
 def _weights(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 

@@ -118,7 +118,7 @@ def test_a_second_invocation_skips_stored_runs(tmp_path):
     # cap with the mean of its shrinking epochs
     plan = tr.RunPlan(target=9.0, min_seconds=30)
     control = tr.RunPlan(target=9.0, min_seconds=30,
-                         kept_fractions=(1.0, 0.6, 0.7) + (0.65,) * 7)
+                         kept_fractions=(1.0, 0.6, 0.7) + (0.65,) * 8)  # 10 epochs + 1
     assert calls == [("de-en", "uniform", 1, tr.RunPlan()), ("de-en", "autoassist", 1, plan),
                      ("de-en", "random", 1, control),
                      ("de-en", "uniform", 2, tr.RunPlan()), ("de-en", "autoassist", 2, plan),
