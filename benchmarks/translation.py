@@ -25,7 +25,8 @@ BLEU) / (uniform's seconds to its best), per (pair, seed); "not reached" is None
 moment. **BLEU at uniform's time**: the method's best valid BLEU within uniform's seconds to
 its best, minus uniform's best (the gain at equal time; negative: behind); **mean gap**: the
 method's valid BLEU minus uniform's at equal seconds, averaged from uniform's first validation to
-its best (the whole curve, less noisy than one point).
+its best (the whole curve, less noisy than one point); **smoothed saving**: the saving read on
+the mean of each 3 consecutive validations (one lucky epoch neither sets nor reaches the target).
 
 Every finished (pair, method, seed) run is stored in ``benchmarks/results/translation_runs/``
 with a fingerprint of the code that trained it (``autoassist.bench.frontier.RunStore``):
@@ -298,6 +299,25 @@ def mean_gap(uniform: dict, other: dict, points: int = 50) -> float:
                          - np.interp(grid, uniform["bleu_seconds"], uniform["valid_bleu"])))
 
 
+def trailing_mean(record: dict, window: int = 3) -> tuple[list[float], list[float]]:
+    """``(seconds, BLEU)``: the mean valid BLEU of each validation and the ``window - 1``
+    before it, at that validation's seconds (from the ``window``-th validation on)."""
+    bleus, seconds = record["valid_bleu"], record["bleu_seconds"]
+    means = [statistics.fmean(bleus[i - window + 1:i + 1]) for i in range(window - 1, len(bleus))]
+    return list(seconds[window - 1:]), means
+
+
+def smoothed_saving(uniform: dict, other: dict, window: int = 3) -> float | None:
+    """The saving read on ``trailing_mean`` curves: uniform's best trailing mean is the target,
+    its seconds the reference; one lucky validation does not set or reach it."""
+    t_u, m_u = trailing_mean(uniform, window)
+    if not m_u:
+        return None
+    target = max(m_u)
+    t_o, m_o = trailing_mean(other, window)
+    return saving_of(time_to_target(t_o, m_o, target), t_u[m_u.index(target)])
+
+
 def compare(uniform: dict, other: dict) -> dict[str, Any]:
     """One (pair, seed, method) against uniform's run of that pair and seed."""
     target, t_u, _ = best(uniform)
@@ -310,6 +330,7 @@ def compare(uniform: dict, other: dict) -> dict[str, Any]:
         "bleu_method": best(other)[0],
         "gain_equal_time": None if at_time is None else at_time - target,
         "mean_gap": mean_gap(uniform, other),
+        "saving_smoothed": smoothed_saving(uniform, other),
         "test_bleu_uniform": uniform["test_bleu_best"],
         "test_bleu_at_target": other["test_bleu_at_target"] if t_m is not None else None,
         "test_bleu_method_best": other["test_bleu_best"],
@@ -328,6 +349,8 @@ def summarise(rows: list[dict]) -> dict[str, Any]:
         "bleu_method": _mean(r["bleu_method"] for r in rows),
         "gain_equal_time": _mean(r["gain_equal_time"] for r in rows),
         "mean_gap": _mean(r["mean_gap"] for r in rows),
+        "saving_smoothed": _mean(r["saving_smoothed"] for r in rows)
+        if rows and all(r["saving_smoothed"] is not None for r in rows) else None,
         "test_bleu_uniform": _mean(r["test_bleu_uniform"] for r in rows),
         "test_bleu_at_target": _mean(r["test_bleu_at_target"] for r in rows),
         "seconds_uniform": _mean(r["seconds_uniform"] for r in rows),
@@ -360,14 +383,16 @@ def analyse(runs: list[dict]) -> dict[str, Any]:
             "saving_random": methods.get("random", {}).get("saving"),
             "gain_equal_time_random": methods.get("random", {}).get("gain_equal_time"),
             "mean_gap_random": methods.get("random", {}).get("mean_gap"),
+            "saving_smoothed_random": methods.get("random", {}).get("saving_smoothed"),
             "per_seed": rows, "methods": methods}
 
 
 COLOURS = {"uniform": "black", "autoassist": "tab:red", "random": "tab:blue"}
 HEADLINE = ("saving", "bleu_uniform", "bleu_autoassist", "test_bleu_uniform",
             "test_bleu_autoassist_at_target", "reached", "seeds", "seconds_uniform",
-            "seconds_autoassist", "gain_equal_time", "mean_gap", "saving_random",
-            "gain_equal_time_random", "mean_gap_random")
+            "seconds_autoassist", "gain_equal_time", "mean_gap", "saving_smoothed",
+            "saving_random", "gain_equal_time_random", "mean_gap_random",
+            "saving_smoothed_random")
 
 
 def _num(value, spec: str = ".2f", none: str = "not reached") -> str:
@@ -379,9 +404,9 @@ def markdown(runs: list[dict], analysis: dict, command: str) -> str:
              "| pair | seed | method | uniform best valid BLEU (epoch, s) | method's best valid "
              "BLEU | its BLEU at uniform's s, minus uniform's best | mean gap to uniform at "
              "equal s, up to uniform's best | its s to uniform's best "
-             "| saving | test BLEU uniform (best ckpt) | test BLEU method (at target) "
-             "| stopped (uniform / method) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| saving | saving, 3-validation means | test BLEU uniform (best ckpt) "
+             "| test BLEU method (at target) | stopped (uniform / method) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     by = {(r["pair"], r["seed"], r["method"]): r for r in runs}
     for s in analysis["per_seed"]:
         u = by[(s["pair"], s["seed"], "uniform")]
@@ -390,6 +415,7 @@ def markdown(runs: list[dict], analysis: dict, command: str) -> str:
             f"({best(u)[2]}, {s['seconds_uniform']:.0f}) | {s['bleu_method']:.2f} "
             f"| {_num(s['gain_equal_time'], '+.2f', 'n/a')} | {s['mean_gap']:+.2f} "
             f"| {_num(s['seconds_method'], '.0f')} | {_num(s['saving'], '.0%')} "
+            f"| {_num(s['saving_smoothed'], '.0%')} "
             f"| {_num(s['test_bleu_uniform'])} | {_num(s['test_bleu_at_target'])} "
             f"| {s['stopped_uniform']} / {s['stopped_method']} |")
     lines += ["", "Valid BLEU at training seconds, and kept % per epoch:", ""]

@@ -96,6 +96,19 @@ def test_mean_gap_averages_the_curves_difference_up_to_uniforms_best():
     assert tr.mean_gap(uniform, behind) == pytest.approx(-0.5, abs=0.03)
 
 
+def test_smoothed_saving_is_read_on_three_validation_means():
+    # uniform's one lucky epoch (20.0) sets the raw target; its best 3-mean is 17 (at 40 s)
+    uniform = _run("de-en", "uniform", 1, [10.0, 14.0, 20.0, 17.0, 14.0],
+                   [10, 20, 30, 40, 50])
+    assert tr.trailing_mean(uniform) == ([30, 40, 50], [pytest.approx(44 / 3), 17.0, 17.0])
+    # the method never touches 20 but holds 17 from its 3rd validation (24 s): 1 - 24/40
+    steady = _run("de-en", "autoassist", 1, [17.0, 17.0, 17.0, 17.0], [8, 16, 24, 32])
+    assert tr.smoothed_saving(uniform, steady) == pytest.approx(0.4)
+    assert tr.analyse([uniform, steady])["per_seed"][0]["saving"] is None  # raw: not reached
+    lucky = _run("de-en", "autoassist", 1, [10.0, 20.0, 10.0], [8, 16, 24])
+    assert tr.smoothed_saving(uniform, lucky) is None
+
+
 def test_a_second_invocation_skips_stored_runs(tmp_path):
     calls = []
 
