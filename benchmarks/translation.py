@@ -24,17 +24,19 @@ BLEU) / (uniform's seconds to its best), per (pair, seed); "not reached" is None
 (beam 4, unseen books) of uniform's best checkpoint and of the method's checkpoint at that
 moment. **BLEU at uniform's time**: the method's best valid BLEU within uniform's seconds to
 its best, minus uniform's best (the gain at equal time; negative: behind); **mean gap**: the
-method's valid BLEU minus uniform's at equal seconds, averaged from uniform's first validation to
-its best (the whole curve, less noisy than one point); **smoothed saving**: the saving read on
-the mean of each 3 consecutive validations (one lucky epoch neither sets nor reaches the target).
+method's valid BLEU minus uniform's at equal seconds, averaged from the later of the two first
+validations to uniform's best (the whole curve, less noisy than one point); **smoothed
+saving**: the saving read on the mean of each 3 consecutive validations (one lucky epoch neither
+sets nor reaches the target).
 
 Every finished (pair, method, seed) run is stored in ``benchmarks/results/translation_runs/``
 with a fingerprint of the code that trained it (``autoassist.bench.frontier.RunStore``):
 rerunning the same command skips them, so a long measurement spans sessions. Writes
 ``benchmarks/results/translation_converged[_quick].{json,md,png}``; the last stdout line is
-JSON: ``saving``, ``bleu_uniform``, ``bleu_autoassist`` (best valid), ``test_bleu_uniform``,
-``test_bleu_autoassist_at_target``, ``reached`` (autoassist's), and ``saving_random``,
-``gain_equal_time``, ``gain_equal_time_random``.
+JSON with the keys in ``HEADLINE``: autoassist's ``saving``, ``bleu_uniform``,
+``bleu_autoassist`` (best valid), ``test_bleu_uniform``, ``test_bleu_autoassist_at_target``,
+``reached``, its other readings (``gain_equal_time``, ``mean_gap``, ``saving_smoothed``), and
+the same readings of the control (``saving_random``, ...).
 """
 
 from __future__ import annotations
@@ -120,7 +122,8 @@ class RunPlan:
     Attributes:
         target: uniform's best valid BLEU (None for uniform itself).
         min_seconds: uniform's seconds to that best: no plateau stops the run sooner.
-        kept_fractions: the control's fraction of the pairs per epoch, up to ``max_epochs``.
+        kept_fractions: the control's fraction of the pairs per epoch, up to ``max_epochs + 1``
+            (``kept_fractions``).
     """
 
     target: float | None = None
@@ -131,7 +134,7 @@ class RunPlan:
 def method_args(method: str, plan: RunPlan = RunPlan()) -> list[str]:
     if method == "uniform":
         return list(fr.UNIFORM)
-    if method == "autoassist" or method in VARIANTS:  # the defaults: no --aa-* flag
+    if method == "autoassist" or method in VARIANTS:  # autoassist: the defaults, no --aa-*
         from autoassist.cli import fairseq_user_dir
 
         return [*fr.PLUGIN, "--user-dir", fairseq_user_dir(), *VARIANTS.get(method, ())]
@@ -276,6 +279,13 @@ def measure(pairs: list[str], seeds: int, setup: Setup, store: RunStore, run: Ru
 # ------------------------------------------------------------------------------------------------
 # Readings: pure functions on run records (tested on hand-made curves)
 # ------------------------------------------------------------------------------------------------
+def _mean_of_all(values) -> float | None:
+    """The mean, or None when there is none or any is None (a saving averaged over the seeds
+    that reached the target would flatter the method)."""
+    values = list(values)
+    return None if not values or None in values else statistics.fmean(values)
+
+
 def _mean(values) -> float | None:
     values = [v for v in values if v is not None]
     return statistics.fmean(values) if values else None
@@ -290,10 +300,10 @@ def bleu_within(record: dict, seconds: float) -> float | None:
 
 def mean_gap(uniform: dict, other: dict, points: int = 50) -> float:
     """The method's valid BLEU minus uniform's at equal training seconds, averaged over an even
-    grid from uniform's first validation to its best (each curve linearly interpolated between
-    validations): the whole curve's gain at equal time, less noisy than any single point."""
+    grid from the later of the two first validations (before its first, a curve is not known)
+    to uniform's best, each curve linearly interpolated between validations: the whole curve's
+    gain at equal time, less noisy than any single point."""
     _, t_u, _ = best(uniform)
-    # from the later first validation: before its first, a curve is not known
     grid = np.linspace(max(uniform["bleu_seconds"][0], other["bleu_seconds"][0]), t_u, points)
     return float(np.mean(np.interp(grid, other["bleu_seconds"], other["valid_bleu"])
                          - np.interp(grid, uniform["bleu_seconds"], uniform["valid_bleu"])))
@@ -339,18 +349,16 @@ def compare(uniform: dict, other: dict) -> dict[str, Any]:
 
 
 def summarise(rows: list[dict]) -> dict[str, Any]:
-    """Means over rows; ``saving`` is None unless every row reached the target (a mean over
-    the seeds that did would flatter the method)."""
-    reached = sum(r["reached"] for r in rows)
+    """Means over rows; the savings are None unless every row reached the target."""
     return {
-        "saving": _mean(r["saving"] for r in rows) if rows and reached == len(rows) else None,
-        "savings": [r["saving"] for r in rows], "reached": reached, "seeds": len(rows),
+        "saving": _mean_of_all(r["saving"] for r in rows),
+        "savings": [r["saving"] for r in rows], "reached": sum(r["reached"] for r in rows),
+        "seeds": len(rows),
         "bleu_uniform": _mean(r["target_bleu"] for r in rows),
         "bleu_method": _mean(r["bleu_method"] for r in rows),
         "gain_equal_time": _mean(r["gain_equal_time"] for r in rows),
         "mean_gap": _mean(r["mean_gap"] for r in rows),
-        "saving_smoothed": _mean(r["saving_smoothed"] for r in rows)
-        if rows and all(r["saving_smoothed"] is not None for r in rows) else None,
+        "saving_smoothed": _mean_of_all(r["saving_smoothed"] for r in rows),
         "test_bleu_uniform": _mean(r["test_bleu_uniform"] for r in rows),
         "test_bleu_at_target": _mean(r["test_bleu_at_target"] for r in rows),
         "seconds_uniform": _mean(r["seconds_uniform"] for r in rows),
