@@ -9,7 +9,8 @@ same command skips them), and prints the headline as one JSON object on the last
 ``task``, ``saving``, ``saving_ci_low``, ``saving_infobatch``, ``saving_sb``,
 ``saving_published``, ``saving_random``, ``gain_equal_time`` (at uniform's ⅔ budget),
 ``best_gap``. ``--reanalyse FILE`` trains nothing: it prints the savings to reach uniform's
-accuracy at each of its budgets, read from a result file's stored points. The harness lives in
+accuracy at each of its budgets, read from a result file's stored points, and writes them to
+``<file stem>_per_budget.json`` (+ ``.md``). The harness lives in
 ``autoassist.bench.frontier`` (also behind ``autoassist bench --frontier``).
 """
 

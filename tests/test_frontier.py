@@ -190,6 +190,16 @@ def test_frontier_runs_are_stored_and_skipped_on_rerun(tmp_path, monkeypatch):
     assert (read["analysis"]["methods"]["autoassist"]["saving_at_budget"]
             == saved["analysis_compute"]["methods"]["autoassist"]["saving_at_budget"])
     assert "| autoassist |" in read["table"] and "uniform at 3 epochs" in read["table"]
+    # and stored, naming the runs' commit and its own, so that a doc can cite the reading
+    written = frontier.write_reanalysis(read, tmp_path / "out")
+    stored = json.loads(written.read_text())
+    assert written.name == "frontier_magic_tiny_per_budget.json"
+    assert stored["source"] == "frontier_magic_tiny.json"
+    assert stored["source_commit"] == saved["commit"] and "commit" in stored
+    assert (stored["analysis"]["methods"]["autoassist"]["saving_at_budget"]
+            == saved["analysis_compute"]["methods"]["autoassist"]["saving_at_budget"])
+    assert (tmp_path / "out" / "frontier_magic_tiny_per_budget.md").read_text().strip() \
+        == read["table"].strip()
     with pytest.raises(UsageError, match="not a frontier result"):
         frontier.reanalyse(tmp_path / "frontier_runs")
     assert result["headline"] == saved["headline"]

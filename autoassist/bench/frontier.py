@@ -506,15 +506,17 @@ def budget_saving_table(analysis: dict[str, Any]) -> list[str]:
 
 
 def reanalyse(path: Path, axis: str = "compute") -> dict[str, Any]:
-    """Read a frontier result file again with today's readings, training nothing and writing
-    nothing: its stored points give the savings at each of uniform's budgets.
+    """Read a frontier result file again with today's readings, training nothing: its stored
+    points give the savings at each of uniform's budgets (files written before that reading
+    existed lack them).
 
     Args:
         path: a ``frontier_*.json`` this harness wrote.
         axis: the cost axis (``compute``, or ``cost`` for CPU seconds).
 
     Returns:
-        ``{"file", "commit", "seeds", "analysis", "table"}`` (``table``: markdown).
+        ``{"file", "commit", "seeds", "analysis", "table"}`` (``table``: markdown;
+        ``commit``: the source file's).
 
     Raises:
         UsageError: the file is missing or not a frontier result.
@@ -530,6 +532,36 @@ def reanalyse(path: Path, axis: str = "compute") -> dict[str, Any]:
     analysis = analyse(points, seeds, axis=axis)
     return {"file": str(path), "commit": result.get("commit"), "seeds": seeds,
             "analysis": analysis, "table": "\n".join(budget_saving_table(analysis))}
+
+
+def write_reanalysis(read: dict[str, Any], directory: Path) -> Path:
+    """Store a ``reanalyse`` reading as ``<source stem>_per_budget.json`` (+ ``.md``) in
+    ``directory``, so that the figures it gives have a committed file behind them.
+
+    The record names both commits: the source file's (the runs) and this reading's (the
+    analysis code), each ``+dirty`` where the tree had uncommitted code.
+
+    Args:
+        read: what ``reanalyse`` returned.
+        directory: the results folder.
+
+    Returns:
+        The JSON file's path.
+    """
+    from autoassist.bench.provenance import git_commit
+
+    stem = Path(read["file"]).stem
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    record = {"benchmark": f"{stem}_per_budget",
+              "command": f"python -m benchmarks.frontier --reanalyse {read['file']}",
+              "source": Path(read["file"]).name, "source_commit": read["commit"],
+              "commit": git_commit(), "seeds": read["seeds"], "analysis": read["analysis"],
+              "table": read["table"]}
+    path = directory / f"{stem}_per_budget.json"
+    (directory / f"{stem}_per_budget.md").write_text(read["table"] + "\n")
+    path.write_text(json.dumps(record, indent=2, default=_jsonable) + "\n")
+    return path
 
 
 def markdown(task: Task, result: dict[str, Any]) -> str:
@@ -816,7 +848,8 @@ def add_arguments(p) -> None:
                    help="suffix of the output files (another set of methods on the same runs)")
     p.add_argument("--reanalyse", default=None, metavar="FILE",
                    help="train nothing: print the savings at each of uniform's budgets (compute) "
-                        "read from a frontier result file's stored points")
+                        "read from a frontier result file's stored points, and write them to "
+                        "<file stem>_per_budget.json/.md in the results folder")
 
 
 def check_arguments(args) -> None:
@@ -858,11 +891,14 @@ def run_cli(args, directory: Path) -> dict[str, Any]:
     if getattr(args, "reanalyse", None):
         read = reanalyse(Path(args.reanalyse))
         print(read["table"])
+        out = write_reanalysis(read, directory)
+        print(f"written: {out} (+ .md)")
         savings = {m: {b: c["saving"] for b, c in e["saving_at_budget"].items()}
                    for m, e in read["analysis"]["methods"].items()
                    if m != "uniform" and e.get("complete")}
         return {"headline": {"file": read["file"], "commit": read["commit"],
-                             "seeds": len(read["seeds"]), "saving_at_budget": savings}}
+                             "seeds": len(read["seeds"]), "saving_at_budget": savings,
+                             "written": str(out)}}
     seeds = args.seeds or (3 if args.quick else 5)
     result = run_frontier(
         args.task, out=directory, seeds=seeds, quick=args.quick,
