@@ -246,11 +246,11 @@ RunFn = Callable[[str, str, int, Setup, RunPlan], dict]
 
 
 def measure(pairs: list[str], seeds: int, setup: Setup, store: RunStore, run: RunFn,
-            methods: tuple[str, ...] = METHODS) -> list[dict]:
+            methods: tuple[str, ...] = METHODS, commit: str | None = None) -> list[dict]:
     """Every (pair, seed): uniform; then autoassist (and the ``VARIANTS`` asked for) against
     uniform's best valid BLEU, given at least uniform's seconds to it; the random control at
     autoassist's kept fractions. Stored runs are reused, each new one stored as soon as it
-    finishes."""
+    finishes, with ``commit`` (the code it ran) in its record."""
     runs = []
     for pair in pairs:
         for seed in range(1, seeds + 1):
@@ -264,7 +264,7 @@ def measure(pairs: list[str], seeds: int, setup: Setup, store: RunStore, run: Ru
                 record = store.get(key, method)
                 if record is None:
                     tqdm.write(f"{pair} {method} seed {seed}: training (key {key})")
-                    record = run(pair, method, seed, setup, plan)
+                    record = dict(run(pair, method, seed, setup, plan), commit=commit)
                     store.put(key, method, record)
                 else:
                     tqdm.write(f"{pair} {method} seed {seed}: stored ({key}.json), skipped")
@@ -540,7 +540,7 @@ def main(argv=None, *, run: RunFn | None = None, store: RunStore | None = None,
         def run(pair, method, seed, setup_, plan):
             return fairseq_run(pair, method, seed, setup_, plan, corpus(pair)[0], work)
 
-    runs = measure(args.pairs, args.seeds, setup, store, run, args.methods)
+    runs = measure(args.pairs, args.seeds, setup, store, run, args.methods, commit=commit)
     analysis = analyse(runs)
     name = args.name or ("translation_converged_quick" if args.quick
                          else "translation_converged")
@@ -558,6 +558,8 @@ def main(argv=None, *, run: RunFn | None = None, store: RunStore | None = None,
                        "settings": asdict(ShrinkConfig())},
         "clock": "wall seconds in the fairseq process from the built model on, less "
                  "validation (--eval-bleu generation included) and checkpoint writes",
+        # the runs' own commits ("?": stored before runs recorded it)
+        "run_commits": sorted({r.get("commit") or "?" for r in runs}),
         "runs": runs, "analysis": analysis,
     }
     results.mkdir(parents=True, exist_ok=True)

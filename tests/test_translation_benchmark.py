@@ -165,8 +165,9 @@ def test_a_variant_runs_against_uniform_and_the_control_follows_autoassist(tmp_p
 
     store = RunStore(tmp_path, {"product": "p", "training": "t"}, product_free=("uniform",))
     runs = tr.measure(["de-en"], 1, tr.QUICK, store, fake,
-                      ("uniform", "autoassist", "aa_floor07", "random"))
+                      ("uniform", "autoassist", "aa_floor07", "random"), commit="abc")
     assert [r["method"] for r in runs] == ["uniform", "autoassist", "aa_floor07", "random"]
+    assert {r["commit"] for r in runs} == {"abc"}  # each stored run names the code it ran
     assert plans["aa_floor07"] == tr.RunPlan(target=9.0, min_seconds=30)
     assert plans["random"].kept_fractions[:3] == (1.0, 0.5, 0.5)  # autoassist's, not the variant's
     assert set(tr.analyse(runs)["methods"]) == {"autoassist", "aa_floor07", "random"}
