@@ -35,8 +35,12 @@ rerunning the same command skips them, so a long measurement spans sessions. Wri
 ``benchmarks/results/translation_converged[_quick].{json,md,png}``; the last stdout line is
 JSON with the keys in ``HEADLINE``: autoassist's ``saving``, ``bleu_uniform``,
 ``bleu_autoassist`` (best valid), ``test_bleu_uniform``, ``test_bleu_autoassist_at_target``,
-``reached``, its other readings (``gain_equal_time``, ``mean_gap``, ``saving_smoothed``), and
-the same readings of the control (``saving_random``, ...).
+``reached``, its other readings (``gain_equal_time``, ``mean_gap``, ``saving_smoothed``), the
+same readings of the control (``saving_random``, ...), and the **gap to the control**
+(``gap_to_control``): the mean gap between autoassist's curve and the same seed's random subset
+at equal seconds, up to uniform's best, averaged over (pair, seed) cells with its standard
+error (``*_se``): the reading that says whether the choice of pairs, not their number, buys
+anything.
 """
 
 from __future__ import annotations
@@ -291,6 +295,12 @@ def _mean(values) -> float | None:
     return statistics.fmean(values) if values else None
 
 
+def _se(values) -> float | None:
+    """The standard error of the mean of the values given (None with fewer than two)."""
+    values = [v for v in values if v is not None]
+    return statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else None
+
+
 def bleu_within(record: dict, seconds: float) -> float | None:
     """The run's best valid BLEU among validations at most ``seconds`` into training."""
     within = [b for b, t in zip(record["valid_bleu"], record["bleu_seconds"], strict=True)
@@ -298,15 +308,20 @@ def bleu_within(record: dict, seconds: float) -> float | None:
     return max(within) if within else None
 
 
-def mean_gap(uniform: dict, other: dict, points: int = 50) -> float:
-    """The method's valid BLEU minus uniform's at equal training seconds, averaged over an even
+def gap_between(base: dict, other: dict, until: float, points: int = 50) -> float:
+    """``other``'s valid BLEU minus ``base``'s at equal training seconds, averaged over an even
     grid from the later of the two first validations (before its first, a curve is not known)
-    to uniform's best, each curve linearly interpolated between validations: the whole curve's
-    gain at equal time, less noisy than any single point."""
-    _, t_u, _ = best(uniform)
-    grid = np.linspace(max(uniform["bleu_seconds"][0], other["bleu_seconds"][0]), t_u, points)
+    to ``until``, each curve linearly interpolated between validations."""
+    grid = np.linspace(max(base["bleu_seconds"][0], other["bleu_seconds"][0]), until, points)
     return float(np.mean(np.interp(grid, other["bleu_seconds"], other["valid_bleu"])
-                         - np.interp(grid, uniform["bleu_seconds"], uniform["valid_bleu"])))
+                         - np.interp(grid, base["bleu_seconds"], base["valid_bleu"])))
+
+
+def mean_gap(uniform: dict, other: dict, points: int = 50) -> float:
+    """The method's valid BLEU minus uniform's at equal training seconds, up to uniform's best
+    (``gap_between``): the whole curve's gain at equal time, less noisy than any single
+    point."""
+    return gap_between(uniform, other, best(uniform)[1], points)
 
 
 def trailing_mean(record: dict, window: int = 3) -> tuple[list[float], list[float]]:
@@ -328,8 +343,10 @@ def smoothed_saving(uniform: dict, other: dict, window: int = 3) -> float | None
     return saving_of(time_to_target(t_o, m_o, target), t_u[m_u.index(target)])
 
 
-def compare(uniform: dict, other: dict) -> dict[str, Any]:
-    """One (pair, seed, method) against uniform's run of that pair and seed."""
+def compare(uniform: dict, other: dict, control: dict | None = None) -> dict[str, Any]:
+    """One (pair, seed, method) against uniform's run of that pair and seed, and against the
+    random control's (``gap_to_control``: the mean gap between the two at equal seconds, up to
+    uniform's best; None without a control or for the control itself)."""
     target, t_u, _ = best(uniform)
     t_m = time_to_target(other["bleu_seconds"], other["valid_bleu"], target)
     at_time = bleu_within(other, t_u)
@@ -340,6 +357,8 @@ def compare(uniform: dict, other: dict) -> dict[str, Any]:
         "bleu_method": best(other)[0],
         "gain_equal_time": None if at_time is None else at_time - target,
         "mean_gap": mean_gap(uniform, other),
+        "gap_to_control": (None if control is None or control is other
+                           else gap_between(control, other, t_u)),
         "saving_smoothed": smoothed_saving(uniform, other),
         "test_bleu_uniform": uniform["test_bleu_best"],
         "test_bleu_at_target": other["test_bleu_at_target"] if t_m is not None else None,
@@ -349,7 +368,8 @@ def compare(uniform: dict, other: dict) -> dict[str, Any]:
 
 
 def summarise(rows: list[dict]) -> dict[str, Any]:
-    """Means over rows; the savings are None unless every row reached the target."""
+    """Means over rows (``*_se``: their standard errors, the rows being paired (pair, seed)
+    cells); the savings are None unless every row reached the target."""
     return {
         "saving": _mean_of_all(r["saving"] for r in rows),
         "savings": [r["saving"] for r in rows], "reached": sum(r["reached"] for r in rows),
@@ -358,6 +378,9 @@ def summarise(rows: list[dict]) -> dict[str, Any]:
         "bleu_method": _mean(r["bleu_method"] for r in rows),
         "gain_equal_time": _mean(r["gain_equal_time"] for r in rows),
         "mean_gap": _mean(r["mean_gap"] for r in rows),
+        "mean_gap_se": _se(r["mean_gap"] for r in rows),
+        "gap_to_control": _mean(r["gap_to_control"] for r in rows),
+        "gap_to_control_se": _se(r["gap_to_control"] for r in rows),
         "saving_smoothed": _mean_of_all(r["saving_smoothed"] for r in rows),
         "test_bleu_uniform": _mean(r["test_bleu_uniform"] for r in rows),
         "test_bleu_at_target": _mean(r["test_bleu_at_target"] for r in rows),
@@ -373,7 +396,7 @@ def analyse(runs: list[dict]) -> dict[str, Any]:
     The top-level keys are autoassist's (``bleu_autoassist``, ``test_bleu_autoassist_at_target``,
     ``seconds_autoassist`` name its ``bleu_method``...), the other methods' under ``methods``."""
     by = {(r["pair"], r["seed"], r["method"]): r for r in runs}
-    rows = [compare(u, by[(pair, seed, method)])
+    rows = [compare(u, by[(pair, seed, method)], by.get((pair, seed, "random")))
             for (pair, seed, m), u in sorted(by.items()) if m == "uniform"
             for method in (*METHODS[1:], *VARIANTS) if (pair, seed, method) in by]
     methods = {}
@@ -391,6 +414,7 @@ def analyse(runs: list[dict]) -> dict[str, Any]:
             "saving_random": methods.get("random", {}).get("saving"),
             "gain_equal_time_random": methods.get("random", {}).get("gain_equal_time"),
             "mean_gap_random": methods.get("random", {}).get("mean_gap"),
+            "mean_gap_random_se": methods.get("random", {}).get("mean_gap_se"),
             "saving_smoothed_random": methods.get("random", {}).get("saving_smoothed"),
             "per_seed": rows, "methods": methods}
 
@@ -398,8 +422,9 @@ def analyse(runs: list[dict]) -> dict[str, Any]:
 COLOURS = {"uniform": "black", "autoassist": "tab:red", "random": "tab:blue"}
 HEADLINE = ("saving", "bleu_uniform", "bleu_autoassist", "test_bleu_uniform",
             "test_bleu_autoassist_at_target", "reached", "seeds", "seconds_uniform",
-            "seconds_autoassist", "gain_equal_time", "mean_gap", "saving_smoothed",
-            "saving_random", "gain_equal_time_random", "mean_gap_random",
+            "seconds_autoassist", "gain_equal_time", "mean_gap", "mean_gap_se",
+            "gap_to_control", "gap_to_control_se", "saving_smoothed",
+            "saving_random", "gain_equal_time_random", "mean_gap_random", "mean_gap_random_se",
             "saving_smoothed_random")
 
 
@@ -411,10 +436,12 @@ def markdown(runs: list[dict], analysis: dict, command: str) -> str:
     lines = [f"`{command}`", "",
              "| pair | seed | method | uniform best valid BLEU (epoch, s) | method's best valid "
              "BLEU | its BLEU at uniform's s, minus uniform's best | mean gap to uniform at "
-             "equal s, up to uniform's best | its s to uniform's best "
+             "equal s, up to uniform's best | the same, minus the random control's "
+             "| its s to uniform's best "
              "| saving | saving, 3-validation means | test BLEU uniform (best ckpt) "
              "| test BLEU method (at target) | stopped (uniform / method) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- "
+             "| --- |"]
     by = {(r["pair"], r["seed"], r["method"]): r for r in runs}
     for s in analysis["per_seed"]:
         u = by[(s["pair"], s["seed"], "uniform")]
@@ -422,6 +449,7 @@ def markdown(runs: list[dict], analysis: dict, command: str) -> str:
             f"| {s['pair']} | {s['seed']} | {s['method']} | {s['target_bleu']:.2f} "
             f"({best(u)[2]}, {s['seconds_uniform']:.0f}) | {s['bleu_method']:.2f} "
             f"| {_num(s['gain_equal_time'], '+.2f', 'n/a')} | {s['mean_gap']:+.2f} "
+            f"| {_num(s['gap_to_control'], '+.2f', '—')} "
             f"| {_num(s['seconds_method'], '.0f')} | {_num(s['saving'], '.0%')} "
             f"| {_num(s['saving_smoothed'], '.0%')} "
             f"| {_num(s['test_bleu_uniform'])} | {_num(s['test_bleu_at_target'])} "

@@ -96,6 +96,26 @@ def test_mean_gap_averages_the_curves_difference_up_to_uniforms_best():
     assert tr.mean_gap(uniform, behind) == pytest.approx(-0.5, abs=0.03)
 
 
+def test_gap_to_control_pairs_each_method_with_the_same_seeds_random_subset():
+    uniform = _run("de-en", "uniform", 1, [10.0, 14.0, 18.0, 17.0], [10, 20, 30, 40])
+    random = _run("de-en", "random", 1, [10.0, 13.0, 17.0], [10, 20, 30])
+    ahead = _run("de-en", "autoassist", 1, [11.0, 14.0, 18.0], [10, 20, 30])  # +1 on random
+    uniform2 = _run("de-en", "uniform", 2, [10.0, 14.0, 18.0], [10, 20, 30])
+    random2 = _run("de-en", "random", 2, [10.0, 14.0, 18.0], [10, 20, 30])
+    level = _run("de-en", "autoassist", 2, [10.0, 14.0, 18.0], [10, 20, 30])  # +0 on random
+    a = tr.analyse([uniform, random, ahead, uniform2, random2, level])
+    rows = {(r["seed"], r["method"]): r for r in a["per_seed"]}
+    assert rows[(1, "autoassist")]["gap_to_control"] == pytest.approx(1.0)
+    assert rows[(2, "autoassist")]["gap_to_control"] == pytest.approx(0.0)
+    assert rows[(1, "random")]["gap_to_control"] is None  # the control against itself
+    # the paired cells' mean and standard error: (1 + 0) / 2, sd 0.707 / sqrt(2)
+    assert a["gap_to_control"] == pytest.approx(0.5)
+    assert a["gap_to_control_se"] == pytest.approx(0.5)
+    assert a["mean_gap_random_se"] is not None and a["mean_gap_se"] is not None
+    # without a control the reading is absent, not zero
+    assert tr.analyse([uniform, ahead])["gap_to_control"] is None
+
+
 def test_smoothed_saving_is_read_on_three_validation_means():
     # uniform's one lucky epoch (20.0) sets the raw target; its best 3-mean is 17 (at 40 s)
     uniform = _run("de-en", "uniform", 1, [10.0, 14.0, 20.0, 17.0, 14.0],
