@@ -311,7 +311,17 @@ def bleu_within(record: dict, seconds: float) -> float | None:
 def gap_between(base: dict, other: dict, until: float, points: int = 50) -> float:
     """``other``'s valid BLEU minus ``base``'s at equal training seconds, averaged over an even
     grid from the later of the two first validations (before its first, a curve is not known)
-    to ``until``, each curve linearly interpolated between validations."""
+    to ``until``, each curve linearly interpolated between validations.
+
+    Args:
+        base, other: run records (``bleu_seconds``, ``valid_bleu``).
+        until: the grid's end, in training seconds (past a run's last validation its curve is
+            held at its last value).
+        points: grid points.
+
+    Returns:
+        The mean difference, in BLEU.
+    """
     grid = np.linspace(max(base["bleu_seconds"][0], other["bleu_seconds"][0]), until, points)
     return float(np.mean(np.interp(grid, other["bleu_seconds"], other["valid_bleu"])
                          - np.interp(grid, base["bleu_seconds"], base["valid_bleu"])))
@@ -436,7 +446,8 @@ def markdown(runs: list[dict], analysis: dict, command: str) -> str:
     lines = [f"`{command}`", "",
              "| pair | seed | method | uniform best valid BLEU (epoch, s) | method's best valid "
              "BLEU | its BLEU at uniform's s, minus uniform's best | mean gap to uniform at "
-             "equal s, up to uniform's best | the same, minus the random control's "
+             "equal s, up to uniform's best | mean gap to the random control at equal s, up "
+             "to uniform's best "
              "| its s to uniform's best "
              "| saving | saving, 3-validation means | test BLEU uniform (best ckpt) "
              "| test BLEU method (at target) | stopped (uniform / method) |",
@@ -586,7 +597,7 @@ def main(argv=None, *, run: RunFn | None = None, store: RunStore | None = None,
                        "settings": asdict(ShrinkConfig())},
         "clock": "wall seconds in the fairseq process from the built model on, less "
                  "validation (--eval-bleu generation included) and checkpoint writes",
-        # the runs' own commits ("?": stored before runs recorded it)
+        # the runs' own commits ("?": the run's record names none)
         "run_commits": sorted({r.get("commit") or "?" for r in runs}),
         "runs": runs, "analysis": analysis,
     }

@@ -208,6 +208,44 @@ def test_random_subset_control_keeps_the_given_fraction_at_random(data_bin):
 
 
 # -- real fairseq-train runs -----------------------------------------------------------------------
+def test_loss_profile_reads_each_pairs_loss_as_fairseq_validate_sums_them(data_bin, tmp_path):
+    """``loss_profile.translation_losses``: per-pair per-token losses of a checkpoint on its
+    training set, which, weighted by tokens, give the loss fairseq-validate reports there."""
+    import math
+    import re
+
+    from autoassist.bench.loss_profile import translation_losses
+
+    save = tmp_path / "stock"
+    stock = ["--task", "translation", "--criterion", "label_smoothed_cross_entropy"]
+    cmd = [sys.executable, "-m", "fairseq_cli.train", str(data_bin), *stock, *TINY, *TRAIN,
+           "--max-epoch", "2", "--save-dir", str(save), "--no-epoch-checkpoints"]
+    env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1", OMP_NUM_THREADS="1")
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    checkpoint = save / "checkpoint_last.pt"
+    done = subprocess.run([sys.executable, "-m", "fairseq_cli.validate", str(data_bin), *stock,
+                           "--path", str(checkpoint), "--valid-subset", "train", "--cpu",
+                           "--max-tokens", "1024", "--label-smoothing", "0.1"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout + done.stderr
+    loss = float(re.search(r"\| loss ([0-9.]+)", out).group(1))  # base 2, per token
+    nll = float(re.search(r"\| nll_loss ([0-9.]+)", out).group(1))
+
+    losses = translation_losses(data_bin, checkpoint)
+    n = 400  # the fixture's training pairs, none filtered by size
+    assert len(losses["nll"]) == n and np.isfinite(losses["nll"]).all()
+    tokens = losses["tokens"]
+    per_token = {k: float((losses[k] * tokens).sum() / tokens.sum() / math.log(2))
+                 for k in ("nll", "smoothed")}
+    assert per_token["nll"] == pytest.approx(nll, abs=2e-3)
+    assert per_token["smoothed"] == pytest.approx(loss, abs=2e-3)
+    assert (losses["smoothed"] > losses["nll"]).mean() > 0.5  # smoothing adds to most pairs
+    with pytest.raises(FileNotFoundError, match="not found"):
+        translation_losses(data_bin, tmp_path / "none.pt")
+
+
 @pytest.mark.slow
 def test_fairseq_train_shrinks_and_resumes_mid_epoch_bit_identically(data_bin, tmp_path):
     full = tmp_path / "full"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import numpy as np
@@ -191,11 +192,27 @@ def test_frontier_runs_are_stored_and_skipped_on_rerun(tmp_path, monkeypatch):
             == saved["analysis_compute"]["methods"]["autoassist"]["saving_at_budget"])
     assert "| autoassist |" in read["table"] and "uniform at 3 epochs" in read["table"]
     # and stored, naming the runs' commit and its own, so that a doc can cite the reading
+    import autoassist.bench.provenance as provenance
+
+    monkeypatch.setattr(provenance, "git_commit", lambda: "reading-commit")
     written = frontier.write_reanalysis(read, tmp_path / "out")
     stored = json.loads(written.read_text())
     assert written.name == "frontier_magic_tiny_per_budget.json"
-    assert stored["source"] == "frontier_magic_tiny.json"
-    assert stored["source_commit"] == saved["commit"] and "commit" in stored
+    assert stored["source"] == "frontier_magic_tiny.json" and stored["axis"] == "compute"
+    assert stored["source_commit"] == saved["commit"] != "reading-commit"
+    assert stored["commit"] == "reading-commit"
+    # the CPU-seconds reading goes to its own file, never over the compute one
+    by_cost = frontier.write_reanalysis(
+        frontier.reanalyse(tmp_path / "frontier_magic_tiny.json", axis="cost"), tmp_path / "out")
+    assert by_cost.name == "frontier_magic_tiny_per_budget_cost.json"
+    # the command line writes the same file
+    parser = argparse.ArgumentParser()
+    frontier.add_arguments(parser)
+    args = parser.parse_args(["--reanalyse", str(tmp_path / "frontier_magic_tiny.json")])
+    cli = frontier.run_cli(args, tmp_path / "cli")
+    assert cli["headline"]["written"].endswith("frontier_magic_tiny_per_budget.json")
+    assert (json.loads((tmp_path / "cli" / "frontier_magic_tiny_per_budget.json").read_text())
+            ["analysis"] == stored["analysis"])
     assert (stored["analysis"]["methods"]["autoassist"]["saving_at_budget"]
             == saved["analysis_compute"]["methods"]["autoassist"]["saving_at_budget"])
     assert (tmp_path / "out" / "frontier_magic_tiny_per_budget.md").read_text().strip() \

@@ -98,8 +98,9 @@ def test_mean_gap_averages_the_curves_difference_up_to_uniforms_best():
 
 def test_gap_to_control_pairs_each_method_with_the_same_seeds_random_subset():
     uniform = _run("de-en", "uniform", 1, [10.0, 14.0, 18.0, 17.0], [10, 20, 30, 40])
-    random = _run("de-en", "random", 1, [10.0, 13.0, 17.0], [10, 20, 30])
-    ahead = _run("de-en", "autoassist", 1, [11.0, 14.0, 18.0], [10, 20, 30])  # +1 on random
+    random = _run("de-en", "random", 1, [10.0, 13.0, 17.0, 17.0], [10, 20, 30, 40])
+    # +1 on random up to uniform's best (30 s), level after it: the reading stops at 30 s
+    ahead = _run("de-en", "autoassist", 1, [11.0, 14.0, 18.0, 17.0], [10, 20, 30, 40])
     uniform2 = _run("de-en", "uniform", 2, [10.0, 14.0, 18.0], [10, 20, 30])
     random2 = _run("de-en", "random", 2, [10.0, 14.0, 18.0], [10, 20, 30])
     level = _run("de-en", "autoassist", 2, [10.0, 14.0, 18.0], [10, 20, 30])  # +0 on random

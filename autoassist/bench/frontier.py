@@ -507,15 +507,15 @@ def budget_saving_table(analysis: dict[str, Any]) -> list[str]:
 
 def reanalyse(path: Path, axis: str = "compute") -> dict[str, Any]:
     """Read a frontier result file again with today's readings, training nothing: its stored
-    points give the savings at each of uniform's budgets (files written before that reading
-    existed lack them).
+    points give the savings at each of uniform's budgets, for files that lack
+    ``saving_at_budget``.
 
     Args:
         path: a ``frontier_*.json`` this harness wrote.
         axis: the cost axis (``compute``, or ``cost`` for CPU seconds).
 
     Returns:
-        ``{"file", "commit", "seeds", "analysis", "table"}`` (``table``: markdown;
+        ``{"file", "commit", "axis", "seeds", "analysis", "table"}`` (``table``: markdown;
         ``commit``: the source file's).
 
     Raises:
@@ -530,13 +530,14 @@ def reanalyse(path: Path, axis: str = "compute") -> dict[str, Any]:
         raise UsageError(f"--reanalyse {path}: not a frontier result file ({err})") from None
     seeds = sorted({p["seed"] for p in points if p["method"] == "uniform"})
     analysis = analyse(points, seeds, axis=axis)
-    return {"file": str(path), "commit": result.get("commit"), "seeds": seeds,
+    return {"file": str(path), "commit": result.get("commit"), "axis": axis, "seeds": seeds,
             "analysis": analysis, "table": "\n".join(budget_saving_table(analysis))}
 
 
 def write_reanalysis(read: dict[str, Any], directory: Path) -> Path:
     """Store a ``reanalyse`` reading as ``<source stem>_per_budget.json`` (+ ``.md``) in
-    ``directory``, so that the figures it gives have a committed file behind them.
+    ``directory`` (``_per_budget_cost`` for the CPU-seconds axis), so that the figures it gives
+    have a committed file behind them.
 
     The record names both commits: the source file's (the runs) and this reading's (the
     analysis code), each ``+dirty`` where the tree had uncommitted code.
@@ -550,16 +551,16 @@ def write_reanalysis(read: dict[str, Any], directory: Path) -> Path:
     """
     from autoassist.bench.provenance import git_commit
 
-    stem = Path(read["file"]).stem
+    stem = Path(read["file"]).stem + "_per_budget" + (
+        "" if read.get("axis", "compute") == "compute" else f"_{read['axis']}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    record = {"benchmark": f"{stem}_per_budget",
-              "command": f"python -m benchmarks.frontier --reanalyse {read['file']}",
+    record = {"benchmark": stem, "reading": f"--reanalyse {read['file']}",
               "source": Path(read["file"]).name, "source_commit": read["commit"],
-              "commit": git_commit(), "seeds": read["seeds"], "analysis": read["analysis"],
-              "table": read["table"]}
-    path = directory / f"{stem}_per_budget.json"
-    (directory / f"{stem}_per_budget.md").write_text(read["table"] + "\n")
+              "commit": git_commit(), "axis": read.get("axis", "compute"),
+              "seeds": read["seeds"], "analysis": read["analysis"], "table": read["table"]}
+    path = directory / f"{stem}.json"
+    (directory / f"{stem}.md").write_text(read["table"] + "\n")
     path.write_text(json.dumps(record, indent=2, default=_jsonable) + "\n")
     return path
 
