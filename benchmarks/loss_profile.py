@@ -84,7 +84,7 @@ def plot(profiles: dict, path: Path) -> Path | None:
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":", label="every loss equal")
     for name, p in profiles.items():
         ax.plot(p["lorenz_q"], p["lorenz_share"], marker="o", ms=2.5,
-                label=f"{name} (lower half: {p['easy_half_share']:.0%})")
+                label=f"{name} (lower half: {p['easy_half_share']:.1%})")
     ax.set_xlabel("fraction of training instances, lowest loss first")
     ax.set_ylabel("their share of the total training loss")
     ax.set_title("where uniform training peaks: how concentrated the loss is")
