@@ -60,16 +60,15 @@ def parse_args(argv) -> argparse.Namespace:
 def translation_sources(pairs: list[str], seeds: int, workdir: Path):
     """``(name, data_bin, checkpoint)`` of each stored uniform run's best checkpoint, and the
     names of those whose files are gone."""
-    from benchmarks.translation import PAIRS, Setup
+    from benchmarks.translation import PAIRS, Setup, corpus_dir, run_dir
 
     setup, found, missing = Setup(), [], []
     for pair in pairs:
         if pair not in PAIRS:
             raise SystemExit(f"--translation-pairs {pair}: use pairs from {','.join(PAIRS)}")
-        corpus = workdir / (f"corpus-{pair}-{setup.train_pairs}-{setup.max_words}-"
-                            f"{setup.vocab_size}") / "data-bin"
+        corpus = corpus_dir(pair, setup, workdir) / "data-bin"
         for seed in range(1, seeds + 1):
-            checkpoint = workdir / pair / f"uniform-s{seed}-{setup.key()}" / "checkpoint_best.pt"
+            checkpoint = run_dir(pair, "uniform", seed, setup, workdir) / "checkpoint_best.pt"
             name = f"{pair} seed {seed}"
             (found.append((name, corpus, checkpoint)) if checkpoint.is_file() and corpus.is_dir()
              else missing.append(name))

@@ -178,6 +178,16 @@ def run_key(pair: str, method: str, seed: int, setup: Setup, plan: RunPlan = Run
 # ------------------------------------------------------------------------------------------------
 # One run: fairseq-train to the plateau, then test BLEU of the checkpoints that matter
 # ------------------------------------------------------------------------------------------------
+def corpus_dir(pair: str, setup: Setup, work: Path) -> Path:
+    """Where ``prepare`` writes the pair's corpus (its ``data-bin/`` inside)."""
+    return work / f"corpus-{pair}-{setup.train_pairs}-{setup.max_words}-{setup.vocab_size}"
+
+
+def run_dir(pair: str, method: str, seed: int, setup: Setup, work: Path) -> Path:
+    """Where ``fairseq_run`` keeps a run's checkpoints (quick and full never share one)."""
+    return work / pair / f"{method}-s{seed}-{setup.key()}"
+
+
 def prepare(pair: str, setup: Setup, work: Path) -> tuple[Path, dict]:
     """The pair's bible.db corpus under ``work`` (reused when prepared): ``data-bin`` and its
     sizes and spec."""
@@ -187,7 +197,7 @@ def prepare(pair: str, setup: Setup, work: Path) -> tuple[Path, dict]:
     spec = CorpusSpec(src=src, tgt=tgt, train_pairs=setup.train_pairs,
                       max_words=setup.max_words, valid_pairs=setup.valid_pairs,
                       vocab_size=setup.vocab_size)
-    corpus = work / f"corpus-{pair}-{setup.train_pairs}-{setup.max_words}-{setup.vocab_size}"
+    corpus = corpus_dir(pair, setup, work)
     tqdm.write(f"preparing {corpus} ...")
     data_bin = prepare_corpus(corpus, spec)
     return data_bin, json.loads((corpus / "corpus.json").read_text())
@@ -197,7 +207,7 @@ def fairseq_run(pair: str, method: str, seed: int, setup: Setup, plan: RunPlan,
                 data_bin: Path, work: Path) -> dict[str, Any]:
     """Train one (pair, method, seed) to the plateau or the cap; score its checkpoints."""
     target = plan.target
-    save = work / pair / f"{method}-s{seed}-{setup.key()}"  # quick and full never share one
+    save = run_dir(pair, method, seed, setup, work)
     for old in save.glob("checkpoint*.pt"):
         old.unlink()
     out = fr.train(data_bin, save,

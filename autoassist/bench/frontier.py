@@ -551,13 +551,13 @@ def write_reanalysis(read: dict[str, Any], directory: Path) -> Path:
     """
     from autoassist.bench.provenance import git_commit
 
-    stem = Path(read["file"]).stem + "_per_budget" + (
-        "" if read.get("axis", "compute") == "compute" else f"_{read['axis']}")
+    axis = read.get("axis", "compute")
+    stem = Path(read["file"]).stem + "_per_budget" + ("" if axis == "compute" else f"_{axis}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     record = {"benchmark": stem, "reading": f"--reanalyse {read['file']}",
               "source": Path(read["file"]).name, "source_commit": read["commit"],
-              "commit": git_commit(), "axis": read.get("axis", "compute"),
+              "commit": git_commit(), "axis": axis,
               "seeds": read["seeds"], "analysis": read["analysis"], "table": read["table"]}
     path = directory / f"{stem}.json"
     (directory / f"{stem}.md").write_text(read["table"] + "\n")

@@ -56,15 +56,15 @@ def profile(losses) -> dict[str, Any]:
         raise ValueError("every loss is 0: nothing to profile")
     n = losses.size
     cumulative = np.concatenate([[0.0], np.cumsum(losses)]) / total
+    whole = np.arange(n + 1)  # the share of the lowest q of instances, linear between whole ones
     q = np.linspace(0.0, 1.0, LORENZ_POINTS)
-    # the share of the lowest q of instances, linear between whole instances
-    share = np.interp(q * n, np.arange(n + 1), cumulative)
+    share = np.interp(q * n, whole, cumulative)
     mean = total / n
     below = losses < mean
     return {
         "instances": int(n), "mean": mean,
         "quantiles": {str(p): float(np.quantile(losses, p / 100)) for p in (10, 25, 50, 75, 90)},
-        "easy_half_share": float(np.interp(n / 2, np.arange(n + 1), cumulative)),
+        "easy_half_share": float(np.interp(n / 2, whole, cumulative)),
         "below_mean_fraction": float(below.mean()),
         "below_mean_share": float(losses[below].sum() / total),
         "lorenz_q": q.tolist(), "lorenz_share": share.tolist(),
@@ -92,11 +92,11 @@ def classifier_losses(task_name: str, *, epochs: int, lr: float, seed: int = 0,
         ``run_one``'s (test accuracy per epoch, seconds), without the losses.
     """
     import torch
-    import torch.nn.functional as F
 
     from autoassist.bench.frontier import split_validation
     from autoassist.bench.tasks import get_task
     from autoassist.bench.time_to_accuracy import Uniform, run_one
+    from autoassist.bench.training import per_sample_cross_entropy
 
     class _UniformThenLosses(Uniform):
         """Uniform; after the last epoch, every training instance's loss."""
@@ -109,7 +109,7 @@ def classifier_losses(task_name: str, *, epochs: int, lr: float, seed: int = 0,
             self.model.eval()
             with torch.no_grad():
                 losses = torch.cat([
-                    F.cross_entropy(self.model(x[i:i + 2048]), y[i:i + 2048], reduction="none")
+                    per_sample_cross_entropy(self.model(x[i:i + 2048]), y[i:i + 2048])
                     for i in range(0, len(y), 2048)])
             return {"train_losses": losses.numpy()}
 
@@ -168,7 +168,8 @@ def translation_losses(data_bin, checkpoint, *, threads: int = 1,
 def _translation_child(data_bin: str, checkpoint: str, out: str, max_tokens: int) -> None:
     import torch
     from fairseq import checkpoint_utils
-    from fairseq.criterions.label_smoothed_cross_entropy import label_smoothed_nll_loss
+
+    from autoassist.pipelines.fairseq_criterion import per_sentence_label_smoothed
 
     models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task(
         [checkpoint], arg_overrides={"data": data_bin})
@@ -186,15 +187,12 @@ def _translation_child(data_bin: str, checkpoint: str, out: str, max_tokens: int
         for sample in batches:
             output = model(**sample["net_input"])
             lprobs = model.get_normalized_probs(output, log_probs=True)
-            target = sample["target"]
-            bsz, length = target.shape
-            loss, nll_tok = label_smoothed_nll_loss(
-                lprobs.reshape(bsz * length, -1), target.reshape(-1), 0.1, ignore_index=pad,
-                reduce=False)
-            count = target.ne(pad).sum(dim=1).clamp(min=1)
+            # the plugin's own per-sentence sums (pipelines.fairseq_criterion)
+            loss, nll_sum, count = per_sentence_label_smoothed(lprobs, sample["target"], 0.1, pad)
+            count = count.clamp(min=1)
             ids = sample["id"].numpy()
-            nll[ids] = (nll_tok.view(bsz, length).sum(dim=1) / count).numpy()
-            smoothed[ids] = (loss.view(bsz, length).sum(dim=1) / count).numpy()
+            nll[ids] = (nll_sum / count).numpy()
+            smoothed[ids] = (loss / count).numpy()
             tokens[ids] = count.numpy()
     seen = ~np.isnan(nll)  # pairs fairseq filtered out by size keep no loss
     np.savez(out, nll=nll[seen], smoothed=smoothed[seen], tokens=tokens[seen])
