@@ -5,10 +5,9 @@ is identical for any thread count, on every rank, and on both paths: the Numba k
 (``select_jit.py``, parallel) and, below ``NUMPY_BELOW`` instances, NumPy, which is faster end to
 end there: loading Numba and the cached kernel costs ~0.8 s once per process, more than a small
 data set's selections for a whole run. Measured on 10M scores with 2 Numba threads (``python -m
-benchmarks.kernels``, ``benchmarks/results/kernels.json``: 2-core AMD EPYC VM; that file comes
-from a dirty tree and is to be re-measured), the kernel is
-8.7x faster than the usual vectorised NumPy selection (``Generator.random(n) < P`` +
-``flatnonzero``) and 52x faster than NumPy computing the same counter-based hash
+benchmarks.kernels``, ``benchmarks/results/kernels.json``: 2-core Xeon VM, clean commit 52b159a),
+the kernel is 8.1x faster than the usual vectorised NumPy selection (``Generator.random(n) < P``
++ ``flatnonzero``) and 29x faster than NumPy computing the same counter-based hash
 (``shrink_select_numpy``).
 
 Scores outside [0, 1] are clipped; a NaN score counts as 1 (informative: never drop on doubt).

@@ -281,3 +281,25 @@ def test_recording_thread_facts_leaves_torch_on_its_thread_count():
     assert out.returncode == 0, out.stderr
     torch_threads, numba_threads = map(int, out.stdout.split())
     assert (torch_threads, numba_threads) == (1, 2)
+
+
+def test_the_code_fingerprint_ignores_documentation_but_not_code(tmp_path):
+    """Correcting a docstring or a comment keeps stored runs; any change to what runs, or a
+    renamed file, discards them."""
+    path = tmp_path / "select.py"
+
+    def fingerprint(text, name="select.py"):
+        target = tmp_path / name
+        target.write_text(text)
+        return frontier.fingerprint_files([target])
+
+    text = '"""8.7x faster."""\n\ndef f(x):\n    """Why."""\n    return x + 1\n'
+    base = fingerprint(text)
+    assert fingerprint('"""8.1x faster (re-measured)."""\n\n\ndef f(x):  # a comment\n'
+                       '    """Why, said better."""\n    return x + 1\n') == base
+    assert fingerprint(text.replace("x + 1", "x + 2")) != base
+    assert fingerprint(text.replace("x + 1", '"x + 1"')) != base  # not a docstring: code
+    assert fingerprint(text, name="other.py") != base
+    path.write_text("def f(:\n")
+    with pytest.raises(SyntaxError):
+        frontier.fingerprint_files([path])
