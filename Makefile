@@ -10,7 +10,7 @@ demo: setup
 # -P: the repo root stays off sys.path, where its kernels/ folder (autoassist.kernels) would
 # shadow PyPI's kernels, which transformers 5 imports (tests/conftest.py refuses that run)
 test: setup
-	.venv/bin/python -P -m pytest -q
+	.venv/bin/python -P -m pytest -q --durations=15
 
 # AutoAssistTrainer's tests under transformers 5 (.venv has 4.x): CI runs it after `test`
 test-transformers5: setup
