@@ -212,7 +212,8 @@ def code_fingerprint(product: bool = True, training_code: Sequence[str] = _TRAIN
 def fingerprint_files(files: Sequence[Path]) -> str:
     """Hash of the names and the *code* of ``files``: comments, docstrings and layout are left
     out, so that correcting documentation (a figure quoted in a docstring) does not discard the
-    runs that code made.
+    runs that code made. The tree's text (``ast.dump``) can differ between Python minor versions:
+    runs stored under one are stale under another.
 
     Raises:
         SyntaxError: a file is not valid Python.
