@@ -23,7 +23,7 @@ from tqdm import tqdm
 from autoassist.bench import fairseq_runs as fr
 from autoassist.cli import fairseq_user_dir
 from benchmarks._common import git_commit, machine_info, thread_info, write_result
-from benchmarks.translation import FULL, QUICK, model_args, prepare
+from benchmarks.translation import FULL, QUICK, model_args, prepare, run_dir
 
 ARMS = ("uniform", "plugin_keep_all")
 
@@ -62,7 +62,7 @@ def main(argv=None) -> dict:
     bar = tqdm(total=rounds * len(ARMS), desc="fairseq overhead")
     for r in range(rounds):
         for arm in ARMS:
-            save = work / f"overhead-{arm}-{setup.key()}"
+            save = run_dir("de-en", f"overhead-{arm}", 1, setup, work)
             for old in save.glob("checkpoint*.pt"):
                 old.unlink()
             run = fr.train(data_bin, save,
